@@ -1,0 +1,1 @@
+"""Model bundles shipped inside the package (the embedded cadc-tiny)."""

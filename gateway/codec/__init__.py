@@ -1,0 +1,1 @@
+"""Image codecs behind one interface: classical (Pillow) backends and CADC."""

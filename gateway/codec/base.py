@@ -1,0 +1,90 @@
+"""The codec interface every backend implements (classical and CADC).
+
+A codec splits encoding in two so the rate controller can search cheaply:
+
+* :meth:`Codec.analyze` does the expensive per-image work once (for CADC the
+  analysis transform ``g_a``; for classical codecs just the pixel array);
+* :meth:`Codec.encode` turns that analysis plus one :class:`Knobs` setting into
+  a complete bitstream (header included, see :mod:`gateway.codec.bitstream`).
+
+Knobs are the integer codes that travel in the header, so what the search
+chose is exactly what the decoder is told.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One point in a codec's rate–quality space (header codes, one byte each).
+
+    ``lam_code``: CADC's λ index (higher = more bits, better quality) or a
+    classical codec's quality 0..100.  ``delta_code``: CADC's Δ index (higher =
+    wider bins = fewer bits); classical codecs ignore it.  ``scale_code``:
+    downscaling, coded size = original * 2**(-scale_code/8).
+    """
+
+    lam_code: int
+    delta_code: int = 0
+    scale_code: int = 0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the rate controller may try for a codec.
+
+    ``lam_codes`` run from best quality to smallest output; ``delta_codes``
+    run from fewest to most bytes saved (ascending Δ), or ``(0,)`` when the
+    codec has no Δ knob.  ``scale_codes`` are the downscale fallbacks, from
+    full size downwards.
+    """
+
+    lam_codes: Sequence[int]
+    delta_codes: Sequence[int] = (0,)
+    scale_codes: Sequence[int] = field(default_factory=lambda: tuple(range(0, 65, 4)))
+
+
+class Codec(ABC):
+    """An image codec usable by the rate controller and the daemons."""
+
+    name: ClassVar[str]
+    codec_id: ClassVar[int]
+
+    @property
+    def model_id(self) -> int:
+        """16-bit id of the model behind the codec (0 when there is none)."""
+        return 0
+
+    @abstractmethod
+    def search_space(self) -> SearchSpace:
+        """The knob values the rate controller searches."""
+
+    @abstractmethod
+    def analyze(self, image: np.ndarray) -> Any:
+        """Expensive once-per-image work on an HxWx3 uint8 RGB array."""
+
+    @abstractmethod
+    def encode(self, analysis: Any, knobs: Knobs, original_size: tuple[int, int]) -> bytes:
+        """A complete bitstream for ``analysis`` at ``knobs``.
+
+        ``original_size`` is the (width, height) before any downscale, written
+        to the header so the decoder restores it.
+        """
+
+    @abstractmethod
+    def decode(self, bitstream: bytes) -> np.ndarray:
+        """Decode a complete bitstream to an HxWx3 uint8 RGB array at the original size.
+
+        Raises :class:`gateway.errors.BitstreamError` (or a subclass) for any
+        malformed input.
+        """
+
+    def describe(self, knobs: Knobs) -> dict[str, Any]:
+        """Human-facing values of ``knobs`` (e.g. λ and Δ as floats) for logs and JSON."""
+        return {"lam_code": knobs.lam_code, "delta_code": knobs.delta_code, "scale_code": knobs.scale_code}

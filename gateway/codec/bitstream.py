@@ -1,0 +1,133 @@
+"""Bitstream format v1: the 12-byte header every encoded image starts with.
+
+Every byte on the link is precious (one frame carries ~430 bytes), so the
+header is fixed-size and tiny.  Layout (big endian)::
+
+    offset size field
+    0      1    version (high nibble, = 1) | codec id (low nibble)
+    1      2    model id: 16-bit hash of the model bundle (0 for classical codecs)
+    3      2    original width in pixels (1..65535)
+    5      2    original height in pixels (1..65535)
+    7      1    scale code s: coded size = max(1, round(original * 2**(-s/8)))
+    8      1    lambda code (CADC) or quality 0..100 (classical)
+    9      1    delta code (CADC) or 0 (classical)
+    10     2    CRC-16 of the decoded symbols (CADC) or of the payload (classical)
+    12     ...  payload (codec specific)
+
+The header is validated before anything is allocated from it: sizes are
+checked against :data:`MAX_PIXELS` so a forged header cannot make a decoder
+allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import crcmod.predefined
+
+from gateway.errors import BitstreamError
+
+VERSION = 1
+HEADER_SIZE = 12
+MAX_PIXELS = 64_000_000  # 64 MP: larger images are refused before any allocation
+_STRUCT = struct.Struct(">BHHHBBBH")
+_crc16 = crcmod.predefined.mkCrcFun("crc-ccitt-false")
+
+# Codec ids (low nibble of byte 0).  0 is reserved so a zeroed buffer never parses.
+CODEC_IDS: dict[str, int] = {"cadc": 1, "jpeg": 2, "webp": 3, "avif": 4, "jxl": 5}
+CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE of ``data`` (used as the symbol checksum)."""
+    return _crc16(bytes(data))
+
+
+def scaled_size(width: int, height: int, scale_code: int) -> tuple[int, int]:
+    """Size an image of ``width`` x ``height`` is coded at for ``scale_code``."""
+    f = 2.0 ** (-scale_code / 8.0)
+    return max(1, round(width * f)), max(1, round(height * f))
+
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed fixed header of a v1 bitstream."""
+
+    codec_id: int
+    model_id: int
+    width: int
+    height: int
+    scale_code: int
+    lam_code: int
+    delta_code: int
+    checksum: int
+
+    @property
+    def codec_name(self) -> str:
+        return CODEC_NAMES.get(self.codec_id, f"unknown({self.codec_id})")
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the image actually coded, after downscaling."""
+        return scaled_size(self.width, self.height, self.scale_code)
+
+    def pack(self) -> bytes:
+        """The 12 header bytes."""
+        for name, value, hi in (
+            ("codec_id", self.codec_id, 15),
+            ("model_id", self.model_id, 0xFFFF),
+            ("width", self.width, 0xFFFF),
+            ("height", self.height, 0xFFFF),
+            ("scale_code", self.scale_code, 255),
+            ("lam_code", self.lam_code, 255),
+            ("delta_code", self.delta_code, 255),
+            ("checksum", self.checksum, 0xFFFF),
+        ):
+            if not 0 <= int(value) <= hi:
+                raise BitstreamError(f"header field {name}={value} is outside 0..{hi}")
+        if self.width < 1 or self.height < 1:
+            raise BitstreamError(f"image size {self.width}x{self.height} must be at least 1x1")
+        return _STRUCT.pack(
+            (VERSION << 4) | self.codec_id,
+            self.model_id,
+            self.width,
+            self.height,
+            self.scale_code,
+            self.lam_code,
+            self.delta_code,
+            self.checksum,
+        )
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """A whole bitstream: header then payload."""
+    return header.pack() + bytes(payload)
+
+
+def unpack(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, bytes]:
+    """Parse and validate a bitstream's header; returns (header, payload).
+
+    Raises :class:`BitstreamError` for anything malformed: too short, wrong
+    version, unknown codec, zero or absurd image size.
+    """
+    data = bytes(data)
+    if len(data) < HEADER_SIZE:
+        raise BitstreamError(
+            f"bitstream is {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header; it is truncated"
+        )
+    b0, model_id, width, height, scale_code, lam_code, delta_code, checksum = _STRUCT.unpack_from(data)
+    version, codec_id = b0 >> 4, b0 & 0x0F
+    if version != VERSION:
+        raise BitstreamError(
+            f"bitstream format version {version} is not supported (this build reads version {VERSION}); "
+            "decode it with the satgw release that wrote it"
+        )
+    if codec_id not in CODEC_NAMES:
+        raise BitstreamError(f"unknown codec id {codec_id} in bitstream header")
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise BitstreamError(
+            f"header claims a {width}x{height} image; sizes must be at least 1x1 and at most {max_pixels} pixels"
+        )
+    header = Header(codec_id, model_id, width, height, scale_code, lam_code, delta_code, checksum)
+    return header, data[HEADER_SIZE:]

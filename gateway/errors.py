@@ -1,0 +1,55 @@
+"""The gateway's exception hierarchy.
+
+Every error the gateway raises on purpose derives from :class:`SatgwError`, so a
+daemon can catch that one type around untrusted input and keep running.
+"""
+
+from __future__ import annotations
+
+
+class SatgwError(Exception):
+    """Base class of every deliberate satgw gateway error."""
+
+
+class ConfigError(SatgwError):
+    """A configuration file or option is missing, unknown or out of range."""
+
+
+class CodecError(SatgwError):
+    """An image could not be encoded or decoded."""
+
+
+class BitstreamError(CodecError):
+    """A bitstream is truncated, corrupted, of an unknown version, or oversized."""
+
+
+class ChecksumMismatch(BitstreamError):
+    """Decoded symbols disagree with the checksum in the header (decoder/model mismatch)."""
+
+
+class ModelMismatch(BitstreamError):
+    """The bitstream was made by a model bundle other than the one loaded."""
+
+
+class BundleError(SatgwError):
+    """A model bundle is missing a part, or a part does not fit the config."""
+
+
+class BudgetError(SatgwError):
+    """No codec setting fits the packet budget.
+
+    ``frames_needed`` is the smallest budget (in frames) that would fit, or
+    ``None`` when even the smallest setting does not fit any sane budget.
+    """
+
+    def __init__(self, message: str, frames_needed: int | None = None) -> None:
+        super().__init__(message)
+        self.frames_needed = frames_needed
+
+
+class SpoolError(SatgwError):
+    """The durable spool refused an operation (corrupt, locked, unknown id)."""
+
+
+class DaemonError(SatgwError):
+    """A daemon could not start or answer (bad endpoint, peer unreachable)."""

@@ -1,0 +1,34 @@
+"""Where the shipped configs and the embedded model bundle live.
+
+The README installs satgw in editable mode from a checkout, so the top-level
+``configs/`` folder sits beside the ``gateway`` package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The project's ``configs/`` folder (link presets, daemon, model and training configs)."""
+    d = _PACKAGE.parent / "configs"
+    if not d.is_dir():
+        raise ConfigError(f"configs folder not found at {d}; install satgw from a checkout (pip install -e .)")
+    return d
+
+
+def link_preset(name: str) -> Path:
+    """Path of a link preset by name (``clean``, ``geo``, ``leo``, ``harsh``), or ``name`` itself if it is a file."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return config_dir() / "links" / f"{name}.yaml"
+
+
+def bundle_dir(name: str = "cadc-tiny") -> Path:
+    """Folder of a model bundle shipped inside the package (``gateway/bundles/<name>``)."""
+    return _PACKAGE / "bundles" / name

@@ -1,0 +1,1 @@
+"""Satellite link simulator: composable channel models and the link daemon."""

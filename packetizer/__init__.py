@@ -1,0 +1,1 @@
+"""Framing for the satellite link: fixed-size frames, CRC, segmentation, reassembly, FEC and ACKs."""
