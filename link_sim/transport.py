@@ -93,7 +93,8 @@ def _start_authenticator(ctx: zmq.Context, allowed: tuple[bytes, ...]) -> None:
 
 class _KeySet:
     def __init__(self, keys: tuple[bytes, ...]) -> None:
-        self._keys = {zmq.utils.z85.decode(k) if len(k) == 40 else k for k in keys}
+        # pyzmq hands the callback Z85 text keys, so compare in that form.
+        self._keys = {k if len(k) == 40 else zmq.utils.z85.encode(k) for k in keys}
 
     def callback(self, domain: str, key: bytes) -> bool:
         return key in self._keys
@@ -107,16 +108,21 @@ def make_socket(
     bind: bool,
     curve: CurveKeys | None = None,
     hwm: int = 10_000,
+    max_msg_size: int | None = None,
 ) -> zmq.Socket:
     """Create, secure and bind/connect one socket.
 
     Sockets never block a daemon on close (LINGER 0) and queue at most ``hwm``
-    messages, so a dead peer costs bounded memory.
+    messages, so a dead peer costs bounded memory.  ``max_msg_size`` cuts off a
+    peer that sends a larger message part (set before bind: ZMQ copies options
+    into the listener at bind time).
     """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    if max_msg_size is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     if curve is not None:
         sock.curve_publickey = curve.public
         sock.curve_secretkey = curve.secret

@@ -1,0 +1,314 @@
+"""The link daemon: carries frames between the sender and the ground station through the simulated link.
+
+``satgw link --config configs/links/geo.yaml`` binds two ROUTER sockets (the
+sender side and the ground side) and a REP control socket; the protocol is in
+:mod:`link_sim.transport`.  Frames from the sender side go through the forward
+channel to the ground-side peer heard from last; frames from the ground side
+(acks) go through the return channel to the sender-side peer heard from last.
+A frame with nowhere to go is dropped as ``no_peer``; one the peer cannot take
+right now (its queue is full) as ``peer_busy``.
+
+Simulation time is the wall time since start times ``time_scale``.  The
+daemon is one thread: a zmq Poller for the sockets, the channels' heaps for
+due deliveries.
+
+Control requests are msgpack maps with ``cmd``:
+
+* ``stats``: ``{"ok": true, "now", "up", "forward": counters, "return": counters, "peers", "garbage"}``
+* ``schedule``: ``{"ok": true, "now", "up", "next_change_in", "time_scale",
+  "forward_rate_bps", "return_rate_bps", "frame_size", "return_frame_size"}``
+* ``ping``: ``{"ok": true, "pong": true}``
+
+Anything else gets ``{"ok": false, "error": "..."}``.  Logs are JSON objects,
+one per line on stderr (``event``: ``start``, ``stats``, ``error``, ``stop``).
+SIGTERM and SIGINT stop the daemon cleanly (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import msgpack
+import zmq
+
+from link_sim.channel import Channel
+from link_sim.clock import RealClock
+from link_sim.config import Endpoints, LinkConfig, load_link_config
+from link_sim.errors import ConfigError, LinkSimError
+from link_sim.link import FORWARD, RETURN, Link
+from link_sim.stages import Packet
+from link_sim.trace import TraceWriter
+from link_sim.transport import FRAME, HELLO, CurveKeys, make_socket
+
+MAX_CONTROL_BYTES = 64 * 1024  # control requests are tiny maps; bigger ones are refused by ZMQ unread
+DRAIN_BATCH = 2048  # messages read from one socket before looking at the others again
+MAX_POLL_MS = 100  # upper bound on a poll so signals and stats are never late by more
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def log(event: str, **fields: Any) -> None:
+    """Write one JSON log line to stderr."""
+    fields = {"event": event, "wall": round(time.time(), 3), **fields}
+    sys.stderr.write(json.dumps(fields, default=str) + "\n")
+    sys.stderr.flush()
+
+
+class LinkDaemon:
+    """The daemon's state and loop. Create, then :meth:`run` until :meth:`stop`."""
+
+    def __init__(self, config: LinkConfig, *, trace_path: str | None = None) -> None:
+        self.config = config
+        self.clock = RealClock(config.time_scale)
+        self.trace = TraceWriter(trace_path) if trace_path else None
+        self.link = Link(config, self.clock, on_drop=self._trace_drop if self.trace else None)
+        self.peers: dict[str, bytes | None] = {"sender": None, "ground": None}
+        self.garbage = {"sender": 0, "ground": 0, "control": 0}
+        self._stopping = False
+        self.ctx = zmq.Context()
+        try:
+            self.sender = self._bind_peer_side(config.endpoints.sender_side, config.forward.frame_size)
+            self.ground = self._bind_peer_side(config.endpoints.ground_side, config.ret.frame_size)
+            self.control = _bind_limited(self.ctx, zmq.REP, config.endpoints.control, MAX_CONTROL_BYTES, config.curve)
+        except zmq.ZMQError as e:
+            self.ctx.destroy(linger=0)
+            raise LinkSimError(
+                f"cannot bind the link's sockets ({e}); pick free endpoints with "
+                "--sender-side/--ground-side/--control or stop the other link daemon"
+            ) from None
+        self.bound = Endpoints(
+            self.sender.getsockopt_string(zmq.LAST_ENDPOINT),
+            self.ground.getsockopt_string(zmq.LAST_ENDPOINT),
+            self.control.getsockopt_string(zmq.LAST_ENDPOINT),
+        )
+
+    def _bind_peer_side(self, endpoint: str, frame_size: int) -> zmq.Socket:
+        return _bind_limited(self.ctx, zmq.ROUTER, endpoint, frame_size + 64, self.config.curve)
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> int:
+        """Serve until :meth:`stop`; returns the exit status."""
+        poller = zmq.Poller()
+        for sock in (self.sender, self.ground, self.control):
+            poller.register(sock, zmq.POLLIN)
+        log(
+            "start",
+            config=self.config.name,
+            sender_side=self.bound.sender_side,
+            ground_side=self.bound.ground_side,
+            control=self.bound.control,
+            time_scale=self.config.time_scale,
+            seed=self.config.seed,
+        )
+        interval = self.config.stats_interval_s
+        next_stats = time.monotonic() + interval
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(self._poll_timeout_ms(next_stats)))
+                if self.sender in events:
+                    self._drain(self.sender, "sender", FORWARD, self.config.forward.frame_size)
+                if self.ground in events:
+                    self._drain(self.ground, "ground", RETURN, self.config.ret.frame_size)
+                if self.control in events:
+                    self._serve_control()
+                self._deliver()
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + interval
+                    log("stats", **self._stats())
+                    if self.trace:
+                        self.trace.flush()
+        finally:
+            log("stop", **self._stats())
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """Close sockets and the trace file."""
+        if self.trace:
+            self.trace.close()
+            self.trace = None
+        self.ctx.destroy(linger=0)
+
+    def _poll_timeout_ms(self, next_stats: float) -> int:
+        wall = min(MAX_POLL_MS / 1000, max(0.0, next_stats - time.monotonic()))
+        due = self.link.next_due()
+        if due is not None:
+            wall = min(wall, self.clock.wall_until(due))
+        return int(wall * 1000 + 0.999)  # round up: waking early just spins
+
+    def _drain(self, sock: zmq.Socket, side: str, direction: str, frame_size: int) -> None:
+        # Plain send/recv with int flags: pyzmq's multipart helpers and flag enums cost more than the link model.
+        offer = self.link.channels[direction].offer
+        now = self.clock.now
+        recv, more = sock.recv, sock.getsockopt
+        for _ in range(DRAIN_BATCH):
+            try:
+                ident = recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            # [identity, kind, *payload]: only two shapes are valid; all else is counted and ignored.
+            parts = []
+            while more(_RCVMORE):
+                part = recv()
+                if len(parts) < 3:  # a flood of parts is read and thrown away, never kept
+                    parts.append(part)
+            if len(parts) == 2 and parts[0] == FRAME and len(parts[1]) == frame_size:
+                self.peers[side] = ident
+                offer(parts[1], now())
+            elif len(parts) == 1 and parts[0] == HELLO:
+                self.peers[side] = ident
+            else:
+                self.garbage[side] += 1
+
+    def _deliver(self) -> None:
+        t = self.clock.now()
+        for direction, channel, sock, side in (
+            (FORWARD, self.link.forward, self.ground, "ground"),
+            (RETURN, self.link.ret, self.sender, "sender"),
+        ):
+            if channel.next_due() is None or channel.next_due() > t:  # type: ignore[operator]
+                continue
+            for d in channel.poll_deliveries(t):
+                fate = self._send(sock, side, channel, d.data)
+                if self.trace:
+                    if fate == "ok":
+                        fate = "corrupted" if d.corrupted else "delivered"
+                    self.trace.write(direction, d.seq, d.t_in, fate, d.t_out, d.duplicate)
+
+    def _send(self, sock: zmq.Socket, side: str, channel: Channel, data: bytes) -> str:
+        peer = self.peers[side]
+        if peer is None:
+            channel.record_undelivered(len(data), "no_peer")
+            return "no_peer"
+        try:
+            # ROUTER sends all parts or none, and the first part is where EAGAIN/EHOSTUNREACH show up.
+            sock.send(peer, _SNDMORE_NOBLOCK)
+            sock.send(FRAME, _SNDMORE_NOBLOCK)
+            sock.send(data, _NOBLOCK)
+            return "ok"
+        except zmq.Again:
+            channel.record_undelivered(len(data), "peer_busy")
+            return "peer_busy"
+        except zmq.ZMQError:  # EHOSTUNREACH: the peer disconnected
+            channel.record_undelivered(len(data), "no_peer")
+            return "no_peer"
+
+    def _serve_control(self) -> None:
+        for _ in range(64):
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.control.send(msgpack.packb(self._answer(raw), use_bin_type=True))
+
+    def _answer(self, raw: bytes) -> dict:
+        try:
+            req = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        except Exception as e:  # msgpack raises several unrelated types on garbage
+            self.garbage["control"] += 1
+            return {"ok": False, "error": f"request is not valid msgpack ({type(e).__name__}); send a map like {{'cmd': 'stats'}}"}
+        cmd = req.get("cmd") if isinstance(req, dict) else None
+        if cmd == "stats":
+            return {"ok": True, **self._stats()}
+        if cmd == "schedule":
+            return {"ok": True, **self.link.schedule()}
+        if cmd == "ping":
+            return {"ok": True, "pong": True}
+        self.garbage["control"] += 1
+        return {"ok": False, "error": f"unknown request {str(req)[:80]!r}; commands are stats, schedule, ping"}
+
+    def _stats(self) -> dict:
+        return {
+            **self.link.stats(),
+            "peers": {side: peer is not None for side, peer in self.peers.items()},
+            "garbage": dict(self.garbage),
+        }
+
+    def _trace_drop(self, direction: str, pkt: Packet, cause: str) -> None:
+        if self.trace:
+            self.trace.write(direction, pkt.seq, pkt.t_in, cause, None, pkt.duplicate)
+
+
+def _bind_limited(
+    ctx: zmq.Context, kind: int, endpoint: str, limit: int, curve: CurveKeys | None
+) -> zmq.Socket:
+    """A socket bound to ``endpoint`` that cuts off any peer sending a part over ``limit`` bytes.
+
+    The limit means oversized messages are never allocated.
+    """
+    try:
+        sock = make_socket(ctx, kind, endpoint, bind=True, curve=curve, max_msg_size=limit)
+    except zmq.ZMQError as e:
+        raise zmq.ZMQError(e.errno, f"{e.strerror} ({endpoint})") from None
+    if kind == zmq.ROUTER:
+        # Unknown identities raise instead of vanishing silently, so no_peer is counted.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    return sock
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="satgw link", description="Run the link simulator daemon.")
+    p.add_argument("--config", required=True, help="link preset: a YAML file or a name (clean, geo, leo, harsh)")
+    p.add_argument("--time-scale", type=float, help="simulated seconds per wall second (overrides the config)")
+    p.add_argument("--seed", type=int, help="random seed of the channel models (overrides the config)")
+    p.add_argument("--trace", help="write every frame's fate to this JSONL file")
+    p.add_argument("--sender-side", help="endpoint the sender connects to, e.g. tcp://127.0.0.1:5551")
+    p.add_argument("--ground-side", help="endpoint the ground station connects to")
+    p.add_argument("--control", help="endpoint of the control (stats/schedule) socket")
+    p.add_argument("--stats-interval", type=float, help="wall seconds between stats log lines")
+    return p
+
+
+def apply_overrides(config: LinkConfig, args: argparse.Namespace) -> LinkConfig:
+    """The config with command-line options laid over it (validated like the file)."""
+    if args.time_scale is not None and not (0 < args.time_scale <= 1e6):
+        raise ConfigError(f"--time-scale: must be greater than 0 and at most 1e6, got {args.time_scale}")
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed: must be at least 0, got {args.seed}")
+    if args.stats_interval is not None and not (0 < args.stats_interval <= 86400):
+        raise ConfigError(f"--stats-interval: must be greater than 0 seconds, got {args.stats_interval}")
+    for opt, ep in (("--sender-side", args.sender_side), ("--ground-side", args.ground_side), ("--control", args.control)):
+        if ep is not None and "://" not in ep:
+            raise ConfigError(f"{opt}: must be a ZMQ endpoint like tcp://127.0.0.1:5551, got {ep!r}")
+    e = config.endpoints
+    return replace(
+        config,
+        time_scale=config.time_scale if args.time_scale is None else args.time_scale,
+        seed=config.seed if args.seed is None else args.seed,
+        stats_interval_s=config.stats_interval_s if args.stats_interval is None else args.stats_interval,
+        endpoints=Endpoints(args.sender_side or e.sender_side, args.ground_side or e.ground_side, args.control or e.control),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``satgw link``."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = apply_overrides(load_link_config(args.config), args)
+        daemon = LinkDaemon(config, trace_path=args.trace)
+    except ConfigError as e:
+        log("error", error=str(e))
+        return 2
+    except (LinkSimError, OSError) as e:
+        log("error", error=str(e))
+        return 1
+    try:
+        signal.signal(signal.SIGTERM, daemon.stop)
+        signal.signal(signal.SIGINT, daemon.stop)
+    except ValueError:
+        pass  # not the main thread (embedded in a test): the caller stops it with stop()
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
