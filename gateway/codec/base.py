@@ -24,8 +24,9 @@ import numpy as np
 class Knobs:
     """One point in a codec's rate–quality space (header codes, one byte each).
 
-    ``lam_code``: CADC's λ index (higher = more bits, better quality) or a
-    classical codec's quality 0..100.  ``delta_code``: CADC's Δ index (higher =
+    ``lam_code``: CADC's λ index or a classical codec's quality 0..100; in
+    both a higher code means more bits and better quality (for CADC a higher
+    code is a *smaller* λ in the training loss L = λ·R + D).  ``delta_code``: CADC's Δ index (higher =
     wider bins = fewer bits); classical codecs ignore it.  ``scale_code``:
     downscaling, coded size = original * 2**(-scale_code/8).
     """

@@ -1,0 +1,237 @@
+"""Model bundles: a folder holding everything a CADC model needs, loadable offline.
+
+Layout::
+
+    config.yaml          the CADCConfig
+    codec.safetensors    the codec's own weights (g_a, h_a, h_s, gains, f_u,
+                         entropy/context nets, g_s, aux decoder, null text)
+    unet/ vae/ scheduler/                  diffusers save_pretrained folders
+    text_encoder/ tokenizer/ captioner/    transformers folders, when the text mode uses them
+
+Everything loads with ``local_files_only=True``.  The model id written into
+every bitstream is a 16-bit hash of the bundle's weight files, so a decoder
+with other weights refuses the stream instead of decoding garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gateway.codec.cadc.config import CADCConfig
+from gateway.codec.cadc.model import CODEC_MODULES, CODEC_PARAMS, CADCModel
+from gateway.errors import BundleError, ConfigError
+
+CONFIG_FILE = "config.yaml"
+CODEC_WEIGHTS = "codec.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One part of a bundle: its folder name and the class that loads it."""
+
+    name: str
+    folder: str
+    loader: str  # "module:Class"
+
+
+def required_parts(config: CADCConfig) -> list[PartSpec]:
+    """The parts a bundle of this config must contain, beyond config.yaml and codec.safetensors."""
+    vae_cls = "AutoencoderTiny" if config.vae_type == "tiny" else "AutoencoderKL"
+    parts = [
+        PartSpec("unet", "unet", "diffusers:UNet2DConditionModel"),
+        PartSpec("vae", "vae", f"diffusers:{vae_cls}"),
+        PartSpec("scheduler", "scheduler", "diffusers:DDPMScheduler"),
+    ]
+    if config.uses_text_encoder:
+        parts += [
+            PartSpec("text_encoder", "text_encoder", "transformers:CLIPTextModel"),
+            PartSpec("tokenizer", "tokenizer", "transformers:CLIPTokenizer"),
+        ]
+    if config.uses_captioner:
+        parts += [
+            PartSpec("captioner", "captioner", "transformers:BlipForConditionalGeneration"),
+            PartSpec("caption_processor", "captioner", "transformers:BlipProcessor"),
+        ]
+    return parts
+
+
+def _load_class(loader: str) -> Any:
+    import importlib
+
+    module, cls = loader.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _part_present(folder: Path, spec: PartSpec) -> bool:
+    if not folder.is_dir():
+        return False
+    if spec.name == "scheduler":
+        return (folder / "scheduler_config.json").is_file()
+    if spec.name == "caption_processor":
+        return (folder / "preprocessor_config.json").is_file() or (folder / "processor_config.json").is_file()
+    if spec.name == "tokenizer":
+        return any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    return (folder / "config.json").is_file() and any(p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir())
+
+
+def load_part(spec: PartSpec, folder: Path) -> Any:
+    """Load one part from a local folder; BundleError naming the part and folder on failure."""
+    if not _part_present(folder, spec):
+        raise BundleError(f"model bundle part '{spec.name}' is missing: nothing loadable in {folder}")
+    try:
+        obj = _load_class(spec.loader).from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # library errors vary widely; report them as one bundle error
+        raise BundleError(f"model bundle part '{spec.name}' in {folder} could not be loaded: {exc}") from exc
+    return obj
+
+
+def model_id_of(path: str | Path) -> int:
+    """16-bit id of a bundle: a hash of its weight files (names and contents); never 0."""
+    root = Path(path)
+    h = hashlib.blake2b(digest_size=8)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        raise BundleError(f"model bundle {root} has no weight files (*.safetensors / *.bin)")
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    mid = int.from_bytes(h.digest()[:2], "big")
+    return mid or 0xFFFF  # 0 means "no model" (classical codecs)
+
+
+def codec_state_dict(model: CADCModel) -> dict[str, torch.Tensor]:
+    """The tensors that go into codec.safetensors."""
+    state = {}
+    full = model.state_dict()
+    for key, value in full.items():
+        top = key.split(".")[0]
+        if top in CODEC_MODULES or key in CODEC_PARAMS:
+            state[key] = value.detach().cpu().contiguous()
+    return state
+
+
+def save_bundle(model: CADCModel, out_dir: str | Path) -> Path:
+    """Write ``model`` as a bundle folder; sets ``model.model_id``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.to_yaml(out / CONFIG_FILE)
+    save_file(codec_state_dict(model), str(out / CODEC_WEIGHTS))
+    model.unet.save_pretrained(str(out / "unet"))
+    model.vae.save_pretrained(str(out / "vae"))
+    model.scheduler.save_pretrained(str(out / "scheduler"))
+    text = model.text
+    if model.config.uses_text_encoder:
+        if text.tokenizer is None:
+            raise BundleError(
+                f"text mode '{model.config.codec.text_mode}' needs a tokenizer; give the config "
+                "sources.tokenizer (a local CLIPTokenizer folder)"
+            )
+        text.text_encoder.save_pretrained(str(out / "text_encoder"))
+        text.tokenizer.save_pretrained(str(out / "tokenizer"))
+    if model.config.uses_captioner:
+        if text.caption_processor is None:
+            raise BundleError("BFATC needs a BlipProcessor; give the config sources.captioner (a local BLIP folder)")
+        text.captioner.save_pretrained(str(out / "captioner"))
+        text.caption_processor.save_pretrained(str(out / "captioner"))
+    model.model_id = model_id_of(out)
+    return out
+
+
+def widen_unet_input(unet: Any, channels: int) -> Any:
+    """Widen a pretrained UNet's conv_in to ``channels`` inputs (extra weights zero, so it starts unchanged)."""
+    old = unet.conv_in
+    if old.in_channels == channels:
+        return unet
+    new = torch.nn.Conv2d(channels, old.out_channels, old.kernel_size, padding=old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        n = min(old.in_channels, channels)
+        new.weight[:, :n] = old.weight[:, :n]
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=channels)
+    return unet
+
+
+def create_bundle(config: CADCConfig | str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build a bundle with random codec weights (and random or ``sources``-copied parts) and save it."""
+    cfg = config if isinstance(config, CADCConfig) else CADCConfig.from_yaml(config)
+    torch.manual_seed(seed)
+    parts: dict[str, Any] = {}
+    for spec in required_parts(cfg):
+        src = cfg.sources.get(spec.name) or (cfg.sources.get("captioner") if spec.name == "caption_processor" else None)
+        if src:
+            parts[spec.name] = load_part(spec, Path(src))
+        elif spec.name in ("tokenizer", "caption_processor"):
+            key = "tokenizer" if spec.name == "tokenizer" else "captioner"
+            raise ConfigError(
+                f"config {cfg.name}: part '{spec.name}' cannot be randomly initialised; "
+                f"set sources.{key} to a local save_pretrained folder"
+            )
+    if "unet" in parts:
+        widen_unet_input(parts["unet"], cfg.codec.latent_channels)
+    model = CADCModel(cfg, parts)
+    return save_bundle(model, out_dir)
+
+
+def _check_fit(model: CADCModel, root: Path) -> None:
+    """Raise BundleError when loaded parts do not fit the config."""
+    c = model.config.codec
+    if int(model.unet.config.in_channels) != c.latent_channels:
+        raise BundleError(
+            f"model bundle part 'unet' in {root / 'unet'} has in_channels={model.unet.config.in_channels}, "
+            f"but the config says latent_channels C={c.latent_channels}"
+        )
+    if int(model.unet.config.out_channels) != 4 or int(model.vae.config.latent_channels) != 4:
+        raise BundleError(f"model bundle {root}: the UNet output and the VAE latent must both have 4 channels")
+    te = model.text.text_encoder
+    if te is not None and int(te.config.hidden_size) != int(model.unet.config.cross_attention_dim):
+        raise BundleError(
+            f"model bundle part 'text_encoder' in {root / 'text_encoder'} has hidden_size={te.config.hidden_size}, "
+            f"but the UNet's cross_attention_dim is {model.unet.config.cross_attention_dim}"
+        )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> CADCModel:
+    """Load a bundle folder into an eval-mode CADCModel on ``device`` (offline only)."""
+    root = Path(path)
+    if not (root / CONFIG_FILE).is_file():
+        raise BundleError(f"model bundle part 'config' is missing: no {CONFIG_FILE} in {root}")
+    try:
+        cfg = CADCConfig.from_yaml(root / CONFIG_FILE)
+    except ConfigError as exc:
+        raise BundleError(f"model bundle {root}: {exc}") from exc
+    specs = required_parts(cfg)
+    missing = [f"'{s.name}' (looked in {root / s.folder})" for s in specs if not _part_present(root / s.folder, s)]
+    if not (root / CODEC_WEIGHTS).is_file():
+        missing.insert(0, f"'codec' (looked for {root / CODEC_WEIGHTS})")
+    if missing:
+        raise BundleError(f"model bundle {root} is missing part(s): {', '.join(missing)}")
+    parts = {s.name: load_part(s, root / s.folder) for s in specs}
+    model = CADCModel(cfg, parts)
+    _check_fit(model, root)
+    try:
+        state = load_file(str(root / CODEC_WEIGHTS))
+    except Exception as exc:
+        raise BundleError(f"model bundle part 'codec' ({root / CODEC_WEIGHTS}) is unreadable: {exc}") from exc
+    expected = codec_state_dict(model)
+    missing_keys = sorted(set(expected) - set(state))
+    extra_keys = sorted(set(state) - set(expected))
+    bad_shapes = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    if missing_keys or extra_keys or bad_shapes:
+        raise BundleError(
+            f"model bundle part 'codec' ({root / CODEC_WEIGHTS}) does not fit {CONFIG_FILE}: "
+            f"missing {missing_keys[:5]}, unexpected {extra_keys[:5]}, wrong shape {bad_shapes[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+    model.model_id = model_id_of(root)
+    return model.to(device).eval()

@@ -1,0 +1,111 @@
+"""Range coding of CADC symbols with constriction: one stream, z first, then ŷ's four groups.
+
+The writer records every coding call so it can check, before handing the
+bytes out, how many trailing bytes of constriction's u32-word output can be
+dropped while the reader (which pads with zeros) still recovers every symbol
+exactly: on a 430-byte frame every byte counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import constriction
+
+
+from gateway.errors import BitstreamError
+
+#: Zero words appended on reading so a trimmed stream never runs dry mid-symbol.
+_READ_PADDING_WORDS = 2
+#: At most this many non-zero trailing bytes are tried for trimming.
+_MAX_TRIM_TRIES = 8
+
+
+def _categorical() -> Any:
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _gaussian(symbol_range: int) -> Any:
+    return constriction.stream.model.QuantizedGaussian(-symbol_range, symbol_range - 1)
+
+
+class SymbolWriter:
+    """Collects symbols into one range-coded stream."""
+
+    def __init__(self) -> None:
+        self._encoder = constriction.stream.queue.RangeEncoder()
+        self._ops: list[tuple[str, np.ndarray, tuple[Any, ...]]] = []
+
+    def write_categorical(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
+        """Symbols 0..n-1, each with its own row of ``probabilities`` [m, n] (float64)."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
+        probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        self._encoder.encode(symbols, _categorical(), probabilities)
+        self._ops.append(("cat", symbols, (probabilities,)))
+
+    def write_gaussian(self, symbols: np.ndarray, means: np.ndarray, stds: np.ndarray, symbol_range: int) -> None:
+        """Symbols in [−R, R−1] under quantized Gaussians with per-symbol mean and std (float64)."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
+        means = np.ascontiguousarray(means, dtype=np.float64).ravel()
+        stds = np.ascontiguousarray(stds, dtype=np.float64).ravel()
+        self._encoder.encode(symbols, _gaussian(symbol_range), means, stds)
+        self._ops.append(("gauss", symbols, (means, stds, symbol_range)))
+
+    def _replays(self, data: bytes) -> bool:
+        try:
+            reader = SymbolReader(data)
+            for kind, symbols, params in self._ops:
+                if kind == "cat":
+                    got = reader.read_categorical(params[0])
+                else:
+                    got = reader.read_gaussian(*params)
+                if not np.array_equal(got, symbols):
+                    return False
+        except BitstreamError:
+            return False
+        return True
+
+    def finish(self) -> bytes:
+        """The stream's bytes, trimmed to the shortest prefix that still decodes exactly."""
+        words = self._encoder.get_compressed()
+        data = words.astype(">u4").tobytes()
+        data = data.rstrip(b"\0")  # the reader pads zeros back, so trailing zeros are free to drop
+        for _ in range(_MAX_TRIM_TRIES):
+            if not data:
+                break
+            shorter = data[:-1].rstrip(b"\0")
+            if not self._replays(shorter):
+                break
+            data = shorter
+        return data
+
+
+class SymbolReader:
+    """Reads symbols back in the order they were written."""
+
+    def __init__(self, data: bytes) -> None:
+        data = bytes(data)
+        data += b"\0" * ((-len(data)) % 4 + 4 * _READ_PADDING_WORDS)
+        words = np.frombuffer(data, dtype=">u4").astype(np.uint32)
+        try:
+            self._decoder = constriction.stream.queue.RangeDecoder(words)
+        except Exception as exc:
+            raise BitstreamError(f"entropy-coded payload is unreadable: {exc}") from exc
+
+    def read_categorical(self, probabilities: np.ndarray) -> np.ndarray:
+        """One symbol per row of ``probabilities`` (int32)."""
+        probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        try:
+            return np.asarray(self._decoder.decode(_categorical(), probabilities), dtype=np.int32)
+        except Exception as exc:
+            raise BitstreamError(f"entropy-coded payload is corrupt (hyperprior symbols): {exc}") from exc
+
+    def read_gaussian(self, means: np.ndarray, stds: np.ndarray, symbol_range: int) -> np.ndarray:
+        """One symbol per (mean, std) pair (int32)."""
+        means = np.ascontiguousarray(means, dtype=np.float64).ravel()
+        stds = np.ascontiguousarray(stds, dtype=np.float64).ravel()
+        try:
+            return np.asarray(self._decoder.decode(_gaussian(symbol_range), means, stds), dtype=np.int32)
+        except Exception as exc:
+            raise BitstreamError(f"entropy-coded payload is corrupt (latent symbols): {exc}") from exc

@@ -1,0 +1,211 @@
+"""The CADC model config: one YAML file describes every part of a model.
+
+A config has a ``codec`` section (the codec's own networks and switches) and
+one section per diffusers / transformers part (``unet``, ``vae``,
+``scheduler``, ``text_encoder``, ``captioner``).  Each part section is the
+keyword arguments of that library's config class, used for random init; the
+optional ``sources`` section maps a part name to a local ``save_pretrained``
+folder to copy it from instead (how the full SD-Turbo model is assembled).
+
+Unknown keys are refused so that a typo does not silently fall back to a
+default.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+
+TEXT_MODES = ("caption", "fixed", "none")
+VAE_TYPES = ("tiny", "kl")
+PART_NAMES = ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "captioner")
+
+#: The fixed prompt suffix of BFATC [4.3].
+C_FIX = "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
+
+
+@dataclass
+class CodecSection:
+    """Sizes and switches of the codec's own networks (everything in ``codec.safetensors``)."""
+
+    y_channels: int = 64
+    y_downsample: int = 32  # image side / y side: 32 or 64 (StableCodec uses 64)
+    z_channels: int = 32  # z is at 1/4 of y's side
+    analysis_widths: list[int] = field(default_factory=lambda: [24, 32, 48, 64])
+    hyper_width: int = 64
+    latent_channels: int = 16  # C: channels of l_T, the UNet input
+    synthesis_width: int = 64
+    aux_widths: list[int] = field(default_factory=lambda: [32, 16, 16])
+    ugaq_width: int = 32
+    context_width: int = 64
+    lam_range: list[float] = field(default_factory=lambda: [0.25, 64.0])
+    lam_levels: int = 6
+    delta_range: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    ugaq: bool = True
+    adgic: bool = True
+    bfatc: bool = False
+    text_mode: str = "none"
+    null_text_tokens: int = 4
+    caption_max_tokens: int = 20
+    timestep: int | None = None  # None: what the scheduler picks for one trailing step (999)
+    z_symbol_range: int = 48  # z symbols are clipped to [-R, R]
+    y_symbol_range: int = 1024  # y symbols are clipped to [-R, R - 1]
+    max_pixels: int = 16_000_000  # largest coded image the decoder accepts
+
+    def validate(self) -> None:
+        if self.y_downsample not in (32, 64):
+            raise ConfigError(f"codec.y_downsample must be 32 or 64, got {self.y_downsample}")
+        if len(self.analysis_widths) != self.n_down - 1:
+            raise ConfigError(
+                f"codec.analysis_widths needs {self.n_down - 1} entries for y_downsample={self.y_downsample} "
+                f"(one per stride-2 stage before the last), got {len(self.analysis_widths)}"
+            )
+        if len(self.aux_widths) != 3:
+            raise ConfigError(f"codec.aux_widths needs 3 entries (one per x2 stage of the aux decoder), got {self.aux_widths}")
+        if self.latent_channels < 4:
+            raise ConfigError(f"codec.latent_channels (C) must be at least 4, got {self.latent_channels}")
+        if self.text_mode not in TEXT_MODES:
+            raise ConfigError(f"codec.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
+        if self.bfatc and self.text_mode != "caption":
+            raise ConfigError("codec.bfatc=true needs codec.text_mode: caption (BFATC captions x_aux)")
+        if self.text_mode == "caption" and not self.bfatc:
+            raise ConfigError("codec.text_mode: caption needs codec.bfatc=true; use 'fixed' or 'none' with BFATC off")
+        if self.bfatc and not self.adgic:
+            raise ConfigError("codec.bfatc=true needs codec.adgic=true: the caption is made from x_aux")
+        for name in ("lam_range", "delta_range"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] < lo_hi[1]:
+                raise ConfigError(f"codec.{name} must be [min, max] with 0 < min < max, got {lo_hi}")
+        if self.lam_levels < 2:
+            raise ConfigError(f"codec.lam_levels must be at least 2, got {self.lam_levels}")
+        if self.null_text_tokens < 1:
+            raise ConfigError("codec.null_text_tokens must be at least 1")
+
+    @property
+    def n_down(self) -> int:
+        """Number of stride-2 stages of g_a."""
+        return {32: 5, 64: 6}[self.y_downsample]
+
+    @property
+    def pad_multiple(self) -> int:
+        """Images are padded to a multiple of this (z's stride)."""
+        return self.y_downsample * 4
+
+
+@dataclass
+class CADCConfig:
+    """A whole CADC model: codec networks plus the diffusers/transformers parts."""
+
+    name: str = "cadc"
+    codec: CodecSection = field(default_factory=CodecSection)
+    unet: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] = field(default_factory=dict)  # {"type": "tiny"|"kl", **diffusers config}
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] = field(default_factory=dict)  # CLIPTextConfig kwargs
+    captioner: dict[str, Any] = field(default_factory=dict)  # BlipConfig kwargs
+    sources: dict[str, str] = field(default_factory=dict)  # part -> local save_pretrained folder
+    description: str = ""
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> "CADCConfig":
+        """Build and validate a config from a plain dict (as read from YAML)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{origin}: a CADC config must be a mapping, got {type(data).__name__}")
+        data = copy.deepcopy(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown keys {unknown}; allowed top-level keys are {sorted(known)}")
+        codec_data = data.pop("codec", {}) or {}
+        codec_known = {f.name for f in fields(CodecSection)}
+        unknown = sorted(set(codec_data) - codec_known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown keys in codec: {unknown}; allowed: {sorted(codec_known)}")
+        for key in ("unet", "vae", "scheduler", "text_encoder", "captioner", "sources"):
+            if data.get(key) is None:
+                data.pop(key, None)
+            elif not isinstance(data[key], dict):
+                raise ConfigError(f"{origin}: section {key} must be a mapping")
+        sources = data.get("sources", {})
+        unknown = sorted(set(sources) - set(PART_NAMES))
+        if unknown:
+            raise ConfigError(f"{origin}: unknown parts in sources: {unknown}; parts are {PART_NAMES}")
+        cfg = cls(codec=CodecSection(**codec_data), **data)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "CADCConfig":
+        """Read and validate a config YAML file."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"model config {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"model config {path} is not valid YAML: {exc}") from None
+        cfg = cls.from_dict(data, origin=str(path))
+        # Relative source folders are relative to the YAML file, so configs can ship next to weights.
+        cfg.sources = {k: str((path.parent / Path(v).expanduser())) for k, v in cfg.sources.items()}
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (what ``config.yaml`` in a bundle holds)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["codec"] = {f.name: copy.deepcopy(getattr(self.codec, f.name)) for f in fields(CodecSection)}
+        for key in ("unet", "vae", "scheduler", "text_encoder", "captioner"):
+            if getattr(self, key):
+                out[key] = copy.deepcopy(getattr(self, key))
+        return out
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the config (without ``sources``: a bundle holds its parts itself)."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ConfigError when parts do not fit together."""
+        self.codec.validate()
+        vae_type = self.vae.get("type", "tiny")
+        if vae_type not in VAE_TYPES:
+            raise ConfigError(f"vae.type must be one of {VAE_TYPES}, got {vae_type!r}")
+        if "in_channels" in self.unet and self.unet["in_channels"] != self.codec.latent_channels:
+            raise ConfigError(
+                f"unet.in_channels={self.unet['in_channels']} must equal codec.latent_channels="
+                f"{self.codec.latent_channels} (the UNet reads all of l_T); drop the key to have it set for you"
+            )
+        if self.unet.get("out_channels", 4) != 4:
+            raise ConfigError("unet.out_channels must be 4: the UNet predicts noise on the 4-channel VAE latent")
+
+    @property
+    def vae_type(self) -> str:
+        return self.vae.get("type", "tiny")
+
+    @property
+    def uses_text_encoder(self) -> bool:
+        return self.codec.text_mode in ("caption", "fixed")
+
+    @property
+    def uses_captioner(self) -> bool:
+        return self.codec.bfatc
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """UNet2DConditionModel config with the input widened to C channels and 4 out."""
+        kw = dict(self.unet)
+        kw["in_channels"] = self.codec.latent_channels
+        kw["out_channels"] = 4
+        return kw
+
+    def vae_kwargs(self) -> dict[str, Any]:
+        kw = dict(self.vae)
+        kw.pop("type", None)
+        return kw

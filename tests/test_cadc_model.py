@@ -1,0 +1,108 @@
+"""CADC model pieces: config validation, training forward, gains, knob mapping, one-step denoise."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gateway.codec.cadc.config import CADCConfig
+from gateway.codec.cadc.knob_values import code_from_delta, code_from_lam, delta_from_code, lam_from_code
+from gateway.codec.cadc.model import CADCModel, quadtree_masks
+from gateway.errors import ConfigError
+
+TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
+
+
+def tiny_dict(**codec) -> dict:
+    d = yaml.safe_load(TINY_YAML.read_text())
+    d["codec"].update(codec)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model() -> CADCModel:
+    torch.manual_seed(0)
+    return CADCModel(CADCConfig.from_yaml(TINY_YAML))
+
+
+def test_unknown_config_keys_are_refused() -> None:
+    d = tiny_dict()
+    d["codec"]["y_chanels"] = 3
+    with pytest.raises(ConfigError, match="y_chanels"):
+        CADCConfig.from_dict(d)
+    with pytest.raises(ConfigError, match="text_mode"):
+        CADCConfig.from_dict(tiny_dict(text_mode="poem"))
+
+
+def test_training_forward_shapes_and_gradients(model: CADCModel) -> None:
+    x = torch.rand(2, 3, 70, 100)  # not a multiple of anything: padded inside, cropped back
+    out = model(x, torch.tensor([1.0, 20.0]), torch.tensor([1.0, 2.0]))
+    assert out["x_hat"].shape == x.shape and out["x_aux"].shape == x.shape
+    assert out["x_hat"].min() >= 0 and out["x_hat"].max() <= 1
+    assert out["bits_y"].shape == (2,) and out["bits_z"].shape == (2,)
+    assert torch.all(out["bits_y"] > 0) and torch.all(out["bits_z"] > 0)
+    assert out["l0"].shape[1] == 4 and out["l_t"].shape[1] == model.config.codec.latent_channels
+    assert torch.all(out["m"] >= 1.0)
+    loss = out["bits_y"].sum() * 1e-3 + out["bits_z"].sum() * 1e-3 + ((out["x_hat"] - x) ** 2).mean()
+    loss = loss + ((out["x_aux"] - x) ** 2).mean()
+    loss.backward()
+    for name in ("g_a", "h_a", "h_s", "ugaq", "context", "g_s", "aux_decoder", "unet", "entropy_bottleneck"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads), f"{name} got no gradient"
+    assert model.log_gain.grad is not None and model.text.null_embedding.grad is not None
+    model.zero_grad()
+    assert model.vae_encode(torch.rand(1, 3, 64, 64)).shape == (1, 4, 8, 8)
+
+
+def test_gain_interpolation_is_exponential_and_hits_levels(model: CADCModel) -> None:
+    lo, hi = model.lam_range
+    k = model.config.codec.lam_levels
+    levels = [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)]
+    gain, inv = model.gains(torch.tensor(levels))
+    assert torch.allclose(gain, torch.exp(model.log_gain), rtol=1e-5)
+    assert torch.allclose(inv, torch.exp(model.log_inv_gain), rtol=1e-5)
+    mid = math.sqrt(levels[1] * levels[2])  # halfway in log λ -> geometric mean of the gains
+    g_mid, _ = model.gains(torch.tensor([mid]))
+    assert torch.allclose(g_mid[0], torch.sqrt(gain[1] * gain[2]), rtol=1e-5)
+
+
+def test_knob_code_mapping_round_trips() -> None:
+    lam_range, delta_range = (0.25, 64.0), (0.5, 4.0)
+    assert lam_from_code(255, lam_range) == pytest.approx(0.25) and lam_from_code(0, lam_range) == pytest.approx(64.0)
+    assert delta_from_code(0, delta_range) == pytest.approx(0.5) and delta_from_code(255, delta_range) == pytest.approx(4.0)
+    for code in range(256):
+        assert code_from_lam(lam_from_code(code, lam_range), lam_range) == code
+        assert code_from_delta(delta_from_code(code, delta_range), delta_range) == code
+    with pytest.raises(ConfigError):
+        lam_from_code(256, lam_range)
+
+
+def test_denoise_matches_a_ddpm_scheduler_step(model: CADCModel) -> None:
+    assert model.timestep == 999  # trailing spacing, one step
+    l_t = torch.randn(1, model.config.codec.latent_channels, 8, 8)
+    text = model.text.null_embedding.unsqueeze(0)
+    with torch.no_grad():
+        eps = model.unet(l_t, torch.tensor([model.timestep]), encoder_hidden_states=text).sample
+        ref = model.scheduler.step(eps, model.timestep, l_t[:, :4]).pred_original_sample
+        assert torch.allclose(model.denoise(l_t, text), ref, atol=1e-5)
+
+
+def test_quadtree_masks_partition_the_grid() -> None:
+    masks = quadtree_masks(6, 8)
+    assert torch.equal(masks.sum(0), torch.ones(1, 1, 6, 8))
+    assert masks[0, 0, 0, 0, 0] == 1 and masks[1, 0, 0, 1, 1] == 1
+
+
+@pytest.mark.parametrize("switches", [dict(ugaq=False), dict(adgic=False), dict(ugaq=False, adgic=False)])
+def test_ablation_switches(switches: dict) -> None:
+    m = CADCModel(CADCConfig.from_dict(tiny_dict(**switches)))
+    out = m(torch.rand(1, 3, 64, 64), torch.tensor([4.0]))
+    if not switches.get("adgic", True):
+        assert out["x_aux"] is None and m.aux_decoder is None
+    if not switches.get("ugaq", True):
+        assert torch.all(out["m"] == 1.0) and m.ugaq is None
+    assert out["x_hat"].shape == (1, 3, 64, 64)
