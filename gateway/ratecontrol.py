@@ -1,0 +1,416 @@
+"""Rate control: the best codec setting whose whole bitstream fits N frames.
+
+One controller drives every codec (classical and CADC) through the
+:class:`gateway.codec.base.Codec` interface, so all of them are compared at
+exactly the same budget.  The search is described, with why it finds a good
+point, in ``docs/ratecontrol.md``.  In short:
+
+1. Find the largest image scale at which the codec's smallest setting fits
+   (bisection over the scale codes; ``analyze`` runs at most once per scale).
+2. At a scale, bisect the λ codes (with the largest Δ) for the best λ that can
+   fit, then for each λ from there down bisect Δ for the smallest Δ that fits;
+   rank those candidates with the codec's ``estimate_distortion`` if it has
+   one, else take the highest λ.  Stop once the smallest Δ fits (a lower λ can
+   only be worse).
+3. Codecs that decode cheaply (``fast_decode``, the classical ones) also try
+   the next smaller scales and keep the one whose decoded image is closest to
+   the original: at a few hundred bytes, a smaller image at a higher quality
+   often beats a larger one at quality 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from gateway.codec import bitstream
+from gateway.codec.base import Codec, Knobs
+from gateway.codec.classical import as_rgb_array
+from gateway.errors import BudgetError, CodecError, ConfigError
+from packetizer.errors import PacketizerError
+from packetizer.frame import FrameCodec
+from packetizer.segment import frames_for, message_capacity
+
+#: Smaller scales tried after the largest one that fits (fast-decode codecs only).
+MAX_SCALES = 4
+#: Lower λ steps tried per scale, after the highest λ that fits, when the codec can estimate distortion.
+MAX_LAM_STEPS = 6
+#: Distortion is measured on at most this many pixels (both images box-downscaled).
+_MEASURE_PIXELS = 1_000_000
+
+
+@dataclass
+class RateResult:
+    """What the rate controller chose, and what it cost."""
+
+    bitstream: bytes
+    knobs: Knobs
+    codec: str
+    budget_frames: int
+    parity: int
+    budget_bytes: int
+    bytes: int
+    utilization: float
+    scale: float
+    downscaled: bool
+    candidates: int
+    seconds: float
+    budget_counting: str
+    setting: dict[str, Any] = field(default_factory=dict)
+    distortion: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (the bitstream itself is left out; ``bytes`` is its length)."""
+        return {
+            "codec": self.codec,
+            "knobs": {
+                "lam_code": self.knobs.lam_code,
+                "delta_code": self.knobs.delta_code,
+                "scale_code": self.knobs.scale_code,
+            },
+            "setting": dict(self.setting),
+            "budget_frames": self.budget_frames,
+            "parity": self.parity,
+            "budget_bytes": self.budget_bytes,
+            "budget_counting": self.budget_counting,
+            "bytes": self.bytes,
+            "utilization": round(self.utilization, 4),
+            "scale": self.scale,
+            "downscaled": self.downscaled,
+            "candidates": self.candidates,
+            "seconds": round(self.seconds, 4),
+            "distortion_mse": None if self.distortion is None else round(self.distortion, 3),
+        }
+
+
+@dataclass
+class _Candidate:
+    knobs: Knobs
+    data: bytes
+    distortion: float | None = None
+
+
+def _boundary(
+    size_at: Callable[[int], int],
+    budget: int,
+    lo: int,
+    hi: int,
+    *,
+    guess: int | None = None,
+    per_doubling: float | None = None,
+) -> int:
+    """Smallest i in [lo, hi] with ``size_at(i) <= budget``, where sizes fall as i grows and hi fits.
+
+    With ``per_doubling`` (about how many indices double the size) this is
+    regula falsi on log(bytes) with the Illinois fix: bytes are close to
+    exponential in a quality index, so the secant through the bracket lands
+    within an index or two of the boundary in a handful of probes.  Before an
+    upper bracket end is known it steps from the fitting end by the prior
+    slope (doubling the step each time it falls short), so the first probe is
+    near the answer instead of at mid-range, where a probe is most expensive.
+    A bisection step whenever the bracket fails to halve twice keeps the
+    worst case logarithmic.  Without ``per_doubling`` it is plain bisection.
+    """
+    log_budget = math.log(budget)
+    f_hi = math.log(size_at(hi)) - log_budget  # <= 0: hi fits
+    f_over: float | None = None  # log-excess at lo - 1 once a probe has failed
+    last_side = 0
+    reach = 1.0
+    missed = 0
+    while lo < hi:
+        width = hi - lo
+        if guess is not None and lo <= guess < hi:
+            probe, guess = guess, None
+        elif per_doubling is None or missed >= 2:
+            probe = (lo + hi) // 2
+        elif f_over is None:
+            probe = hi - max(1, math.ceil(reach * per_doubling * -f_hi / math.log(2)))
+            reach *= 2
+        else:
+            t = (lo - 1) + (hi - lo + 1) * f_over / (f_over - f_hi)
+            probe = math.ceil(t)  # lean to the fitting side: the boundary is the first index that fits
+        probe = min(hi - 1, max(lo, probe))
+        f = math.log(size_at(probe)) - log_budget
+        if f <= 0:
+            hi, f_hi = probe, f
+            if last_side > 0 and f_over is not None:
+                f_over /= 2
+            last_side = 1
+        else:
+            lo, f_over = probe + 1, f
+            if last_side < 0:
+                f_hi /= 2
+            last_side = -1
+        missed = 0 if (hi - lo) * 2 <= width else missed + 1
+    return lo
+
+
+def _downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    # reducing_gap box-reduces first: same look as plain Lanczos, far faster on big photos.
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+
+
+class _Search:
+    """One rate-control search of one image at one byte budget."""
+
+    def __init__(self, codec: Codec, image: np.ndarray, budget: int) -> None:
+        self.codec = codec
+        self.image = image
+        self.budget = budget
+        self.size = (image.shape[1], image.shape[0])
+        space = codec.search_space()
+        self.lams = list(space.lam_codes)
+        self.deltas = list(space.delta_codes) or [0]
+        if not self.lams:
+            raise ConfigError(f"codec {codec.name} offers no λ/quality codes to search")
+        # Scale codes that give the same coded size (tiny images) would repeat work.
+        self.scales: list[int] = []
+        seen: set[tuple[int, int]] = set()
+        for s in list(space.scale_codes) or [0]:
+            coded = bitstream.scaled_size(*self.size, s)
+            if coded not in seen:
+                seen.add(coded)
+                self.scales.append(s)
+        self.analyses: dict[int, Any] = {}
+        self.encoded: dict[Knobs, bytes] = {}
+        self.smallest: int | None = None
+        self.estimate = getattr(codec, "estimate_distortion", None)
+        self.fast_decode = bool(getattr(codec, "fast_decode", False))
+        self._reference: np.ndarray | None = None
+        self.last_lam_index: int | None = None
+        # Prior for the secant search: across a codec's range bytes grow by roughly 2**7.
+        self.lam_per_doubling = max(1.0, len(self.lams) / 7)
+
+    # --- primitives -------------------------------------------------------
+    def analysis(self, scale_code: int) -> Any:
+        if scale_code not in self.analyses:
+            coded = bitstream.scaled_size(*self.size, scale_code)
+            self.analyses[scale_code] = self.codec.analyze(_downscale(self.image, coded))
+        return self.analyses[scale_code]
+
+    def encode(self, knobs: Knobs) -> bytes:
+        if knobs not in self.encoded:
+            data = self.codec.encode(self.analysis(knobs.scale_code), knobs, self.size)
+            self.encoded[knobs] = data
+            if self.smallest is None or len(data) < self.smallest:
+                self.smallest = len(data)
+        return self.encoded[knobs]
+
+    def nbytes(self, knobs: Knobs) -> int:
+        return len(self.encode(knobs))
+
+    def measured_distortion(self, data: bytes) -> float:
+        """MSE of the decoded image against the original (on at most ~1 MP of both)."""
+        w, h = self.size
+        f = min(1.0, math.sqrt(_MEASURE_PIXELS / (w * h)))
+        ref_size = (max(1, round(w * f)), max(1, round(h * f)))
+        if self._reference is None:
+            self._reference = _box(self.image, ref_size).astype(np.float32)
+        decoded = _box(self.codec.decode(data), ref_size).astype(np.float32)
+        return float(np.mean((decoded - self._reference) ** 2))
+
+    # --- the search -------------------------------------------------------
+    def best_at_scale(self, s: int, guess: int | None = None) -> _Candidate:
+        """Best fitting (λ, Δ) at scale ``s``; the smallest setting there is known to fit."""
+        lams, deltas = self.lams, self.deltas
+        i0 = _boundary(
+            lambda i: self.nbytes(Knobs(lams[i], deltas[-1], s)),
+            self.budget,
+            0,
+            len(lams) - 1,
+            guess=guess,
+            per_doubling=self.lam_per_doubling,
+        )
+        self.last_lam_index = i0
+        if len(deltas) == 1:
+            k = Knobs(lams[i0], deltas[0], s)
+            return _Candidate(k, self.encode(k))
+
+        def smallest_delta(i: int, j_hi: int) -> int:
+            # Bytes fall as λ falls, so the smallest fitting Δ can only shrink: search at or below j_hi.
+            return _boundary(
+                lambda j: self.nbytes(Knobs(lams[i], deltas[j], s)),
+                self.budget,
+                0,
+                j_hi,
+                per_doubling=max(1.0, len(deltas) / 7),
+            )
+
+        j_hi = smallest_delta(i0, len(deltas) - 1)
+        cands = [Knobs(lams[i0], deltas[j_hi], s)]
+        if self.estimate is not None:
+            # A lower λ is only worth having with a smaller Δ (at the same Δ it is worse on both
+            # knobs), so each step costs one encode unless it opens a new candidate.
+            for i in range(i0 + 1, min(len(lams), i0 + 1 + MAX_LAM_STEPS)):
+                if j_hi == 0:
+                    break  # the smallest Δ fits: every lower λ is worse
+                if self.nbytes(Knobs(lams[i], deltas[j_hi - 1], s)) > self.budget:
+                    continue
+                j_hi = smallest_delta(i, j_hi - 1)
+                cands.append(Knobs(lams[i], deltas[j_hi], s))
+        if len(cands) == 1:
+            return _Candidate(cands[0], self.encode(cands[0]))
+        scored = [(float(self.estimate(self.analysis(s), k)), k) for k in cands]  # type: ignore[misc]
+        if not all(math.isfinite(d) for d, _ in scored):
+            return _Candidate(cands[0], self.encode(cands[0]))  # no usable estimate: highest λ wins
+        # The estimate only ranks (λ, Δ) here; RateResult.distortion stays a measured pixel MSE.
+        _, k = min(scored, key=lambda t: t[0])
+        return _Candidate(k, self.encode(k))
+
+    def run(self) -> _Candidate | None:
+        scales = self.scales
+        smallest_setting = lambda idx: Knobs(self.lams[-1], self.deltas[-1], scales[idx])  # noqa: E731
+        if self.nbytes(smallest_setting(len(scales) - 1)) > self.budget:
+            return None
+        # Codecs without fast_decode (CADC) pay mostly for analyze, and their smallest setting
+        # usually fits at full size: probe that first rather than analyze at several scales.
+        first = _boundary(
+            lambda idx: self.nbytes(smallest_setting(idx)),
+            self.budget,
+            0,
+            len(scales) - 1,
+            guess=None if self.fast_decode else 0,
+        )
+        if not self.fast_decode:
+            return self.best_at_scale(scales[first])
+        top = (self.lams[0], self.deltas[0])
+        best: _Candidate | None = None
+        for idx in range(first, min(len(scales), first + MAX_SCALES)):
+            # A smaller image affords a higher quality than the larger one got (about one size
+            # doubling for a halved area): try that first.
+            if self.nbytes(smallest_setting(idx)) > self.budget:
+                break  # bisection assumed smaller images are smaller; a real encoder may disagree
+            guess = None
+            if best is not None and self.last_lam_index is not None:
+                guess = max(0, self.last_lam_index - round(self.lam_per_doubling))
+            cand = self.best_at_scale(scales[idx], guess=guess)
+            cand.distortion = self.measured_distortion(cand.data)
+            if best is None or cand.distortion < best.distortion:  # type: ignore[operator]
+                best = cand
+            elif cand.distortion > best.distortion:  # type: ignore[operator]
+                break  # distortion against scale is unimodal in practice: past the minimum
+            if (cand.knobs.lam_code, cand.knobs.delta_code) == top:
+                break  # the best setting fits; smaller images only lose detail
+        return best
+
+
+def _box(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+def _result(search: _Search, cand: _Candidate, t0: float, **budget: Any) -> RateResult:
+    k = cand.knobs
+    if len(cand.data) > search.budget:  # the search only keeps measured fits; this guards the contract
+        raise CodecError(f"rate control chose {len(cand.data)} B for a {search.budget} B budget; please report this")
+    return RateResult(
+        bitstream=cand.data,
+        knobs=k,
+        codec=search.codec.name,
+        bytes=len(cand.data),
+        utilization=len(cand.data) / budget["budget_bytes"],
+        scale=2.0 ** (-k.scale_code / 8.0),
+        downscaled=k.scale_code > 0,
+        candidates=len(search.encoded),
+        seconds=time.perf_counter() - t0,
+        setting=search.codec.describe(k),
+        distortion=cand.distortion,
+        **budget,
+    )
+
+
+def fit_bytes(codec: Codec, image: np.ndarray, budget_bytes: int, *, label: str = "the image") -> RateResult:
+    """Best setting of ``codec`` for ``image`` whose whole bitstream is at most ``budget_bytes``.
+
+    Raises :class:`BudgetError` (``frames_needed=None``) when even the
+    smallest bitstream is larger; the message gives the bytes it needs.
+    """
+    t0 = time.perf_counter()
+    image = as_rgb_array(image)
+    search = _Search(codec, image, int(budget_bytes))
+    cand = search.run()
+    if cand is None:
+        raise BudgetError(
+            f"{label} needs at least {search.smallest} B with {codec.name}; budget was {budget_bytes} B",
+            None,
+        )
+    return _result(
+        search,
+        cand,
+        t0,
+        budget_frames=0,
+        parity=0,
+        budget_bytes=int(budget_bytes),
+        budget_counting=f"{budget_bytes} B",
+    )
+
+
+def fit(
+    codec: Codec,
+    image: np.ndarray,
+    frames: int,
+    *,
+    frame_size: int = 450,
+    parity: int = 0,
+    auth_tag_len: int = 0,
+    label: str = "the image",
+) -> RateResult:
+    """Best setting of ``codec`` for ``image`` whose whole bitstream fits ``frames`` frames.
+
+    The byte budget is what the packetizer carries in ``frames`` frames of
+    ``frame_size`` bytes when ``parity`` of them are erasure-coding parity and
+    each frame has an ``auth_tag_len``-byte HMAC tag (0 = no authentication).
+    Raises :class:`BudgetError` with ``frames_needed`` (the smallest frame
+    count that fits the smallest bitstream) when nothing fits.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(frames, int) or frames < 1:
+        raise ConfigError(f"frame budget must be a positive integer, got {frames!r}")
+    try:
+        # The key only matters for computing tags; the capacity depends on tag_len alone.
+        frame_codec = FrameCodec(
+            frame_size=frame_size,
+            auth_key=b"capacity-only" if auth_tag_len else None,
+            tag_len=auth_tag_len or 8,
+        )
+        budget_bytes = message_capacity(frames, frame_codec, parity)
+    except PacketizerError as exc:
+        raise ConfigError(f"bad frame budget: {exc}") from exc
+    image = as_rgb_array(image)
+    search = _Search(codec, image, budget_bytes)
+    cand = search.run()
+    if cand is None:
+        smallest = search.smallest or 0
+        parity_note = f" ({parity} of them parity)" if parity else ""
+        try:
+            needed: int | None = frames_for(smallest, frame_codec, parity)
+        except PacketizerError:
+            needed = None
+        if needed is None:
+            msg = (
+                f"{label} cannot fit any budget of {frame_size} B frames with {codec.name}{parity_note}: "
+                f"its smallest bitstream is {smallest} B; use a larger frame size or fewer parity frames"
+            )
+        else:
+            msg = (
+                f"{label} needs at least {needed} frames of {frame_size} B with {codec.name}{parity_note}; "
+                f"budget was {frames}"
+            )
+        raise BudgetError(msg, needed)
+    return _result(
+        search,
+        cand,
+        t0,
+        budget_frames=frames,
+        parity=parity,
+        budget_bytes=budget_bytes,
+        budget_counting=f"{frames} frames x {frame_codec.payload_capacity} B payload, {parity} parity",
+    )
