@@ -1,0 +1,102 @@
+"""Benchmark the sender/ground-station ARQ over the real daemons and a time-scaled link.
+
+Prints two figures:
+
+* link utilization with no loss: forward frames offered to the link per
+  second / the link's frame capacity (rate_bps / (8 * frame_size)), measured
+  while the sender has a backlog (target >= 0.95);
+* goodput under 10 % random loss: distinct data frames delivered per second /
+  ((1 - loss) * capacity) (target >= 0.9).
+
+Times are the link's simulated seconds (wall seconds x time scale), taken
+from the link's own clock. Usage::
+
+    python tools/bench_arq.py [--images 40] [--time-scale 20] [--rate 9600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_daemons import Rig, make_images, request, wait_for  # noqa: E402
+
+
+def _preset(path: Path, rate: int, loss: float) -> Path:
+    fwd = f"{{rate_bps: {rate}, queue: {{frames: 64}}, delay: {{propagation_s: 0.05}}" + (
+        f", loss: {{p: {loss}}}}}" if loss else "}"
+    )
+    path.write_text(
+        f"name: bench\nframe_size: 450\nseed: 11\ntime_scale: 1.0\nforward: {fwd}\n"
+        f"return: {{rate_bps: {rate}, queue: {{frames: 64}}, delay: {{propagation_s: 0.05}}}}\n"
+    )
+    return path
+
+
+def run(tmp: Path, *, loss: float, images: int, time_scale: float, rate: int, packets: int) -> dict:
+    """One run: spool and encode ``images`` first, then start the link and time the transfer from its trace."""
+    import json
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    rig = Rig(tmp, preset=_preset(tmp / "preset.yaml", rate, loss), time_scale=time_scale)
+    try:
+        rig.start_receiver()
+        rig.start_sender()
+        wait_for(lambda: rig._pingable("sender_control"), 30, what="sender")
+        for name, data in make_images(images, size=160):
+            rig.submit(name, data, packets=packets)
+        # encode everything before the link exists, so the measurement sees a full backlog
+        wait_for(lambda: rig.sender_status()["counts"]["accepted"] == 0, 300, what="encoding")
+        rig.start_link()
+        wait_for(lambda: len(rig.outputs()) == images, 600, step=0.2, what="all images")
+        st = rig.sender_status()
+        rig.terminate("link")
+        fwd = [r for r in map(json.loads, rig.trace.read_text().splitlines()) if r["dir"] == "forward"]
+        return {"st": st, "fwd": fwd}
+    finally:
+        rig.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the two measurements and print the figures."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=40)
+    p.add_argument("--packets", type=int, default=8)
+    p.add_argument("--time-scale", type=float, default=20.0)
+    p.add_argument("--rate", type=int, default=9600, help="link rate in bit/s (both directions)")
+    a = p.parse_args(argv)
+    capacity = a.rate / (8 * 450)  # frames per link second
+    tmp = Path(tempfile.mkdtemp(prefix="bench_arq_"))
+    frame_s = 1 / capacity
+    try:
+        r = run(tmp / "clean", loss=0.0, images=a.images, time_scale=a.time_scale, rate=a.rate, packets=a.packets)
+        t = sorted(x["t_in"] for x in r["fwd"])
+        busy = t[-1] - t[0] + frame_s
+        util = len(t) / busy / capacity
+        print(f"no loss:   {len(t)} frames in {busy:.1f} link s (first to last frame) -> "
+              f"{len(t) / busy:.3f} frames/s of {capacity:.3f}: utilization {util:.3f} (target >= 0.95)")
+        loss = 0.10
+        r = run(tmp / "lossy", loss=loss, images=a.images, time_scale=a.time_scale, rate=a.rate, packets=a.packets)
+        t = sorted(x["t_in"] for x in r["fwd"])
+        busy = t[-1] - t[0] + frame_s
+        c = r["st"]["counters"]
+        distinct = c["frames_sent"] - c["retransmissions"]  # every distinct frame was delivered in the end
+        good = distinct / busy / ((1 - loss) * capacity)
+        print(f"10% loss:  {len(t)} frames sent ({c['retransmissions']} retransmissions, {c['meta_sent']} META) "
+              f"in {busy:.1f} link s; {distinct / busy:.3f} distinct frames/s -> goodput {good:.3f} "
+              f"of (1 - loss) x capacity (target >= 0.9)")
+        print(f"  retransmission overhead {c['retransmissions'] / max(1, distinct):.3f} (ideal {loss / (1 - loss):.3f})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
