@@ -34,6 +34,7 @@ class DecodeJob:
     bitstream: bytes
     outbox: str
     info: dict[str, Any] = field(default_factory=dict)  # frame counts, timings, META
+    bundle: str | None = None  # CADC model bundle folder (None: the embedded cadc-tiny)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -80,11 +81,16 @@ def decode_message(job: DecodeJob) -> dict[str, Any]:
 
     from gateway.codec import bitstream as bs
     from gateway.codec.base import Knobs
-    from gateway.codec.registry import decode_any, make_codec
+    from gateway.codec.registry import get_codec
 
     t0 = time.perf_counter()
     header, _ = bs.unpack(job.bitstream)
-    image = decode_any(job.bitstream)
+    codec = get_codec(header.codec_name, job.bundle)
+    decode_info: dict[str, Any] = {}
+    if hasattr(codec, "decode_with_info"):
+        image, decode_info = codec.decode_with_info(job.bitstream)
+    else:
+        image = codec.decode(job.bitstream)
     decode_s = time.perf_counter() - t0
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3):
         from gateway.errors import CodecError
@@ -100,12 +106,7 @@ def decode_message(job: DecodeJob) -> dict[str, Any]:
     h, w = image.shape[:2]
     frame_size = int(info.get("frame_size", 450))
     n, received, repeated = int(info.get("n", 0)), int(info.get("received", 0)), int(info.get("repeated", 0))
-    knobs = Knobs(header.lam_code, header.delta_code, header.scale_code)
-    try:
-        setting = make_codec(header.codec_name).describe(knobs) if header.codec_name != "cadc" else {
-            "lam_code": header.lam_code, "delta_code": header.delta_code, "scale_code": header.scale_code}
-    except Exception:
-        setting = {"lam_code": header.lam_code, "delta_code": header.delta_code, "scale_code": header.scale_code}
+    setting = codec.describe(Knobs(header.lam_code, header.delta_code, header.scale_code))
     first_at, assembled_at = info.get("first_at"), info.get("assembled_at")
     record = {
         "message_id": job.message_id,
@@ -127,13 +128,14 @@ def decode_message(job: DecodeJob) -> dict[str, Any]:
         "bytes_received_on_air": (received + repeated) * frame_size,
         "bpp": round(len(job.bitstream) * 8 / (w * h), 5),
         "bpp_on_air": round(n * frame_size * 8 / (w * h), 5),
-        "caption": getattr(image, "caption", None) or info.get("caption"),
+        "caption": decode_info.get("caption"),
         "timings": {
             "first_frame_at": first_at,
             "assembled_at": assembled_at,
             "decoded_at": time.time(),
             "transfer_s": None if first_at is None or assembled_at is None else round(assembled_at - first_at, 4),
             "decode_s": round(decode_s, 4),
+            "decode_stages_ms": decode_info.get("timings_ms"),
         },
         "png": f"{job.message_id}.png",
     }

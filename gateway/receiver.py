@@ -265,7 +265,7 @@ class ReceiverDaemon:
         info["frame_size"] = self.codec.frame_size
         info.pop("result", None)
         self.decoding.add(mid)
-        self.worker.submit(DecodeJob(mid, bitstream, self.cfg["outbox"], info))
+        self.worker.submit(DecodeJob(mid, bitstream, self.cfg["outbox"], info, self.cfg["bundle"]))
 
     def _collect_decodes(self) -> None:
         for mid, status, value in self.worker.poll():
@@ -355,6 +355,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-key", help="HMAC pre-shared key file")
     p.add_argument("--curve-dir", help="folder of CURVE keys from 'satgw keys'")
     p.add_argument("--decode-worker", choices=("process", "thread"), help="where decoding runs")
+    p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
 
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "store": a.store, "outbox": a.outbox, "control": a.control, "link.endpoint": a.link_endpoint,
                 "link.control": a.link_control, "frame.auth_key_file": a.auth_key, "curve.dir": a.curve_dir,
-                "decode.worker": a.decode_worker, "log_level": a.log_level,
+                "decode.worker": a.decode_worker, "log_level": a.log_level, "bundle": a.bundle,
             },
         )
         log = EventLog("receiver", cfg["log_level"])

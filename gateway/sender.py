@@ -77,7 +77,7 @@ class Encoder(threading.Thread):
             spool.close()
 
     def _encode(self, spool: Spool, row: Any) -> None:
-        from gateway.codec.registry import make_codec
+        from gateway.codec.registry import get_codec
         from gateway.ratecontrol import fit
         from packetizer.segment import split_message
 
@@ -85,7 +85,7 @@ class Encoder(threading.Thread):
         try:
             arr = _image_array(spool.image(row.id), self.cfg["limits"]["max_pixels"])
             result = fit(
-                make_codec(row.codec),
+                get_codec(row.codec, self.cfg["bundle"]),
                 arr,
                 row.packets,
                 frame_size=self.codec.frame_size,
@@ -656,6 +656,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--link-control", help="the link's control endpoint")
     p.add_argument("--auth-key", help="HMAC pre-shared key file")
     p.add_argument("--curve-dir", help="folder of CURVE keys from 'satgw keys'")
+    p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
 
@@ -670,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "spool": a.spool, "inbox": a.inbox, "control": a.control, "link.endpoint": a.link_endpoint,
                 "link.control": a.link_control, "frame.auth_key_file": a.auth_key, "curve.dir": a.curve_dir,
-                "log_level": a.log_level,
+                "log_level": a.log_level, "bundle": a.bundle,
             },
         )
         log = EventLog("sender", cfg["log_level"])

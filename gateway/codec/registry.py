@@ -57,23 +57,25 @@ def codec_name_for(data: bytes) -> str:
     return header.codec_name
 
 
+def get_codec(name: str, bundle: str | Path | None = None) -> Codec:
+    """The process-wide shared instance of codec ``name`` (a daemon loads a CADC bundle once)."""
+    key = (name, str(bundle) if name == "cadc" else "")
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = make_codec(name, bundle=bundle)
+        return _cache[key]
+
+
 def decode_any(data: bytes, codecs: dict[str, Codec] | None = None, bundle: str | Path | None = None) -> np.ndarray:
     """Decode a bitstream with whichever codec its header names.
 
     Codecs are created on first use and kept in ``codecs`` (or, when it is
-    ``None``, in a process-wide cache keyed by name and bundle, so a daemon
-    loads the CADC bundle once).  Malformed input raises
-    :class:`gateway.errors.BitstreamError` (or a subclass).
+    ``None``, in the process-wide cache of :func:`get_codec`).  Malformed input
+    raises :class:`gateway.errors.BitstreamError` (or a subclass).
     """
     name = codec_name_for(data)
-    if codecs is not None:
-        if name not in codecs:
-            codecs[name] = make_codec(name, bundle=bundle)
-        codec = codecs[name]
-    else:
-        key = (name, str(bundle) if name == "cadc" else "")
-        with _cache_lock:
-            if key not in _cache:
-                _cache[key] = make_codec(name, bundle=bundle)
-            codec = _cache[key]
-    return codec.decode(data)
+    if codecs is None:
+        return get_codec(name, bundle).decode(data)
+    if name not in codecs:
+        codecs[name] = make_codec(name, bundle=bundle)
+    return codecs[name].decode(data)

@@ -16,9 +16,10 @@ with other weights refuses the stream instead of decoding garbage.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -81,12 +82,30 @@ def _part_present(folder: Path, spec: PartSpec) -> bool:
     return (folder / "config.json").is_file() and any(p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir())
 
 
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence diffusers/transformers advice printed on every load (e.g. "install accelerate"):
+    the daemons log JSON lines and these free-text warnings say nothing about the bundle itself."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(d_level)
+        tlog.set_verbosity(t_level)
+
+
 def load_part(spec: PartSpec, folder: Path) -> Any:
     """Load one part from a local folder; BundleError naming the part and folder on failure."""
     if not _part_present(folder, spec):
         raise BundleError(f"model bundle part '{spec.name}' is missing: nothing loadable in {folder}")
     try:
-        obj = _load_class(spec.loader).from_pretrained(str(folder), local_files_only=True)
+        with _quiet_libraries():
+            obj = _load_class(spec.loader).from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # library errors vary widely; report them as one bundle error
         raise BundleError(f"model bundle part '{spec.name}' in {folder} could not be loaded: {exc}") from exc
     return obj
