@@ -10,11 +10,7 @@ then writes ``demo-out/`` (reconstructions, contact sheets, JSON and an
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import signal
-import socket
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -26,21 +22,10 @@ from PIL import Image
 
 from gateway.demo_report import COLUMNS, DemoRow, contact_sheet, table_cells, write_index
 from gateway.errors import BudgetError, SatgwError
+from gateway.launcher import Daemons, link_stats, png_bytes, request
 
 CLASSICAL = ("avif", "jxl", "webp", "jpeg")
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def load_images(folder: str | None, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
@@ -61,68 +46,6 @@ def load_images(folder: str | None, limit: int | None = None) -> list[tuple[str,
                 img = np.stack([img] * 3, -1)
             out.append((name, np.ascontiguousarray(img[..., :3]).astype(np.uint8)))
     return out[:limit] if limit else out
-
-
-class Daemons:
-    """The three daemons as child processes; stopped with SIGTERM (then SIGKILL) on exit."""
-
-    def __init__(self, run_dir: Path, link: str, time_scale: float, bundle: str | None) -> None:
-        self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        p = _free_ports(5)
-        self.ep = {
-            "sender_side": f"tcp://127.0.0.1:{p[0]}", "ground_side": f"tcp://127.0.0.1:{p[1]}",
-            "link_control": f"tcp://127.0.0.1:{p[2]}", "sender": f"tcp://127.0.0.1:{p[3]}",
-            "receiver": f"tcp://127.0.0.1:{p[4]}",
-        }
-        self.outbox = run_dir / "outbox"
-        py = [sys.executable, "-m", "gateway.cli"]
-        self.commands = {
-            "link": py + ["link", "--config", link, "--time-scale", str(time_scale),
-                          "--sender-side", self.ep["sender_side"], "--ground-side", self.ep["ground_side"],
-                          "--control", self.ep["link_control"], "--trace", str(run_dir / "link-trace.jsonl"),
-                          "--stats-interval", "5"],
-            "receiver": py + ["receiver", "--store", str(run_dir / "frames.db"), "--outbox", str(self.outbox),
-                              "--control", self.ep["receiver"], "--link-endpoint", self.ep["ground_side"],
-                              "--link-control", self.ep["link_control"]],
-            "sender": py + ["sender", "--spool", str(run_dir / "spool.db"), "--inbox", str(run_dir / "inbox"),
-                            "--control", self.ep["sender"], "--link-endpoint", self.ep["sender_side"],
-                            "--link-control", self.ep["link_control"]],
-        }
-        if bundle:
-            for name in ("receiver", "sender"):
-                self.commands[name] += ["--bundle", str(bundle)]
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self) -> None:
-        for name in ("link", "receiver", "sender"):
-            log = open(self.run_dir / f"{name}.log", "wb")
-            self.procs[name] = subprocess.Popen(self.commands[name], stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise SatgwError(f"the {name} daemon exited with code {proc.returncode}; its log ends:\n{tail}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _png_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _setting_text(codec: Any, knobs: Any) -> str:
@@ -183,26 +106,6 @@ def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, fr
     return rows, local
 
 
-def _request(endpoint: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    import zmq
-
-    from gateway.client import LazyPirate
-
-    ctx = zmq.Context.instance()
-    client = LazyPirate(ctx, endpoint, timeout_s=timeout, retries=3)
-    try:
-        return client.request(req)
-    finally:
-        client.close()
-
-
-def _link_stats(endpoint: str) -> dict[str, Any]:
-    try:
-        return _request(endpoint, {"cmd": "stats"}, timeout=2.0)
-    except SatgwError:
-        return {}
-
-
 def run_transfers(daemons: Daemons, rows: list[DemoRow], images: dict[str, np.ndarray], frame_size: int,
                   timeout_s: float, console: Any) -> None:
     """Submit every planned row to the sender and wait for the ground station's outputs."""
@@ -210,9 +113,9 @@ def run_transfers(daemons: Daemons, rows: list[DemoRow], images: dict[str, np.nd
 
     todo = [r for r in rows if r.state == "pending"]
     for r in todo:
-        reply = _request(daemons.ep["sender"], {
+        reply = request(daemons.ep["sender"], {
             "cmd": "send", "name": f"{r.image}-{r.frames_budget}f-{r.codec}.png",
-            "image": _png_bytes(images[r.image]), "codec": r.codec, "packets": r.frames_budget,
+            "image": png_bytes(images[r.image]), "codec": r.codec, "packets": r.frames_budget,
         })
         if not reply.get("ok"):
             r.state, r.reason = "refused", str(reply.get("error"))
@@ -229,7 +132,7 @@ def run_transfers(daemons: Daemons, rows: list[DemoRow], images: dict[str, np.nd
                 meta = daemons.outbox / f"{mid}.json"
                 if meta.exists():
                     pending.pop(mid).meta = json.loads(meta.read_text())
-            status = _request(daemons.ep["sender"], {"cmd": "status"}, timeout=5.0)
+            status = request(daemons.ep["sender"], {"cmd": "status"}, timeout=5.0)
             by_id = {m["id"]: m for m in status.get("messages", [])}
             for r in todo:
                 m = by_id.get(r.message_id)
@@ -238,7 +141,7 @@ def run_transfers(daemons: Daemons, rows: list[DemoRow], images: dict[str, np.nd
                     if m.get("state") in ("failed", "expired"):
                         r.state, r.reason = m["state"], m.get("reason")
                         pending.pop(r.message_id, None)
-            fwd = _link_stats(daemons.ep["link_control"]).get("forward", {})
+            fwd = link_stats(daemons.ep["link_control"]).get("forward", {})
             counters = status.get("counters", {})
             info = (f"frames on air {fwd.get('in', '?')}, delivered {fwd.get('delivered', '?')}, "
                     f"retransmitted {counters.get('retransmitted', 0)}")
@@ -345,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the daemons[/yellow]")
-        link_stats = _link_stats(daemons.ep["link_control"])
+        final_stats = link_stats(daemons.ep["link_control"])
     _finish_rows(rows, img_map, daemons.outbox, out)
     for name, img in images:
         Image.fromarray(img).save(out / f"original-{name}.png")
     sheets = _sheets(rows, img_map, budgets, out)
     info = {"link": a.link, "time_scale": a.time_scale, "budgets": budgets, "frame_size": frame_size,
-            "codecs": cadc_note, "link_counters": json.dumps(link_stats.get("forward", {}))}
+            "codecs": cadc_note, "link_counters": json.dumps(final_stats.get("forward", {}))}
     index = write_index(out, rows, sheets, info)
     _print_table(rows, console)
     console.print(f"report: {index}")

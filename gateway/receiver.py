@@ -26,7 +26,7 @@ import zmq
 from gateway.client import LazyPirate, curve_client_keys
 from gateway.daemon_config import DaemonConfig, load_receiver_config, read_auth_key
 from gateway.decode_worker import DecodeJob, DecodeWorker
-from gateway.errors import ConfigError, SatgwError, SpoolError
+from gateway.errors import ConfigError, SatgwError
 from gateway.framestore import FrameStore
 from gateway.logging_util import EventLog
 from gateway.scheduler import LinkWindow, Pacer

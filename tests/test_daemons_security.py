@@ -9,7 +9,7 @@ import time
 
 import zmq
 
-from link_sim.transport import FRAME, HELLO, CurveKeys, LinkPeer, generate_keypair, load_key
+from link_sim.transport import CurveKeys, LinkPeer, generate_keypair, load_key
 from packetizer.frame import Frame, FrameCodec, FrameType
 from test_daemons import PY, check_outputs, make_images, request, rig_factory, wait_for  # noqa: F401  (fixture)
 
@@ -76,7 +76,6 @@ def test_curve_peer_without_key_cannot_inject(rig_factory, tmp_path):
     st = request(rig.ep["receiver_control"], {"cmd": "status"})
     assert 777 not in {m["id"] for m in st["messages"]}
     # the link never saw the intruders' frames: only the real sender's frames came in
-    from test_daemons import request as req
     ctl = zmq.Context()
     intruder.close()
     plain.close()

@@ -17,16 +17,16 @@ from the link's own clock. Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_daemons import Rig, make_images, request, wait_for  # noqa: E402
+from test_daemons import Rig, make_images, wait_for  # noqa: E402
 
 
 def _preset(path: Path, rate: int, loss: float) -> Path:
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
               f"in {busy:.1f} link s; {distinct / busy:.3f} distinct frames/s -> goodput {good:.3f} "
               f"of (1 - loss) x capacity (target >= 0.9)")
         print(f"  retransmission overhead {c['retransmissions'] / max(1, distinct):.3f} (ideal {loss / (1 - loss):.3f})")
+        print("BENCH_JSON " + json.dumps({"utilization": round(util, 4), "utilization_target": 0.95,
+                                          "goodput": round(good, 4), "goodput_target": 0.9,
+                                          "met": util >= 0.95 and good >= 0.9}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

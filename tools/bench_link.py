@@ -156,6 +156,8 @@ def main() -> int:
     args = p.parse_args()
     fps = bench_end_to_end(args.frames)
     bench_models(args.model_frames)
+    print("BENCH_JSON " + json.dumps({"end_to_end_frames_per_s": round(fps), "target": TARGET_FPS,
+                                      "met": fps >= TARGET_FPS}))
     return 0 if fps >= TARGET_FPS else 1
 
 

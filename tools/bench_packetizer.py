@@ -8,6 +8,7 @@ machine, e.g. ``python tools/bench_packetizer.py --messages 200 --size 30000``.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     codec = FrameCodec(args.frame_size, auth_key=b"bench-key" if args.auth else None)
     print(f"{codec}, payload {codec.payload_capacity} B, {args.messages} messages x {args.size} B")
     met = True
+    figures: dict[str, float] = {}
     for label, parity, drop in (("plain", 0, 0), ("parity 4, 4 lost", 4, 4)):
         if parity and -(-args.size // codec.payload_capacity) + parity > 256:
             print(f"{label:18s} skipped: more than 256 frames per message")
@@ -56,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         best = max(
             frames / seconds for frames, seconds in (run_once(messages, codec, parity, drop) for _ in range(args.repeat))
         )
+        figures[label] = round(best)
         print(f"{label:18s} {best:12,.0f} frames/s  ({best * codec.frame_size * 8 / 1e6:,.0f} Mbit/s of frames)")
         if parity == 0:
             met = best >= TARGET_FPS
     print(f"target {TARGET_FPS:,} frames/s (plain path): {'met' if met else 'NOT met'}")
+    print("BENCH_JSON " + json.dumps({"frames_per_s": figures, "target": TARGET_FPS, "met": met}))
     return 0 if met else 1
 
 
