@@ -173,7 +173,7 @@ class SenderDaemon:
             self.window.frame_size = self._preset.frame_size
         arq = cfg["arq"]
         self.rto = RtoEstimator(arq["initial_rto_s"], arq["min_rto_s"], arq["max_rto_s"])
-        self._rto_scale = 1.0  # time scale the RTO bounds were last converted with
+        self._rto_scale: tuple = ()  # (time scale, rates) the RTO bounds were last derived from
         self.sched = TransmitScheduler(
             self.rto, reorder_frames=arq["reorder_frames"], max_transmissions=arq["max_transmissions"]
         )
@@ -361,13 +361,21 @@ class SenderDaemon:
         if interval:
             self.pacer.set_interval(interval)
         ts = self.window.time_scale
-        if ts != self._rto_scale:
+        key = (ts, self.window.forward_rate_bps, self.window.return_rate_bps)
+        if key != self._rto_scale:
             # ARQ timings are configured in link seconds; the estimator works in wall seconds.
+            # No ACK can come back before one frame has been serialized each way, so on a
+            # slow link (GEO at 2.4 kbit/s: 1.5 s a frame each way) the configured floor and
+            # first guess are raised to that: retransmitting earlier only wastes the link.
             arq = self.cfg["arq"]
-            self.rto.set_bounds(arq["min_rto_s"] / ts, arq["max_rto_s"] / ts)
+            fwd = self.window.frame_interval(self.codec.frame_size) or 0.0
+            ret = self.window.frame_interval(self.codec.frame_size, self.window.return_rate_bps) or 0.0
+            physics = fwd + ret
+            self.rto.set_bounds(max(arq["min_rto_s"] / ts, 1.5 * physics), arq["max_rto_s"] / ts)
             if self.rto.samples == 0:
-                self.rto.rto = min(max(arq["initial_rto_s"] / ts, self.rto.min), self.rto.max)
-            self._rto_scale = ts
+                first = max(arq["initial_rto_s"] / ts, 3.0 * physics)
+                self.rto.rto = min(max(first, self.rto.min), self.rto.max)
+            self._rto_scale = key
 
     # --- transmit ---------------------------------------------------------------------------
 
