@@ -1,0 +1,264 @@
+"""Image quality metrics and the Bjøntegaard delta rate.
+
+Everything here works offline: PSNR and MS-SSIM are computed in-process (MS-SSIM
+in torch, so the training losses share the exact same code), the JPEG XL
+perceptual tools are called only when their command-line programs are
+installed (Debian ``libjxl-devtools``), and learned metrics (LPIPS, DISTS) only
+when a TorchScript model for them already sits on disk.  A metric that cannot
+be computed returns ``None`` instead of failing, so an evaluation on a bare
+machine still produces PSNR / MS-SSIM.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# Weights of the five MS-SSIM scales (Wang et al. 2003).
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_K1, _K2 = 0.01, 0.03
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected HxWx3 arrays, got shape {a.shape}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB between two HxWx3 uint8 images (``inf`` when identical)."""
+    _check_pair(a, b)
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(peak * peak / mse)
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma * sigma))
+    g = g / g.sum()
+    return g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
+
+
+def _ssim_components(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean SSIM and contrast-structure term (separable Gaussian, valid padding)."""
+    c = x.shape[1]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        t = F.conv2d(t, win, groups=c)
+        return F.conv2d(t, win.transpose(2, 3), groups=c)
+
+    c1, c2 = _K1**2, _K2**2
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x**2
+    syy = blur(y * y) - mu_y**2
+    sxy = blur(x * y) - mu_x * mu_y
+    cs_map = (2 * sxy + c2) / (sxx + syy + c2)
+    ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * cs_map
+    return ssim_map.flatten(1).mean(1), cs_map.flatten(1).mean(1)
+
+
+def ms_ssim_levels(height: int, width: int, win_size: int = 11) -> int:
+    """How many MS-SSIM scales fit an image (5 for >=161 px, fewer for small images, at least 1)."""
+    side = min(height, width)
+    levels = 1
+    while levels < len(MS_SSIM_WEIGHTS) and side // (2**levels) >= win_size:
+        levels += 1
+    return levels
+
+
+def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Differentiable MS-SSIM per image for ``[B,3,H,W]`` tensors in [0, 1].
+
+    Images too small for five scales use fewer (weights renormalised); images
+    smaller than the window shrink the window.  Negative contrast terms are
+    clamped at 0 so the power stays defined, as in pytorch-msssim.
+    """
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"expected two equal [B,C,H,W] tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    h, w = x.shape[-2:]
+    win_size = min(win_size, h, w)
+    if win_size % 2 == 0:
+        win_size -= 1
+    win_size = max(win_size, 1)
+    levels = ms_ssim_levels(h, w, win_size)
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=x.dtype, device=x.device)
+    weights = weights / weights.sum()
+    win = _gaussian_window(win_size, sigma, x.shape[1], x.device, x.dtype)
+    values = []
+    for level in range(levels):
+        ssim_val, cs = _ssim_components(x, y, win)
+        if level < levels - 1:
+            values.append(torch.relu(cs))
+            x = F.avg_pool2d(x, 2, ceil_mode=False)
+            y = F.avg_pool2d(y, 2, ceil_mode=False)
+        else:
+            values.append(torch.relu(ssim_val))
+    stack = torch.stack(values, dim=0)  # [levels, B]
+    return torch.prod(stack ** weights.view(-1, 1), dim=0)
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float64)).permute(2, 0, 1).unsqueeze(0) / 255.0
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM in [0, 1] between two HxWx3 uint8 images (fewer scales for small images)."""
+    _check_pair(a, b)
+    with torch.no_grad():
+        return float(ms_ssim_torch(_to_tensor(a), _to_tensor(b))[0])
+
+
+# ---------------------------------------------------------------- external tools
+
+def _find_tool(*names: str) -> str | None:
+    for n in names:
+        p = shutil.which(n)
+        if p:
+            return p
+    return None
+
+
+def _run_pair_tool(tool: str, a: np.ndarray, b: np.ndarray, extra: Sequence[str] = ()) -> float | None:
+    """Run ``tool ORIG DIST`` on PNG copies and return the first number it prints."""
+    _check_pair(a, b)
+    with tempfile.TemporaryDirectory(prefix="satgw-metric-") as d:
+        pa, pb = Path(d) / "a.png", Path(d) / "b.png"
+        Image.fromarray(a).save(pa)
+        Image.fromarray(b).save(pb)
+        try:
+            out = subprocess.run([tool, str(pa), str(pb), *extra], capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    if out.returncode != 0:
+        return None
+    m = re.search(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", out.stdout)
+    return float(m.group(0)) if m else None
+
+
+def butteraugli(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Butteraugli max-norm distance (lower is better) via ``butteraugli_main``; None when not installed."""
+    tool = _find_tool("butteraugli_main", "butteraugli")
+    return _run_pair_tool(tool, a, b) if tool else None
+
+
+def ssimulacra(a: np.ndarray, b: np.ndarray) -> float | None:
+    """SSIMULACRA 2 score (higher is better, 100 = identical) or, if only v1 exists, SSIMULACRA 1
+    (lower is better).  None when neither ``ssimulacra2`` nor ``ssimulacra_main`` is installed.
+
+    Use :func:`ssimulacra_version` to know which one the numbers came from.
+    """
+    tool = _find_tool("ssimulacra2", "ssimulacra_main")
+    return _run_pair_tool(tool, a, b) if tool else None
+
+
+def ssimulacra_version() -> str | None:
+    """``"ssimulacra2"``, ``"ssimulacra1"`` or None, matching what :func:`ssimulacra` runs."""
+    if shutil.which("ssimulacra2"):
+        return "ssimulacra2"
+    if shutil.which("ssimulacra_main"):
+        return "ssimulacra1"
+    return None
+
+
+# ---------------------------------------------------------------- learned metrics (local weights only)
+
+def _weights_dir() -> Path:
+    return Path(os.environ.get("SATGW_METRIC_WEIGHTS", Path.home() / ".cache" / "satgw" / "metrics"))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_torchscript(name: str) -> torch.jit.ScriptModule | None:
+    path = _weights_dir() / f"{name}.pt"
+    if not path.is_file():
+        return None
+    return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def _learned(name: str, a: np.ndarray, b: np.ndarray) -> float | None:
+    _check_pair(a, b)
+    model = _load_torchscript(name)
+    if model is None:
+        return None
+    # Learned metrics conventionally take inputs in [-1, 1].
+    ta = _to_tensor(a).float() * 2 - 1
+    tb = _to_tensor(b).float() * 2 - 1
+    with torch.no_grad():
+        return float(model(ta, tb).flatten()[0])
+
+
+def lpips(a: np.ndarray, b: np.ndarray) -> float | None:
+    """LPIPS distance from a TorchScript model at ``$SATGW_METRIC_WEIGHTS/lpips.pt``; None when absent.
+
+    Nothing is downloaded: the model must already exist locally (traced with
+    inputs in [-1, 1]).
+    """
+    return _learned("lpips", a, b)
+
+
+def dists(a: np.ndarray, b: np.ndarray) -> float | None:
+    """DISTS distance from a TorchScript model at ``$SATGW_METRIC_WEIGHTS/dists.pt``; None when absent."""
+    return _learned("dists", a, b)
+
+
+def available() -> dict[str, bool]:
+    """Which optional metrics can be computed on this machine."""
+    return {
+        "butteraugli": _find_tool("butteraugli_main", "butteraugli") is not None,
+        "ssimulacra": ssimulacra_version() is not None,
+        "lpips": (_weights_dir() / "lpips.pt").is_file(),
+        "dists": (_weights_dir() / "dists.pt").is_file(),
+    }
+
+
+# ---------------------------------------------------------------- Bjøntegaard
+
+def bd_rate(
+    rates_a: Sequence[float],
+    quality_a: Sequence[float],
+    rates_b: Sequence[float],
+    quality_b: Sequence[float],
+) -> float | None:
+    """Bjøntegaard delta rate of curve B against reference A, in percent.
+
+    Fits log(rate) as a polynomial of quality (cubic with four or more points,
+    lower order with fewer), integrates both over the overlapping quality
+    interval and returns the mean rate difference: -20.0 means B needs 20 %
+    fewer bits than A for the same quality.  Returns None when the curves do
+    not overlap in quality or have fewer than two usable points each.
+    """
+    def prep(r: Sequence[float], q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        r_arr = np.asarray(r, dtype=np.float64)
+        q_arr = np.asarray(q, dtype=np.float64)
+        ok = np.isfinite(r_arr) & np.isfinite(q_arr) & (r_arr > 0)
+        r_arr, q_arr = r_arr[ok], q_arr[ok]
+        order = np.argsort(q_arr)
+        return np.log(r_arr[order]), q_arr[order]
+
+    lr_a, q_a = prep(rates_a, quality_a)
+    lr_b, q_b = prep(rates_b, quality_b)
+    if len(q_a) < 2 or len(q_b) < 2 or np.ptp(q_a) == 0 or np.ptp(q_b) == 0:
+        return None
+    lo, hi = max(q_a.min(), q_b.min()), min(q_a.max(), q_b.max())
+    if hi <= lo:
+        return None
+    p_a = np.polyfit(q_a, lr_a, min(3, len(q_a) - 1))
+    p_b = np.polyfit(q_b, lr_b, min(3, len(q_b) - 1))
+    int_a, int_b = np.polyint(p_a), np.polyint(p_b)
+    avg_a = (np.polyval(int_a, hi) - np.polyval(int_a, lo)) / (hi - lo)
+    avg_b = (np.polyval(int_b, hi) - np.polyval(int_b, lo)) / (hi - lo)
+    return float((math.exp(avg_b - avg_a) - 1.0) * 100.0)

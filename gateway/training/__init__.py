@@ -1,0 +1,1 @@
+"""Training of CADC models: data, losses, discriminator, checkpoints and the training loop."""

@@ -1,0 +1,89 @@
+"""Atomic, resumable training checkpoints.
+
+A checkpoint holds everything a run needs to continue as if never stopped:
+weights, optimizer(s), LR scheduler(s), step and stage, the python / numpy /
+torch RNG states and the data sampler's state.  Files are written to a temp
+name in the same folder, fsynced and renamed, so a kill at any moment leaves
+either the old or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of python, numpy and torch."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    """Name of the checkpoint for ``step``."""
+    return Path(folder) / f"ckpt-{step:08d}.pt"
+
+
+def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``state`` (plus RNG states) atomically as the checkpoint of ``step``; keep the newest ``keep``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = dict(state, step=step, rng=rng_state())
+    final = checkpoint_path(folder, step)
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoints in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint in ``folder``, or None."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path, restore_rng: bool = True) -> dict[str, Any]:
+    """Load a checkpoint (and by default restore the global RNG states it saved)."""
+    # weights_only=False: the payload holds python/numpy RNG tuples, written by this project only.
+    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if restore_rng:
+        restore_rng_state(state["rng"])
+    return state

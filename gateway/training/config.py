@@ -1,0 +1,146 @@
+"""The training recipe: a YAML file read into typed dataclasses.
+
+A recipe lists stages run one after the other (``vae`` = stage 0 autoencoder
+pre-training, ``codec`` = paper stages 1 and 2); each stage says how many
+steps, the learning rate, which parameters train (name prefixes) and the
+weights of the loss terms.  Unknown keys are errors, so a typo never silently
+trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.training.losses import LossWeights
+
+STAGE_KINDS = ("vae", "codec")
+
+
+def _take(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return dict(d)
+
+
+@dataclass
+class StageConfig:
+    """One training stage."""
+
+    name: str
+    kind: str
+    steps: int
+    lr: float = 1e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    trainable: list[str] = field(default_factory=list)  # name prefixes; empty = every parameter
+    frozen: list[str] = field(default_factory=list)  # name prefixes removed from ``trainable``
+    loss: LossWeights = field(default_factory=LossWeights)
+    disc_lr: float = 1e-4
+    disc_start: int = 0  # steps into the stage before the GAN term switches on
+    grad_clip: float = 1.0
+    crop: int | None = None  # overrides data.crop for this stage
+    batch: int | None = None  # overrides data.batch for this stage
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], index: int) -> "StageConfig":
+        """A stage from its mapping in the recipe."""
+        d = _take(cls, d, f"stages[{index}]")
+        if d.get("kind") not in STAGE_KINDS:
+            raise ConfigError(f"stages[{index}].kind must be one of {STAGE_KINDS}, got {d.get('kind')!r}")
+        if int(d.get("steps", 0)) <= 0:
+            raise ConfigError(f"stages[{index}].steps must be positive")
+        d["loss"] = LossWeights.from_dict(d.get("loss"))
+        d["steps"] = int(d["steps"])
+        for k in ("lr", "min_lr_ratio", "disc_lr", "grad_clip"):
+            if k in d:
+                d[k] = float(d[k])
+        return cls(**d)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are cut."""
+
+    train: list[str]
+    val: str | None = None
+    crop: int = 128
+    batch: int = 4
+    val_limit: int = 8
+    val_size: int = 256
+    vflip: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A whole training recipe."""
+
+    data: DataConfig
+    stages: list[StageConfig]
+    seed: int = 0
+    threads: int = 1
+    lam_sampling: str = "log_uniform"
+    delta_range: tuple[float, float] = (0.75, 1.5)
+    val_every: int = 500
+    val_lams: int = 3
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_checkpoints: int = 3
+    export_every_s: float = 900.0
+    amp: str | None = None  # "bf16" on GPUs
+    lpips_path: str | None = None
+    clip_path: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """A recipe from a parsed YAML mapping."""
+        d = _take(cls, d, "train config")
+        if "data" not in d or "stages" not in d:
+            raise ConfigError("train config needs 'data' and 'stages'")
+        data = dict(d["data"])
+        if isinstance(data.get("train"), str):
+            data["train"] = [data["train"]]
+        d["data"] = DataConfig(**_take(DataConfig, data, "data"))
+        d["stages"] = [StageConfig.from_dict(s, i) for i, s in enumerate(d["stages"])]
+        if "delta_range" in d:
+            lo, hi = (float(v) for v in d["delta_range"])
+            if not 0 < lo <= hi:
+                raise ConfigError(f"delta_range must be 0 < lo <= hi, got {d['delta_range']}")
+            d["delta_range"] = (lo, hi)
+        if d.get("lam_sampling", "log_uniform") not in ("log_uniform", "uniform"):
+            raise ConfigError("lam_sampling must be 'log_uniform' or 'uniform'")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        """Read a recipe file."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"training config not found: {p}")
+        with p.open() as f:
+            return cls.from_dict(yaml.safe_load(f) or {})
+
+    @property
+    def max_crop(self) -> int:
+        """Largest crop any stage asks for (images are upscaled once to fit it)."""
+        return max([self.data.crop] + [s.crop for s in self.stages if s.crop])
+
+    @property
+    def total_steps(self) -> int:
+        """Steps over all stages."""
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, int]:
+        """(stage index, step within that stage) for a global step; past the end gives the last stage."""
+        start = 0
+        for i, s in enumerate(self.stages):
+            if step < start + s.steps:
+                return i, step - start
+            start += s.steps
+        return len(self.stages) - 1, self.stages[-1].steps

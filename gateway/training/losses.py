@@ -1,0 +1,174 @@
+"""CADC's training objective ``L = λ·R + D`` (paper eq. 13), term by term.
+
+R is the estimated rate of ŷ and ẑ in bits per pixel.  D mixes MSE,
+1 − MS-SSIM, the ADGIC auxiliary loss ‖x − x̂_aux‖², a latent alignment term
+‖l0 − E(x)‖² (keeps the codec's l0 in the VAE's latent space), a hinge GAN
+loss from a patch discriminator (stage 2), and LPIPS / CLIP terms when their
+weights already exist on disk.  Nothing is downloaded: a perceptual term
+whose weights are absent is skipped with one notice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gateway.errors import ConfigError
+from gateway.metrics import ms_ssim_torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the distortion terms; zero switches a term off."""
+
+    mse: float = 1.0
+    ms_ssim: float = 0.0
+    aux: float = 0.0
+    latent: float = 0.0
+    gan: float = 0.0
+    lpips: float = 0.0
+    clip: float = 0.0
+    kl: float = 0.0  # stage-0 VAE only
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "LossWeights":
+        """Weights from a config mapping; unknown keys are a :class:`ConfigError`."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown loss weights {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: float(v) for k, v in d.items()})
+
+
+def bits_per_pixel(bits_y: torch.Tensor, bits_z: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-image estimated rate in bpp from the model's bit estimates."""
+    return (bits_y + bits_z) / float(height * width)
+
+
+def mse_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image (``[B]``)."""
+    return (x - y).pow(2).flatten(1).mean(1)
+
+
+def ms_ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 − MS-SSIM per image; the reconstruction is clamped so SSIM stays defined."""
+    return 1.0 - ms_ssim_torch(x, y.clamp(0, 1))
+
+
+def gan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge generator loss per image."""
+    return -fake_logits.flatten(1).mean(1)
+
+
+def gan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge discriminator loss (scalar)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, var) ‖ N(0, 1)) per image, averaged over latent elements."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).mean(1)
+
+
+class LPIPSLoss(nn.Module):
+    """LPIPS from a local TorchScript file (inputs in [-1, 1]); never downloads."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 2 - 1, y * 2 - 1).flatten(1).mean(1)
+
+
+class CLIPLoss(nn.Module):
+    """1 − cosine similarity of CLIP image embeddings, from a local transformers folder."""
+
+    _MEAN = (0.48145466, 0.4578275, 0.40821073)
+    _STD = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from transformers import CLIPVisionModelWithProjection
+
+        self.net = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(self._MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self._STD).view(1, 3, 1, 1), persistent=False)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+        e = self.net(pixel_values=(x - self.mean) / self.std).image_embeds
+        return F.normalize(e, dim=-1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 1.0 - (self._embed(x) * self._embed(y)).sum(-1)
+
+
+def load_optional_perceptual(weights: LossWeights, lpips_path: str | None, clip_path: str | None) -> dict[str, nn.Module]:
+    """The LPIPS / CLIP modules whose weights exist locally.
+
+    A term with a positive weight but no weights on disk is switched off
+    (its weight set to 0) and announced once, so a run never stalls on a
+    download.
+    """
+    modules: dict[str, nn.Module] = {}
+    for name, path, factory in (("lpips", lpips_path, LPIPSLoss), ("clip", clip_path, CLIPLoss)):
+        if getattr(weights, name) <= 0:
+            continue
+        if path and Path(path).exists():
+            modules[name] = factory(Path(path))
+            log.info("%s loss enabled from %s", name, path)
+        else:
+            print(f"notice: {name} loss skipped: no local weights (looked for {path!r})", flush=True)
+            setattr(weights, name, 0.0)
+    return modules
+
+
+def codec_distortion(
+    x: torch.Tensor,
+    out: Mapping[str, Any],
+    weights: LossWeights,
+    latent_target: torch.Tensor | None = None,
+    disc: nn.Module | None = None,
+    perceptual: Mapping[str, nn.Module] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every active distortion term, per image (``[B]`` tensors), plus their weighted sum ``D``."""
+    x_hat = out["x_hat"]
+    terms: dict[str, torch.Tensor] = {"mse": mse_per_image(x, x_hat)}
+    total = weights.mse * terms["mse"]
+    if weights.ms_ssim > 0:
+        terms["ms_ssim"] = ms_ssim_loss(x, x_hat)
+        total = total + weights.ms_ssim * terms["ms_ssim"]
+    if weights.aux > 0 and out.get("x_aux") is not None:
+        x_aux = out["x_aux"]
+        if x_aux.shape[-2:] != x.shape[-2:]:
+            # The auxiliary decoder may stop short of full resolution; compare at its scale.
+            ref = F.interpolate(x, size=x_aux.shape[-2:], mode="area")
+        else:
+            ref = x
+        terms["aux"] = mse_per_image(ref, x_aux)
+        total = total + weights.aux * terms["aux"]
+    if weights.latent > 0 and latent_target is not None and out.get("l0") is not None:
+        terms["latent"] = mse_per_image(out["l0"], latent_target)
+        total = total + weights.latent * terms["latent"]
+    if weights.gan > 0 and disc is not None:
+        terms["gan"] = gan_generator_loss(disc(x_hat))
+        total = total + weights.gan * terms["gan"]
+    for name, module in (perceptual or {}).items():
+        terms[name] = module(x, x_hat.clamp(0, 1))
+        total = total + getattr(weights, name) * terms[name]
+    terms["D"] = total
+    return terms

@@ -1,0 +1,85 @@
+"""Known values of the quality metrics and the Bjøntegaard delta rate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage import data
+
+from gateway import metrics
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return data.astronaut()[:256, :256]
+
+
+def test_psnr_identical_is_infinite(astronaut):
+    assert metrics.psnr(astronaut, astronaut) == math.inf
+
+
+def test_psnr_known_value():
+    a = np.full((8, 8, 3), 100, np.uint8)
+    b = a + 10  # MSE = 100 everywhere
+    assert metrics.psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-9)
+
+
+def test_ms_ssim_identical_is_one(astronaut):
+    assert metrics.ms_ssim(astronaut, astronaut) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_ms_ssim_drops_with_noise(astronaut):
+    rng = np.random.default_rng(0)
+    def noisy(sigma: float) -> np.ndarray:
+        return np.clip(astronaut + rng.normal(0, sigma, astronaut.shape), 0, 255).astype(np.uint8)
+    light, heavy = metrics.ms_ssim(astronaut, noisy(5)), metrics.ms_ssim(astronaut, noisy(40))
+    assert 0.95 < light < 1.0
+    assert heavy < light - 0.05
+
+
+def test_ms_ssim_small_images_use_fewer_scales():
+    assert metrics.ms_ssim_levels(256, 256) == 5
+    assert metrics.ms_ssim_levels(32, 48) == 2
+    assert metrics.ms_ssim_levels(8, 8) == 1
+    tiny = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert metrics.ms_ssim(tiny, tiny) == pytest.approx(1.0)
+
+
+def test_shape_mismatch_is_refused(astronaut):
+    with pytest.raises(ValueError):
+        metrics.psnr(astronaut, astronaut[:10])
+
+
+def test_bd_rate_of_a_constant_factor():
+    rates = np.array([0.02, 0.04, 0.08, 0.16, 0.32])
+    quality = np.array([24.0, 26.5, 29.0, 31.0, 33.5])
+    assert metrics.bd_rate(rates, quality, rates * 0.8, quality) == pytest.approx(-20.0, abs=1e-6)
+    assert metrics.bd_rate(rates, quality, rates * 1.5, quality) == pytest.approx(50.0, abs=1e-6)
+
+
+def test_bd_rate_without_overlap_is_none():
+    assert metrics.bd_rate([1, 2], [10, 11], [1, 2], [20, 21]) is None
+    assert metrics.bd_rate([1], [10], [1, 2], [10, 11]) is None
+
+
+def test_external_tools_agree_on_direction(astronaut):
+    if not metrics.available()["butteraugli"]:
+        assert metrics.butteraugli(astronaut, astronaut) is None
+        return
+    rng = np.random.default_rng(2)
+    noisy = np.clip(astronaut + rng.normal(0, 20, astronaut.shape), 0, 255).astype(np.uint8)
+    assert metrics.butteraugli(astronaut, noisy) > metrics.butteraugli(astronaut, astronaut)
+    score_same, score_noisy = metrics.ssimulacra(astronaut, astronaut), metrics.ssimulacra(astronaut, noisy)
+    if metrics.ssimulacra_version() == "ssimulacra1":
+        assert score_noisy > score_same
+    else:
+        assert score_noisy < score_same
+
+
+def test_learned_metrics_absent_without_local_weights(astronaut, tmp_path, monkeypatch):
+    monkeypatch.setenv("SATGW_METRIC_WEIGHTS", str(tmp_path))
+    metrics._load_torchscript.cache_clear()
+    assert metrics.lpips(astronaut, astronaut) is None
+    assert metrics.dists(astronaut, astronaut) is None

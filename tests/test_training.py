@@ -1,0 +1,163 @@
+"""The training pipeline on a tiny CADC model and generated images (no shared data needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from gateway.errors import ConfigError
+from gateway.training.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from gateway.training.config import TrainConfig
+from gateway.training.data import CropSampler, ImageBank
+from gateway.training.losses import ms_ssim_loss
+from gateway.training.trainer import Trainer
+
+TINY_MODEL = {
+    "name": "cadc-test",
+    "codec": {"y_channels": 8, "z_channels": 4, "analysis_widths": [4, 4, 8, 8], "hyper_width": 8,
+              "latent_channels": 6, "synthesis_width": 8, "aux_widths": [4, 4, 4], "ugaq_width": 4,
+              "context_width": 8},
+    "unet": {"sample_size": 16, "block_out_channels": [8, 8], "layers_per_block": 1,
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+             "cross_attention_dim": 8, "attention_head_dim": 4, "norm_num_groups": 4},
+    "vae": {"type": "tiny", "encoder_block_out_channels": [4, 4, 4, 4], "decoder_block_out_channels": [4, 4, 4, 4],
+            "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1], "latent_channels": 4},
+    "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+                  "beta_start": 0.00085, "beta_end": 0.012},
+}
+
+
+def tiny_recipe(**overrides) -> TrainConfig:
+    d = {
+        "seed": 3,
+        "data": {"train": ["unused"], "crop": 128, "batch": 1, "val_size": 128},
+        "val_every": 3, "val_lams": 2, "log_every": 2, "ckpt_every": 100, "export_every_s": 1e9,
+        "stages": [
+            {"name": "vae", "kind": "vae", "steps": 2, "lr": 1e-3, "warmup": 1, "loss": {"mse": 1.0, "ms_ssim": 0.1}},
+            {"name": "codec", "kind": "codec", "steps": 4, "lr": 1e-3, "warmup": 1, "frozen": ["vae."],
+             "disc_start": 0,
+             "loss": {"mse": 30.0, "ms_ssim": 1.0, "aux": 10.0, "latent": 1.0, "gan": 0.05}},
+        ],
+    }
+    d.update(overrides)
+    return TrainConfig.from_dict(d)
+
+
+def generated_bank() -> ImageBank:
+    rng = np.random.default_rng(0)
+    astro = torch.from_numpy(data.astronaut()[::3, ::3].copy()).permute(2, 0, 1)  # 171x171
+    noise = torch.from_numpy(rng.integers(0, 256, (3, 140, 150), dtype=np.uint8))
+    small = torch.from_numpy(rng.integers(0, 256, (3, 90, 100), dtype=np.uint8))  # smaller than a crop
+    return ImageBank.from_tensors([astro, noise, small])
+
+
+@pytest.fixture(scope="module")
+def make_model():
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.codec.cadc.model import CADCModel
+
+    cfg = CADCConfig.from_dict(TINY_MODEL)
+
+    def build():
+        torch.manual_seed(0)
+        return CADCModel(cfg)
+
+    return build
+
+
+def test_training_steps_and_exact_resume(tmp_path, make_model):
+    torch.set_num_threads(1)
+    bank = generated_bank()
+    cfg = tiny_recipe()
+    t1 = Trainer(make_model(), cfg, tmp_path / "run", bank, val_bank=bank, progress=False)
+    last = t1.run(max_steps=4)  # both stages: VAE, then codec with the GAN term
+    assert t1.step == 4 and t1.stage.name == "codec"
+    assert math.isfinite(last["loss"]) and last["bpp"] > 0
+    assert {"mse", "ms_ssim", "aux", "latent", "gan", "d_loss"} <= set(last)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any('"kind": "val"' in line for line in lines)
+
+    from gateway.codec.cadc.bundle import load_model, save_bundle
+
+    export_dir = tmp_path / "bundle"
+    export_dir.mkdir()
+    (export_dir / "MODEL_CARD.md").write_text("card")
+    t1.export_dir, t1.export_fn = export_dir, save_bundle
+    assert t1.export() == export_dir
+    assert (export_dir / "MODEL_CARD.md").read_text() == "card"  # carried over the swap
+    reloaded = load_model(export_dir)
+    trained, loaded = t1.model.state_dict(), reloaded.state_dict()
+    assert set(trained) == set(loaded)
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)
+
+    path = t1.save()
+    assert path == latest_checkpoint(tmp_path / "run")
+    after_first = t1.train_step()
+    batch_first = t1.sampler.next_batch()
+
+    t2 = Trainer(make_model(), cfg, tmp_path / "run", bank, progress=False)
+    assert t2.resume()
+    assert t2.step == 4 and t2.stage.name == "codec"
+    after_second = t2.train_step()
+    assert after_second["loss"] == pytest.approx(after_first["loss"], rel=1e-5)
+    assert after_second["bpp"] == pytest.approx(after_first["bpp"], rel=1e-5)
+    assert torch.equal(t2.sampler.next_batch(), batch_first)
+
+
+def test_a_non_finite_loss_skips_the_step(tmp_path, make_model):
+    torch.set_num_threads(1)
+    t = Trainer(make_model(), tiny_recipe(), tmp_path, generated_bank(), progress=False)
+    t._enter_stage(1)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    real_forward = t.model.forward
+    t.model.forward = lambda *a, **k: {**real_forward(*a, **k), "bits_y": torch.full((1,), float("nan"))}
+    assert t.train_step()["skipped"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    t.model.forward = real_forward
+    assert math.isfinite(t.train_step()["loss"]) and t._bad_steps == 0
+
+
+def test_crop_sampler_is_reproducible_and_sized():
+    bank = generated_bank()
+    a = CropSampler(bank, 64, 3, seed=5)
+    b = CropSampler(bank, 64, 3, seed=5)
+    x = a.next_batch()
+    assert x.shape == (3, 3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert torch.equal(x, b.next_batch())
+    state = a.state_dict()
+    nxt = a.next_batch()
+    a.load_state_dict(state)
+    assert torch.equal(a.next_batch(), nxt)
+    a.configure(128, 2)  # the 90x100 image is upscaled to fit
+    assert a.next_batch().shape == (2, 3, 128, 128)
+
+
+def test_checkpoints_keep_the_newest(tmp_path):
+    for step in (10, 20, 30, 40):
+        save_checkpoint(tmp_path, step, {"x": step}, keep=2)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["ckpt-00000030.pt", "ckpt-00000040.pt"]
+    assert not list(tmp_path.glob(".ckpt-*"))
+
+
+def test_recipe_rejects_typos():
+    with pytest.raises(ConfigError):
+        tiny_recipe(val_evry=3)
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict({"data": {"train": ["x"]}, "stages": [{"name": "s", "kind": "vae", "steps": 1,
+                                                                       "loss": {"msse": 1.0}}]})
+    cfg = tiny_recipe()
+    assert cfg.total_steps == 6 and cfg.stage_at(0) == (0, 0) and cfg.stage_at(3) == (1, 1)
+
+
+def test_ms_ssim_loss_has_gradients():
+    x = torch.rand(2, 3, 64, 64)
+    y = (x + 0.05 * torch.randn_like(x)).requires_grad_(True)
+    loss = ms_ssim_loss(x, y).mean()
+    loss.backward()
+    assert 0 < float(loss.detach()) < 1 and torch.isfinite(y.grad).all()

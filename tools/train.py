@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Train a CADC model (stage 0 VAE, stages 1-2 codec) from a model config and a training recipe.
+
+Single process::
+
+    python tools/train.py --model configs/models/cadc-tiny.yaml --train configs/train/cadc-tiny.yaml \\
+        --out /work/ckpt/cadc-tiny --export gateway/bundles/cadc-tiny --resume
+
+Several GPUs / processes (DDP)::
+
+    torchrun --nproc_per_node 8 tools/train.py --model ... --train configs/train/cadc-sd-turbo.yaml --out ...
+
+``--resume`` continues from the newest checkpoint in ``--out`` (and starts
+fresh when there is none); ``--init-bundle`` starts a fresh run from a
+bundle's weights.  Metrics go to ``<out>/metrics.jsonl`` (and TensorBoard
+under ``<out>/tb`` when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gateway.errors import SatgwError
+from gateway.training.config import TrainConfig
+from gateway.training.data import ImageBank
+from gateway.training.trainer import Trainer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model config YAML (configs/models/*.yaml)")
+    p.add_argument("--train", required=True, help="training recipe YAML (configs/train/*.yaml)")
+    p.add_argument("--out", default="runs/cadc", help="checkpoint / metrics folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--init-bundle", help="initialise weights from this bundle (fresh runs only)")
+    p.add_argument("--export", help="write the current weights as a bundle here periodically and at the end")
+    p.add_argument("--threads", type=int, help="torch CPU threads (overrides the recipe)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps of this invocation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    return p.parse_args(argv)
+
+
+def setup_distributed() -> torch.device:
+    """Join the torchrun process group when launched by torchrun; pick this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(model_config: str, init_bundle: str | None):
+    """A fresh CADC model from its config, or one loaded from a bundle."""
+    from gateway.codec.cadc.bundle import load_model
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.codec.cadc.model import CADCModel
+
+    if init_bundle:
+        return load_model(init_bundle)
+    return CADCModel(CADCConfig.from_yaml(model_config))
+
+
+def export_bundle(model, folder: Path) -> None:
+    """Save ``model`` as a complete bundle in ``folder`` (the codec's own save_bundle)."""
+    from gateway.codec.cadc.bundle import save_bundle
+
+    save_bundle(model, folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = TrainConfig.from_yaml(args.train)
+        torch.set_num_threads(args.threads or cfg.threads)
+        device = setup_distributed()
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        random.seed(cfg.seed + rank)
+        np.random.seed(cfg.seed + rank)
+        torch.manual_seed(cfg.seed + rank)
+        model = build_model(args.model, None if args.resume and _has_checkpoint(args.out) else args.init_bundle)
+        train_bank = ImageBank(cfg.data.train)
+        val_bank = ImageBank(cfg.data.val, limit=cfg.data.val_limit) if cfg.data.val else None
+        if rank == 0:
+            print(f"data: {len(train_bank)} training images from {cfg.data.train}; "
+                  f"{len(val_bank) if val_bank else 0} validation images from {cfg.data.val}", flush=True)
+        trainer = Trainer(model, cfg, args.out, train_bank, val_bank, export_dir=args.export,
+                          export_fn=export_bundle if args.export else None, device=device,
+                          progress=not args.no_progress)
+        if args.resume:
+            trainer.resume()
+        trainer.run(max_steps=args.max_steps)
+    except SatgwError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _has_checkpoint(folder: str) -> bool:
+    from gateway.training.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(folder) is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
