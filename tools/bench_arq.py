@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     frame_s = 1 / capacity
     try:
         r = run(tmp / "clean", loss=0.0, images=a.images, time_scale=a.time_scale, rate=a.rate, packets=a.packets)
-        t = sorted(x["t_in"] for x in r["fwd"])
+        # Timed where the link's serializer paces them (delivery), not where they were offered:
+        # the sender may queue a frame early into the modem, which is not link occupancy.
+        t = sorted(x["t_out"] for x in r["fwd"] if x.get("t_out") is not None)
         busy = t[-1] - t[0] + frame_s
         util = len(t) / busy / capacity
         print(f"no loss:   {len(t)} frames in {busy:.1f} link s (first to last frame) -> "

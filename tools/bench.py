@@ -1,0 +1,149 @@
+"""Run every benchmark and print one table of figures against their targets, plus JSON.
+
+Each ``tools/bench_*.py`` script prints a last line ``BENCH_JSON {...}``; this
+runner starts them one after another (so they don't compete for the 2 cores),
+collects those lines and turns them into rows: figure, target, met or not.
+Usage::
+
+    python tools/bench.py [--quick] [--only packetizer,link,...] [--json bench-out/bench.json]
+
+``--quick`` uses fewer frames/images (a smoke run, minutes); the default run
+takes tens of minutes on a 2-core CPU, mostly the Kodak rate-control sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+TOOLS = Path(__file__).resolve().parent
+
+
+@dataclass
+class Row:
+    """One figure with its target."""
+
+    bench: str
+    figure: str
+    value: Any
+    target: str
+    met: bool | None
+
+
+def _packetizer(j: dict) -> list[Row]:
+    v = j["frames_per_s"]["plain"]
+    return [Row("packetizer", "packetize+CRC+parse+reassemble, frames/s (450 B)", v, ">= 100000", v >= 100_000)]
+
+
+def _link(j: dict) -> list[Row]:
+    v = j["end_to_end_frames_per_s"]
+    return [Row("link", "link daemon on loopback, frames/s end to end", v, ">= 20000", v >= 20_000)]
+
+
+def _arq(j: dict) -> list[Row]:
+    return [
+        Row("arq", "link utilization with no loss", j["utilization"], ">= 0.95", j["utilization"] >= 0.95),
+        Row("arq", "goodput under 10% loss / ((1-loss) x capacity)", j["goodput"], ">= 0.9", j["goodput"] >= 0.9),
+    ]
+
+
+def _ratecontrol(j: dict) -> list[Row]:
+    rows = []
+    codecs = j["codecs"]
+    avif = codecs.get("avif", {})
+    for name, s in codecs.items():
+        if "skipped" in s:
+            rows.append(Row("ratecontrol", f"{name}: skipped", s["skipped"], "", None))
+            continue
+        rows.append(Row("ratecontrol", f"{name}: utilization median (1,2,4,8 frames)", round(s["util_median"], 3),
+                        ">= 0.95", s["util_median"] >= 0.95))
+        rows.append(Row("ratecontrol", f"{name}: utilization min", round(s["util_min"], 3), ">= 0.85",
+                        s["util_min"] >= 0.85))
+        if name == "cadc":
+            rows.append(Row("ratecontrol", "cadc: rate-controlled encode s, median", round(s["sec_median"], 3),
+                            "< 0.5", s["sec_median"] < 0.5))
+            if "sec_median" in avif:
+                ratio = s["sec_median"] / avif["sec_median"]
+                rows.append(Row("ratecontrol", "cadc / avif rate-controlled encode time (median)", round(ratio, 2),
+                                "<= 1", ratio <= 1.0))
+    return rows
+
+
+def _codec(j: dict) -> list[Row]:
+    rows = []
+    if "decode_s_median" in j:
+        v = j["decode_s_median"]
+        rows.append(Row("codec", "cadc-tiny decode s per Kodak image (median)", round(v, 3), "<= 1.5", v <= 1.5))
+    if "encode_s_median" in j:
+        rows.append(Row("codec", "cadc-tiny encode s at one setting (median)", round(j["encode_s_median"], 3), "", None))
+    return rows
+
+
+def _e2e(j: dict) -> list[Row]:
+    return [Row("e2e", f"{r['preset']} images/hour ({r['codec']}, {r['packets']} frames)", r["images_per_hour"],
+                "report", None) for r in j["rows"]]
+
+
+BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict], list[Row]]]] = {
+    # name: (full args, quick args, extractor)
+    "packetizer": (["bench_packetizer.py"], ["bench_packetizer.py", "--repeat", "2", "--messages", "60"], _packetizer),
+    "link": (["bench_link.py"], ["bench_link.py", "--frames", "40000", "--model-frames", "20000"], _link),
+    "arq": (["bench_arq.py", "--images", "30"], ["bench_arq.py", "--images", "10"], _arq),
+    "ratecontrol": (["bench_ratecontrol.py", "--codecs", "avif,cadc,jxl,webp,jpeg", "--no-decode"],
+                    ["bench_ratecontrol.py", "--codecs", "avif,cadc", "--limit", "3", "--no-decode"], _ratecontrol),
+    "codec": (["bench_codec.py", "--all"], ["bench_codec.py", "--images", "2"], _codec),
+    "e2e": (["bench_e2e.py", "--images", "8"], ["bench_e2e.py", "--images", "3", "--packets", "2"], _e2e),
+}
+
+
+def run_one(name: str, quick: bool) -> tuple[list[Row], str]:
+    """Run one benchmark script; its rows and the tail of its output."""
+    full, short, extract = BENCHES[name]
+    args = short if quick else full
+    proc = subprocess.run([sys.executable, str(TOOLS / args[0]), *args[1:]], capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if not lines:
+        return [Row(name, "no figures (script failed)", f"exit {proc.returncode}", "", False)], out[-2000:]
+    return extract(json.loads(lines[-1][len("BENCH_JSON "):])), out[-2000:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of every benchmark)")
+    p.add_argument("--only", help=f"comma list from {','.join(BENCHES)}")
+    p.add_argument("--json", default="bench-out/bench.json", help="where to write all rows as JSON")
+    a = p.parse_args(argv)
+    names = a.only.split(",") if a.only else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
+    rows: list[Row] = []
+    for name in names:
+        t0 = time.perf_counter()
+        got, tail = run_one(name, a.quick)
+        rows += got
+        print(f"[{name}] {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if any(r.met is False and r.figure.startswith("no figures") for r in got):
+            print(tail, file=sys.stderr)
+    width = max(len(r.figure) for r in rows)
+    print(f"{'bench':<12} {'figure':<{width}} {'value':>12} {'target':>10}  met")
+    for r in rows:
+        met = "-" if r.met is None else ("yes" if r.met else "NO")
+        print(f"{r.bench:<12} {r.figure:<{width}} {str(r.value):>12} {r.target:>10}  {met}")
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"quick": a.quick, "when": time.strftime("%Y-%m-%d %H:%M"),
+                               "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"JSON: {out}")
+    return 0 if all(r.met is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
