@@ -11,7 +11,10 @@ point, in ``docs/ratecontrol.md``.  In short:
    fit, then for each λ from there down bisect Δ for the smallest Δ that fits;
    rank those candidates with the codec's ``estimate_distortion`` if it has
    one, else take the highest λ.  Stop once the smallest Δ fits (a lower λ can
-   only be worse).
+   only be worse).  Codecs with a ``rate_anchor_delta_code`` (CADC) instead
+   hold Δ at that code while λ sets the rate, search on the codec's
+   ``estimate_bytes`` predictions and encode only the pick
+   (:meth:`_Search.best_at_scale_anchored`).
 3. Codecs that decode cheaply (``fast_decode``, the classical ones) also try
    the next smaller scales and keep the one whose decoded image is closest to
    the original: at a few hundred bytes, a smaller image at a higher quality
@@ -42,6 +45,11 @@ MAX_SCALES = 4
 MAX_LAM_STEPS = 6
 #: Distortion is measured on at most this many pixels (both images box-downscaled).
 _MEASURE_PIXELS = 1_000_000
+#: Anchored (CADC) search: at most this many real encodes to use bytes a cautious estimate left over.
+MAX_FILL_STEPS = 3
+#: Anchored search: a predicted size this far under budget is trusted to fit without a real encode
+#: (CADC's predictions are within ~4 bytes); the final pick is always encoded and measured.
+_PREDICTION_MARGIN = 16
 
 
 @dataclass
@@ -180,6 +188,11 @@ class _Search:
                 self.scales.append(s)
         self.analyses: dict[int, Any] = {}
         self.encoded: dict[Knobs, bytes] = {}
+        self.estimated: dict[Knobs, float] = {}
+        # Codecs with a preferred Δ (CADC: the Δ it was mostly trained at) get the anchored search;
+        # those that can predict their size without coding (CADC) search on predictions.
+        self.anchor = getattr(codec, "rate_anchor_delta_code", None)
+        self.estimate_bytes = getattr(codec, "estimate_bytes", None)
         self.smallest: int | None = None
         self.estimate = getattr(codec, "estimate_distortion", None)
         self.fast_decode = bool(getattr(codec, "fast_decode", False))
@@ -206,6 +219,15 @@ class _Search:
     def nbytes(self, knobs: Knobs) -> int:
         return len(self.encode(knobs))
 
+    def predicted_bytes(self, knobs: Knobs, *, measured: bool = True) -> float:
+        """The codec's size prediction for ``knobs``: the real size where one is known (``measured``)
+        or the codec cannot predict."""
+        if (measured and knobs in self.encoded) or self.estimate_bytes is None:
+            return float(self.nbytes(knobs))
+        if knobs not in self.estimated:
+            self.estimated[knobs] = float(self.estimate_bytes(self.analysis(knobs.scale_code), knobs))
+        return self.estimated[knobs]
+
     def measured_distortion(self, data: bytes) -> float:
         """MSE of the decoded image against the original (on at most ~1 MP of both)."""
         w, h = self.size
@@ -217,9 +239,67 @@ class _Search:
         return float(np.mean((decoded - self._reference) ** 2))
 
     # --- the search -------------------------------------------------------
+    def best_at_scale_anchored(self, s: int) -> _Candidate | None:
+        """Anchored search (codecs with ``rate_anchor_delta_code``, i.e. CADC) at scale ``s``.
+
+        Δ stays at the anchor (the bin width the model was trained at most)
+        while λ carries the rate: the highest λ whose bitstream fits at the
+        anchor Δ, then the smallest Δ that fits at that λ fills what one λ step
+        left over.  Only when even the highest λ fits at the anchor does Δ go
+        below it (more bits than λ alone can spend), and only when even the
+        lowest λ does not fit does Δ go above it.  Boundaries are found on the
+        codec's size predictions (``estimate_bytes``; the real sizes without
+        one), then the pick is encoded for real: while it is over budget Δ
+        steps up; while the next smaller Δ fits it steps down (at most
+        :data:`MAX_FILL_STEPS` encodes, and only where the prediction says
+        the extra bytes fit).  Returns None only when the smallest setting at
+        ``s`` turns out not to fit (it may have been trusted on a prediction).
+        """
+        lams, deltas, budget = self.lams, self.deltas, self.budget
+        last_i, last_j = len(lams) - 1, len(deltas) - 1
+        j1 = min(range(len(deltas)), key=lambda j: abs(deltas[j] - self.anchor))  # type: ignore[operator]
+        size = lambda i, j: self.predicted_bytes(Knobs(lams[i], deltas[j], s))  # noqa: E731
+        lam_prior = self.lam_per_doubling
+        delta_prior = max(1.0, len(deltas) / 7)
+
+        def smallest_delta(i: int, lo: int, hi: int) -> int:
+            return _boundary(lambda j: size(i, j), budget, lo, hi, per_doubling=delta_prior)
+
+        # The lowest λ is probed first: its state is already cached by the smallest-setting check, and
+        # small budgets (where time is tightest) usually end in the third case after this one probe.
+        if size(last_i, j1) > budget:
+            i, j = last_i, smallest_delta(last_i, j1, last_j)
+        elif size(0, j1) <= budget:
+            i, j = 0, smallest_delta(0, 0, j1)
+        else:
+            i = _boundary(lambda i: size(i, j1), budget, 0, last_i, per_doubling=lam_prior)
+            j = smallest_delta(i, 0, j1)
+        knobs = lambda: Knobs(lams[i], deltas[j], s)  # noqa: E731
+        while self.nbytes(knobs()) > budget:
+            if j < last_j:
+                j += 1
+            elif i < last_i:
+                i += 1
+            else:
+                return None  # the smallest setting was only predicted to fit, and does not
+        for _ in range(MAX_FILL_STEPS):
+            # Spend an encode on the next smaller Δ only where the prediction says its extra bytes fit.
+            pred = lambda jj: self.predicted_bytes(Knobs(lams[i], deltas[jj], s), measured=False)  # noqa: E731
+            if j == 0 or self.nbytes(knobs()) + pred(j - 1) - pred(j) > budget:
+                break
+            if self.nbytes(Knobs(lams[i], deltas[j - 1], s)) > budget:
+                break
+            j -= 1
+        self.last_lam_index = i
+        return _Candidate(knobs(), self.encode(knobs()))
+
     def best_at_scale(self, s: int, guess: int | None = None) -> _Candidate:
         """Best fitting (λ, Δ) at scale ``s``; the smallest setting there is known to fit."""
         lams, deltas = self.lams, self.deltas
+        if self.anchor is not None and len(deltas) > 1:
+            cand = self.best_at_scale_anchored(s)
+            if cand is not None:
+                return cand
         i0 = _boundary(
             lambda i: self.nbytes(Knobs(lams[i], deltas[-1], s)),
             self.budget,
@@ -267,6 +347,16 @@ class _Search:
     def run(self) -> _Candidate | None:
         scales = self.scales
         smallest_setting = lambda idx: Knobs(self.lams[-1], self.deltas[-1], scales[idx])  # noqa: E731
+        if not self.fast_decode:
+            # Codecs without fast_decode (CADC) use the largest scale that fits, and their smallest
+            # setting usually fits at full size: one analyze, no probe at the smallest scale.
+            if self.anchor is not None and self.estimate_bytes is not None:
+                if self.predicted_bytes(smallest_setting(0)) <= self.budget - _PREDICTION_MARGIN:
+                    cand = self.best_at_scale_anchored(scales[0])
+                    if cand is not None:
+                        return cand
+            elif self.nbytes(smallest_setting(0)) <= self.budget:
+                return self.best_at_scale(scales[0])
         if self.nbytes(smallest_setting(len(scales) - 1)) > self.budget:
             return None
         # Codecs without fast_decode (CADC) pay mostly for analyze, and their smallest setting

@@ -8,9 +8,14 @@ and one JSON line (``BENCH_JSON {...}``) for scripts.
     python tools/bench_ratecontrol.py                       # classical codecs, Kodak, 1/2/4/8 frames
     python tools/bench_ratecontrol.py --codecs cadc,avif    # CADC against its reference peer
     python tools/bench_ratecontrol.py --limit 6 --frames 1,4
+    python tools/bench_ratecontrol.py --codecs cadc,avif --no-decode --bundle PATH   # utilization + time only
 
-Timings are for this host (``os.cpu_count()`` is printed with them); run it on
-an otherwise idle machine for numbers worth quoting.
+Images are the outer loop and codecs the inner one, so every codec encodes the
+same image back to back; with more than one codec the table also gives each
+codec's encode time as a ratio to the first codec's on the same image and
+budget (median and max), which stays meaningful on a loaded host where the
+absolute times do not.  Timings are for this host (``os.cpu_count()`` and the
+torch thread count are printed with them).
 """
 
 from __future__ import annotations
@@ -56,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0 = all)")
     ap.add_argument("--bundle", default=None, help="CADC bundle folder (default: embedded cadc-tiny)")
     ap.add_argument("--option", action="append", default=[], help="encoder option, e.g. avif:speed=8 (repeatable)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (CADC), default 2")
+    ap.add_argument("--no-decode", action="store_true", help="skip decoding (no PSNR; CADC decodes take ~1 s each)")
     args = ap.parse_args(argv)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
 
     paths = sorted(args.data.glob("*.png"))
     if args.limit:
@@ -69,31 +82,45 @@ def main(argv: list[str] | None = None) -> int:
     images = {p.name: np.asarray(Image.open(p).convert("RGB")) for p in paths}
 
     summary: dict[str, dict[str, object]] = {}
+    codecs = {}
     for name in [c.strip() for c in args.codecs.split(",") if c.strip()]:
         try:
-            codec = make_codec(name, bundle=args.bundle, **options.get(name, {}))
+            codecs[name] = make_codec(name, bundle=args.bundle, **options.get(name, {}))
         except (SatgwError, ImportError) as exc:
             print(f"skipping {name}: cannot load it ({type(exc).__name__}: {exc})")
             summary[name] = {"skipped": str(exc)}
-            continue
-        rows: dict[int, dict[str, list[float]]] = {n: {"util": [], "sec": [], "psnr": [], "cand": []} for n in budgets}
-        failures = 0
-        for fname, img in images.items():
-            for n in budgets:
+    keys = ("util", "sec", "psnr", "cand", "ratio")
+    rows = {name: {n: {k: [] for k in keys} for n in budgets} for name in codecs}
+    failures = {name: 0 for name in codecs}
+    for name, codec in codecs.items():  # warm-up (model loading, first-call allocations)
+        try:
+            fit(codec, next(iter(images.values())), budgets[0], frame_size=args.frame_size)
+        except BudgetError:
+            pass
+    for fname, img in images.items():
+        for n in budgets:
+            first_sec = None
+            for name, codec in codecs.items():
                 try:
                     r = fit(codec, img, n, frame_size=args.frame_size, label=fname)
                 except BudgetError as exc:
-                    failures += 1
+                    failures[name] += 1
                     print(f"  {name} {fname} {n} frames: {exc}")
                     continue
-                out = decode_any(r.bitstream, {name: codec})
-                mse = float(np.mean((out.astype(np.float64) - img) ** 2))
-                rows[n]["util"].append(r.utilization)
-                rows[n]["sec"].append(r.seconds)
-                rows[n]["psnr"].append(10 * math.log10(255.0**2 / max(mse, 1e-9)))
-                rows[n]["cand"].append(r.candidates)
+                v = rows[name][n]
+                v["util"].append(r.utilization)
+                v["sec"].append(r.seconds)
+                v["cand"].append(r.candidates)
+                if first_sec is None:
+                    first_sec = r.seconds
+                v["ratio"].append(r.seconds / first_sec)
+                if not args.no_decode:
+                    out = decode_any(r.bitstream, {name: codec})
+                    mse = float(np.mean((out.astype(np.float64) - img) ** 2))
+                    v["psnr"].append(10 * math.log10(255.0**2 / max(mse, 1e-9)))
+    for name in codecs:
         per_budget = {}
-        for n, v in rows.items():
+        for n, v in rows[name].items():
             if not v["util"]:
                 continue
             per_budget[n] = {
@@ -101,30 +128,35 @@ def main(argv: list[str] | None = None) -> int:
                 "util_min": min(v["util"]),
                 "sec_median": statistics.median(v["sec"]),
                 "sec_max": max(v["sec"]),
-                "psnr_mean": statistics.fmean(v["psnr"]),
+                "time_ratio_median": statistics.median(v["ratio"]),
+                "time_ratio_max": max(v["ratio"]),
+                "psnr_mean": statistics.fmean(v["psnr"]) if v["psnr"] else float("nan"),
                 "candidates_median": statistics.median(v["cand"]),
             }
-        all_util = [u for v in rows.values() for u in v["util"]]
-        all_sec = [s for v in rows.values() for s in v["sec"]]
+        all_util = [u for v in rows[name].values() for u in v["util"]]
+        all_sec = [s for v in rows[name].values() for s in v["sec"]]
         summary[name] = {
             "per_budget": per_budget,
             "util_median": statistics.median(all_util) if all_util else None,
             "util_min": min(all_util) if all_util else None,
             "sec_median": statistics.median(all_sec) if all_sec else None,
             "sec_max": max(all_sec) if all_sec else None,
-            "budget_errors": failures,
+            "budget_errors": failures[name],
         }
 
     print(f"\nrate control on {len(images)} images from {args.data}, {args.frame_size} B frames, "
-          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"{'codec':<6} {'frames':>6} {'util med':>9} {'util min':>9} {'s med':>7} {'s max':>7} {'PSNR':>6} {'cand':>5}")
+          f"{os.cpu_count()} CPUs, {args.threads} torch threads, {time.strftime('%Y-%m-%d %H:%M')}")
+    first = next(iter(codecs), "-")
+    print(f"{'codec':<6} {'frames':>6} {'util med':>9} {'util min':>9} {'s med':>7} {'s max':>7} "
+          f"{'/' + first + ' med':>10} {'max':>6} {'PSNR':>6} {'cand':>5}")
     for name, s in summary.items():
         if "skipped" in s:
             print(f"{name:<6} skipped: {s['skipped']}")
             continue
         for n, b in s["per_budget"].items():  # type: ignore[union-attr]
             print(f"{name:<6} {n:>6} {b['util_median']:>9.3f} {b['util_min']:>9.3f} {b['sec_median']:>7.3f} "
-                  f"{b['sec_max']:>7.3f} {b['psnr_mean']:>6.2f} {b['candidates_median']:>5.0f}")
+                  f"{b['sec_max']:>7.3f} {b['time_ratio_median']:>10.2f} {b['time_ratio_max']:>6.2f} "
+                  f"{b['psnr_mean']:>6.2f} {b['candidates_median']:>5.0f}")
         print(f"{name:<6} {'all':>6} {s['util_median']:>9.3f} {s['util_min']:>9.3f} {s['sec_median']:>7.3f} "
               f"{s['sec_max']:>7.3f}   budget errors: {s['budget_errors']}")
     print("BENCH_JSON " + json.dumps({"images": len(images), "frame_size": args.frame_size, "budgets": budgets,

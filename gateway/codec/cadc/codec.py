@@ -16,24 +16,109 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs, SearchSpace
 from gateway.codec.cadc.entropy_models import SCALE_TABLE, quantize_means, quantize_scales
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
-from gateway.codec.cadc.model import CADCModel, quadtree_masks
+from gateway.codec.cadc.model import CADCModel
 from gateway.errors import BitstreamError, BundleError, ChecksumMismatch, CodecError, ModelMismatch
 
 #: Generous bound on payload bytes per coded symbol; anything longer is not a CADC stream.
 _MAX_BYTES_PER_SYMBOL = 4
+#: The quadtree groups (row % 2, col % 2) in coding order (as :func:`model.quadtree_masks`).
+GROUPS = ((0, 0), (1, 1), (0, 1), (1, 0))
+#: Per-λ encoder state kept on an analysis (the rate controller probes a handful of λ codes).
+_LAM_CACHE_SIZE = 16
+
+
+#: Bytes the range coder adds over the information content (flush, minus trimming), on average.
+_CODER_OVERHEAD_BYTES = 3.0
+#: Smallest probability the coder's leaky quantization gives a symbol (constriction's 24-bit precision).
+_MIN_PROBABILITY = 2.0**-24
+
+
+def _gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    """−Σ log2 P(symbol) under quantized Gaussians N(mean, std²) over unit bins."""
+    from scipy.special import erfc
+
+    v = np.abs(symbols - mean)
+    k = 1.0 / (std * np.sqrt(2.0))
+    p = 0.5 * (erfc((v - 0.5) * k) - erfc((v + 0.5) * k))
+    return float(-np.log2(np.maximum(p, _MIN_PROBABILITY)).sum())
+
+
+def _sparse_context_conv(
+    conv: nn.Conv2d,
+    y_known: torch.Tensor,
+    known_groups: tuple[tuple[int, int], ...],
+    out_group: tuple[int, int],
+    out_size: tuple[int, int],
+) -> torch.Tensor:
+    """``conv(y_known)`` (odd square kernel, 'same' zero padding) at the positions of ``out_group`` only.
+
+    ``y_known`` is zero outside ``known_groups``, so output position
+    (2i+r, 2j+c) only meets the kernel taps (dy, dx) that land on a known
+    group (a, b), i.e. with r+dy ≡ a and c+dx ≡ b (mod 2).  Split by group,
+    each part is a small dense conv of that group's phase ``y[a::2, b::2]``
+    with the matching sub-kernel (2x2, 2x3, 3x2 or 3x3 taps of the 5x5):
+    4, 12 and 16 of 25 taps for quadtree steps 1, 2, 3, on a quarter of the
+    positions.  The result is deterministic (fixed order, fixed shapes).
+    """
+    k = int(conv.kernel_size[0])
+    half = k // 2
+    r, c = out_group
+    hg, wg = out_size
+    out = None
+    for a, b in known_groups:
+        phase = y_known[..., a::2, b::2]
+        ha, wa = phase.shape[-2:]
+        dys = [d for d in range(-half, half + 1) if (r + d - a) % 2 == 0]
+        dxs = [d for d in range(-half, half + 1) if (c + d - b) % 2 == 0]
+        ey0, ey1 = (r + dys[0] - a) // 2, (r + dys[-1] - a) // 2
+        ex0, ex1 = (c + dxs[0] - b) // 2, (c + dxs[-1] - b) // 2
+        weight = conv.weight[:, :, dys[0] + half : dys[-1] + half + 1 : 2, dxs[0] + half : dxs[-1] + half + 1 : 2]
+        pad = (max(0, -ex0), max(0, wg + ex1 - wa), max(0, -ey0), max(0, hg + ey1 - ha))
+        # Rows/cols the padding cannot supply (a start offset > 0) are sliced off instead.
+        part = F.conv2d(F.pad(phase, pad)[..., max(0, ey0):, max(0, ex0):], weight)[..., :hg, :wg]
+        out = part if out is None else out + part
+    assert out is not None and out.shape[-2:] == (hg, wg)
+    return out + conv.bias.view(1, -1, 1, 1)
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run the block with torch on ``count`` threads (None: leave the caller's setting)."""
+    n = torch.get_num_threads()
+    if count is None or count == n:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _one_thread() -> Any:
+    """Run the small coding-time networks on one thread.
+
+    At y's size (a few hundred positions) threading only adds overhead (and on a
+    loaded host a parallel region waits for its slowest thread); one thread also
+    makes the float64 parameter nets' summation order independent of the
+    caller's thread count.
+    """
+    return _threads(1)
 
 
 @dataclass
@@ -44,6 +129,18 @@ class CADCAnalysis:
     x: torch.Tensor  # [1, 3, H, W] the image in [0, 1]
     width: int
     height: int
+    #: lam_code -> _LamState: what one λ costs (h_a, UGAQ, h_s, step-0 parameters), reused across Δ.
+    lam_cache: dict[int, "_LamState"] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class _LamState:
+    """Everything of one encode that depends on λ but not on Δ."""
+
+    z: np.ndarray  # int32 [Cz, hz, wz]
+    v: torch.Tensor  # [1, N, h, w] ȳ = y·gain / m (q = round(v / Δ))
+    hyper: torch.Tensor  # float64 [1, 2N, h, w] h_s(ẑ)
+    step0: tuple[np.ndarray, np.ndarray]  # float64 mean, scale (y units) of group 0, C order
 
 
 @dataclass
@@ -58,6 +155,16 @@ class CADCCodec(Codec):
     name = "cadc"
     codec_id = bitstream.CODEC_IDS["cadc"]
 
+    #: Threads for ``g_a`` in :meth:`analyze` (None: the caller's torch setting).  One by default: g_a
+    #: at Kodak size is ~25 ms on one core, and a second thread mostly adds waiting on a busy sender.
+    encoder_threads: int | None = 1
+
+    #: Threads for the decoder's synthesis (g_s, UNet, VAE); None: the caller's torch setting.  Fixed by
+    #: default because the UNet's float results depend on the thread count (a few 1e-7), which can flip
+    #: a pixel's rounding: with a fixed count the decoded picture is the same however the caller is set.
+    #: One: ~1 s for a Kodak image with cadc-tiny; on an idle multi-core station 2 is faster.
+    decoder_threads: int | None = 1
+
     def __init__(self, model: CADCModel, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -69,9 +176,15 @@ class CADCCodec(Codec):
         # inputs, so encoder and decoder compute bit-identical parameters.
         self._param_nets = nn.ModuleDict({"h_s": copy.deepcopy(model.h_s), "context": copy.deepcopy(model.context)})
         self._param_nets = self._param_nets.to("cpu", torch.float64).eval()
+        # g_a in channels_last: its first conv (3 -> w, 5x5, stride 2, full resolution) is most of the
+        # encoder's time and runs ~3x faster in that layout on CPU (same weights, a snapshot like the above).
+        self._g_a = copy.deepcopy(model.g_a).to(memory_format=torch.channels_last).eval()
+        # The VAE decoder runs its convs at up to full resolution: channels_last is ~1.5x faster on CPU.
+        self.model.vae.to(memory_format=torch.channels_last)
         tables = model.entropy_bottleneck.to("cpu").integer_tables(self.z_range)
         model.entropy_bottleneck.to(self.device)
         self._z_tables = tables  # [Cz, 2R+1]
+        self._z_bits = -np.log2(tables / tables.sum(axis=1, keepdims=True))  # [Cz, 2R+1]
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -104,12 +217,19 @@ class CADCCodec(Codec):
         return delta_from_code(delta_code, self.model.delta_range)
 
     def search_space(self) -> SearchSpace:
-        """λ codes from most bits to fewest; Δ codes from Δ≈1 upwards (wider bins save bytes)."""
+        """Every λ code (most bits first) and every Δ code (ascending): one code is ~2 % in λ, ~0.8 % in Δ.
+
+        The rate controller searches this grid on :meth:`estimate_bytes`
+        (milliseconds per probe) around :attr:`rate_anchor_delta_code`.
+        """
+        return SearchSpace(lam_codes=tuple(range(255, -1, -1)), delta_codes=tuple(range(256)))
+
+    @property
+    def rate_anchor_delta_code(self) -> int:
+        """The Δ code the rate controller holds while it searches λ: Δ = 1, where training puts half its samples."""
         from gateway.codec.cadc.knob_values import code_from_delta
 
-        d1 = code_from_delta(1.0, self.model.delta_range)
-        delta_codes = tuple(sorted({int(round(d1 + (255 - d1) * i / 4)) for i in range(5)}))
-        return SearchSpace(lam_codes=tuple(range(255, -1, -15)), delta_codes=delta_codes)
+        return code_from_delta(1.0, self.model.delta_range)
 
     def describe(self, knobs: Knobs) -> dict[str, Any]:
         out = super().describe(knobs)
@@ -125,35 +245,75 @@ class CADCCodec(Codec):
         h, w = image.shape[:2]
         if h * w > self.max_pixels:
             raise CodecError(f"image {w}x{h} is larger than the {self.max_pixels}-pixel limit of this model")
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
-        x = x.to(self.device)
-        with torch.no_grad():
-            y = self.model.analyze(x)
+        # HWC uint8 -> NCHW float viewed channels_last (no transposing copy); same as model.analyze.
+        x = torch.from_numpy(np.array(image, copy=True)).to(self.device).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+        with torch.no_grad(), _threads(self.encoder_threads if self.device.type == "cpu" else None):
+            y = self._g_a(self.model.pad(x) * 2.0 - 1.0).contiguous()
         return CADCAnalysis(y=y, x=x, width=w, height=h)
+
+    @torch.no_grad()
+    def _lam_state(self, analysis: CADCAnalysis, lam_code: int) -> _LamState:
+        """Gain, h_a, UGAQ and h_s for one λ (cached on the analysis: Δ probes reuse it)."""
+        state = analysis.lam_cache.get(lam_code)
+        if state is not None:
+            return state
+        model = self.model
+        with _one_thread():
+            lam = torch.tensor([self.lam(lam_code)], device=self.device)
+            gain, _ = model.gains(lam)
+            y_g = analysis.y * gain[:, :, None, None]
+            z_int = torch.round(model.h_a(y_g)).clamp(-self.z_range, self.z_range)
+            m = model.ugaq_scale(y_g, z_int)
+            z = z_int[0].cpu().numpy().astype(np.int32)
+            hyper = self._hyper(z)
+            step0 = self._raw_group_params(hyper, None, 0)
+        state = _LamState(z=z, v=y_g / m, hyper=hyper, step0=step0)
+        if len(analysis.lam_cache) >= _LAM_CACHE_SIZE:
+            analysis.lam_cache.pop(next(iter(analysis.lam_cache)))
+        analysis.lam_cache[lam_code] = state
+        return state
 
     @torch.no_grad()
     def _quantize(self, analysis: CADCAnalysis, knobs: Knobs) -> _Symbols:
         """Gain, hyperprior and UGAQ for one knob setting: the integer symbols."""
-        model = self.model
-        lam = torch.tensor([self.lam(knobs.lam_code)], device=self.device)
-        delta = self.delta(knobs.delta_code)
-        gain, _ = model.gains(lam)
-        y_g = analysis.y * gain[:, :, None, None]
-        z_int = torch.round(model.h_a(y_g)).clamp(-self.z_range, self.z_range)
-        m = model.ugaq_scale(y_g, z_int)
-        q = torch.round(y_g / m / delta).clamp(-self.y_range, self.y_range - 1)
-        return _Symbols(z=z_int[0].cpu().numpy().astype(np.int32), q=q[0].cpu().numpy().astype(np.int32))
+        state = self._lam_state(analysis, knobs.lam_code)
+        with _one_thread():
+            q = torch.round(state.v / self.delta(knobs.delta_code)).clamp(-self.y_range, self.y_range - 1)
+        return _Symbols(z=state.z, q=q[0].cpu().numpy().astype(np.int32))
 
-    def _group_params(self, hyper: torch.Tensor, q: torch.Tensor, step: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
-        """Quantized mean/std (bin units) of quadtree group ``step``, from float64 nets and known groups."""
-        masks = quadtree_masks(*q.shape[-2:]).to(torch.float64)
-        known = masks[:step].sum(0) if step else None
-        y_known = q * delta * known if step else None
-        mean, scale = self._param_nets["context"](step, hyper, y_known)
-        sel = masks[step, 0, 0].bool()
-        mean_g = mean[0][:, sel].numpy() / delta
-        scale_g = scale[0][:, sel].numpy() / delta
-        return quantize_means(mean_g, self.y_range - 1), SCALE_TABLE[quantize_scales(scale_g)]
+    def _hyper(self, z: np.ndarray) -> torch.Tensor:
+        """h_s(ẑ) in float64 (call inside :func:`_one_thread` and no_grad)."""
+        return self._param_nets["h_s"](torch.from_numpy(z).double().unsqueeze(0))
+
+    def _raw_group_params(
+        self, hyper: torch.Tensor, y_known: torch.Tensor | None, step: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and scale (y units, float64, C order) of quadtree group ``step`` only.
+
+        Equals ``context(step, hyper, y_known)`` at the group's positions (what
+        training computes everywhere and masks), up to float64 rounding, but
+        evaluates the nets only where they are needed and skips the zeros: the
+        5x5 context conv reads only the taps that land on decoded groups
+        (:func:`_sparse_context_conv`), the 1x1 parameter nets run on the
+        group's positions.  ``y_known`` is ŷ (y units) with zeros at the groups
+        not decoded yet.  Call inside :func:`_one_thread` and no_grad.
+        """
+        r, c = GROUPS[step]
+        ctx = self._param_nets["context"]
+        feats = hyper[..., r::2, c::2]
+        hg, wg = feats.shape[-2:]
+        if hg == 0 or wg == 0:
+            empty = np.zeros(0, dtype=np.float64)
+            return empty, empty
+        if step:
+            known = _sparse_context_conv(ctx.ctx[step - 1], y_known, GROUPS[:step], (r, c), (hg, wg))
+            feats = torch.cat([feats, known], dim=1)
+        mean, scale_raw = ctx.params[step](feats).chunk(2, dim=1)
+        return mean[0].reshape(-1).numpy(), F.softplus(scale_raw)[0].reshape(-1).numpy()
+
+    def _coding_params(self, mean: np.ndarray, scale: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+        """Quantized mean/std (bin units) handed to the range coder."""
+        return quantize_means(mean / delta, self.y_range - 1), SCALE_TABLE[quantize_scales(scale / delta)]
 
     @staticmethod
     def _checksum(sym: _Symbols) -> int:
@@ -163,6 +323,35 @@ class CADCCodec(Codec):
         c, h, w = z_shape
         return np.repeat(self._z_tables, h * w, axis=0)
 
+    def _groups(self, analysis: CADCAnalysis, knobs: Knobs, q: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(symbols, coding means, coding stds) of each quadtree group of ``q``, in coding order."""
+        state = self._lam_state(analysis, knobs.lam_code)
+        delta = self.delta(knobs.delta_code)
+        with torch.no_grad(), _one_thread():
+            y_hat = torch.from_numpy(q).double().unsqueeze(0) * delta
+            y_known = torch.zeros_like(y_hat)
+            for step, (r, c) in enumerate(GROUPS):
+                raw = state.step0 if step == 0 else self._raw_group_params(state.hyper, y_known, step)
+                yield (q[:, r::2, c::2], *self._coding_params(*raw, delta))
+                y_known[..., r::2, c::2] = y_hat[..., r::2, c::2]
+
+    def estimate_bytes(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
+        """Bitstream length (header included) predicted without range coding.
+
+        The information content of every symbol under the very models the
+        coder is given (ẑ: the integer tables; ŷ: Gaussians with the snapped
+        means and table scales), plus the coder's flush overhead.  Agrees with
+        ``len(encode(...))`` to a few bytes at a fraction of the cost (no coder
+        run, no trimming replays); the rate controller searches with it and
+        checks its final pick with :meth:`encode`.
+        """
+        sym = self._quantize(analysis, knobs)
+        c = np.arange(sym.z.shape[0])[:, None]
+        bits = float(self._z_bits[c, sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())
+        for group, mean, std in self._groups(analysis, knobs, sym.q):
+            bits += _gaussian_bits(group.ravel(), mean, std)
+        return bitstream.HEADER_SIZE + bits / 8.0 + _CODER_OVERHEAD_BYTES
+
     def encode(self, analysis: CADCAnalysis, knobs: Knobs, original_size: tuple[int, int]) -> bytes:
         """Bitstream (header + range-coded ẑ, ŷ) for one (λ, Δ) setting."""
         ow, oh = original_size
@@ -171,17 +360,11 @@ class CADCCodec(Codec):
                 f"analysis is {analysis.width}x{analysis.height} but original {ow}x{oh} at scale code "
                 f"{knobs.scale_code} is {bitstream.scaled_size(ow, oh, knobs.scale_code)}; analyze the downscaled image"
             )
-        delta = self.delta(knobs.delta_code)
         sym = self._quantize(analysis, knobs)
         writer = SymbolWriter()
         writer.write_categorical(sym.z.ravel() + self.z_range, self._z_probabilities(sym.z.shape))
-        with torch.no_grad():
-            hyper = self._param_nets["h_s"](torch.from_numpy(sym.z).double().unsqueeze(0))
-            q = torch.from_numpy(sym.q).double().unsqueeze(0)
-            masks = quadtree_masks(*q.shape[-2:])
-            for step in range(4):
-                means, stds = self._group_params(hyper, q, step, delta)
-                writer.write_gaussian(sym.q[:, masks[step, 0, 0].bool().numpy()], means, stds, self.y_range)
+        for group, mean, std in self._groups(analysis, knobs, sym.q):
+            writer.write_gaussian(group, mean, std, self.y_range)
         header = bitstream.Header(
             codec_id=self.codec_id,
             model_id=self.model_id,
@@ -240,17 +423,16 @@ class CADCCodec(Codec):
         delta = self.delta(header.delta_code)
         reader = SymbolReader(payload)
         z = reader.read_categorical(self._z_probabilities((cz, hz, wz))) - self.z_range
-        z = z.reshape(cz, hz, wz)
+        z = z.reshape(cz, hz, wz).astype(np.int32)
         q = np.zeros((n, hy, wy), dtype=np.int32)
-        with torch.no_grad():
-            hyper = self._param_nets["h_s"](torch.from_numpy(z).double().unsqueeze(0))
-            masks = quadtree_masks(hy, wy)
-            q_t = torch.zeros((1, n, hy, wy), dtype=torch.float64)
-            for step in range(4):
-                means, stds = self._group_params(hyper, q_t, step, delta)
-                sel = masks[step, 0, 0].bool().numpy()
-                q[:, sel] = reader.read_gaussian(means, stds, self.y_range).reshape(n, -1)
-                q_t = torch.from_numpy(q).double().unsqueeze(0)
+        with torch.no_grad(), _one_thread():
+            hyper = self._hyper(z)
+            y_known = torch.zeros((1, n, hy, wy), dtype=torch.float64)
+            for step, (r, c) in enumerate(GROUPS):
+                raw = self._raw_group_params(hyper, y_known if step else None, step)
+                shape = q[:, r::2, c::2].shape
+                q[:, r::2, c::2] = reader.read_gaussian(*self._coding_params(*raw, delta), self.y_range).reshape(shape)
+                y_known[..., r::2, c::2] = torch.from_numpy(q[:, r::2, c::2]).double() * delta
         sym = _Symbols(z=z.astype(np.int32), q=q)
         if self._checksum(sym) != header.checksum:
             raise ChecksumMismatch(
@@ -261,7 +443,15 @@ class CADCCodec(Codec):
 
     @torch.no_grad()
     def decode_with_info(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        """Decode to an HxWx3 uint8 array at the original size, plus caption, λ, Δ and per-stage timings (ms)."""
+        """Decode to an HxWx3 uint8 array at the original size, plus caption, λ, Δ and per-stage timings (ms).
+
+        The synthesis (g_s, UNet, VAE) runs on :attr:`decoder_threads` threads, so the picture
+        does not depend on the caller's torch thread count.
+        """
+        with _threads(self.decoder_threads if self.device.type == "cpu" else None):
+            return self._decode_with_info(data)
+
+    def _decode_with_info(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         header, sym = self.decode_symbols(data)
@@ -275,7 +465,9 @@ class CADCCodec(Codec):
         l_t = model.synthesize_latent(y_hat, inv_gain)
         t2 = time.perf_counter()
         timings["g_s"] = (t2 - t1) * 1e3
-        x_aux = model.aux_decoder(l_t[:, :4])[..., :ch, :cw] if model.aux_decoder is not None else None
+        # x̂_aux only feeds the BFATC captioner: without captions (cadc-tiny) it is not computed.
+        needs_aux = model.aux_decoder is not None and model.text.mode == "caption"
+        x_aux = model.aux_decoder(l_t[:, :4])[..., :ch, :cw] if needs_aux else None
         t3 = time.perf_counter()
         timings["aux_decoder"] = (t3 - t2) * 1e3
         text, captions = model.text(x_aux, 1, l_t.device, l_t.dtype)
@@ -284,7 +476,7 @@ class CADCCodec(Codec):
         l0 = model.denoise(l_t, text)
         t5 = time.perf_counter()
         timings["unet"] = (t5 - t4) * 1e3
-        x_hat = model.vae_decode(l0)[..., :ch, :cw]
+        x_hat = model.vae_decode(l0.contiguous(memory_format=torch.channels_last))[..., :ch, :cw]
         t6 = time.perf_counter()
         timings["vae_decode"] = (t6 - t5) * 1e3
         image = (x_hat[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)

@@ -1,0 +1,141 @@
+"""CADC under rate control: size predictions, the anchored (λ, Δ) search, the lean coding paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gateway.codec.base import Knobs
+from gateway.codec.cadc.bundle import create_bundle, load_model
+from gateway.codec.cadc.codec import GROUPS, CADCCodec
+from gateway.codec.cadc.model import quadtree_masks
+from gateway.ratecontrol import fit, fit_bytes
+
+TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def codec(tmp_path_factory: pytest.TempPathFactory) -> CADCCodec:
+    """A random-init cadc-tiny whose λ gains are widened so that λ moves the rate like a trained model's.
+
+    (Untrained, g_a's output is so small that every symbol rounds to 0 whatever λ is.)
+    """
+    torch.manual_seed(0)
+    model = load_model(create_bundle(TINY_YAML, tmp_path_factory.mktemp("cadc-rc") / "tiny"))
+    with torch.no_grad():
+        k = model.log_gain.shape[0]
+        model.log_gain.copy_(torch.linspace(7.0, 3.0, k).view(k, 1).expand_as(model.log_gain))
+    return CADCCodec(model)
+
+
+def _image(h: int = 192, w: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, 0.5 + 0.4 * np.sin(xx / 9.0 + yy / 13.0)], axis=-1) * 220
+    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def test_search_space_is_the_full_code_grid_anchored_at_delta_one(codec: CADCCodec) -> None:
+    space = codec.search_space()
+    assert list(space.lam_codes) == list(range(255, -1, -1)) and list(space.delta_codes) == list(range(256))
+    assert codec.delta(codec.rate_anchor_delta_code) == pytest.approx(1.0, rel=0.01)
+
+
+def test_size_prediction_is_within_a_few_bytes(codec: CADCCodec) -> None:
+    img = _image()
+    analysis = codec.analyze(img)
+    errors = []
+    for lc in (0, 90, 200, 255):
+        for dc in (0, 60, 85, 150, 255):
+            k = Knobs(lc, dc)
+            n = len(codec.encode(analysis, k, (256, 192)))
+            errors.append((n - codec.estimate_bytes(analysis, k)) / (6 + 0.005 * n))
+    assert max(abs(e) for e in errors) <= 1.0, errors  # within 6 bytes + 0.5 %
+
+
+def test_group_parameters_equal_the_training_context_nets(codec: CADCCodec) -> None:
+    """The sparse per-group evaluation is the training pass's entropy model, evaluated only where needed."""
+    for h, w in ((6, 8), (5, 7)):
+        q = torch.randint(-6, 7, (1, 64, h, w)).double()
+        hyper = torch.randn(1, 128, h, w, dtype=torch.float64)
+        masks = quadtree_masks(h, w).double()
+        known = torch.zeros_like(q)
+        with torch.no_grad():
+            for step, (r, c) in enumerate(GROUPS):
+                ref_mu, ref_sigma = codec._param_nets["context"](step, hyper, q * masks[:step].sum(0) if step else None)
+                mu, sigma = codec._raw_group_params(hyper, known if step else None, step)
+                np.testing.assert_allclose(mu, ref_mu[0, :, r::2, c::2].reshape(-1).numpy(), rtol=0, atol=1e-12)
+                np.testing.assert_allclose(sigma, ref_sigma[0, :, r::2, c::2].reshape(-1).numpy(), rtol=0, atol=1e-12)
+                known[..., r::2, c::2] = q[..., r::2, c::2]
+
+
+@pytest.mark.parametrize("frames", [1, 2, 4])
+def test_rate_control_fills_the_budget_with_one_analyze(codec: CADCCodec, frames: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = _image(seed=frames)
+    calls = {"analyze": 0, "encode": 0}
+    real_analyze, real_encode = codec.analyze, codec.encode
+
+    def analyze(image):
+        calls["analyze"] += 1
+        return real_analyze(image)
+
+    def encode(*args):
+        calls["encode"] += 1
+        return real_encode(*args)
+
+    monkeypatch.setattr(codec, "analyze", analyze)
+    monkeypatch.setattr(codec, "encode", encode)
+    r = fit(codec, img, frames)
+    assert r.bytes <= r.budget_bytes
+    assert r.knobs.scale_code == 0 and calls["analyze"] == 1
+    assert calls["encode"] <= 4, "the search runs on predictions; only the pick (and a fill step or two) is coded"
+    # The model can spend far more than these budgets, so the fine grid leaves little unused.
+    assert r.utilization >= 0.97
+    _, sym = codec.decode_symbols(r.bitstream)
+    expected = codec._quantize(codec.analyze(img), r.knobs)
+    assert np.array_equal(sym.q, expected.q)
+
+
+def test_rate_control_prefers_lambda_and_keeps_delta_near_one(codec: CADCCodec) -> None:
+    img = _image(seed=7)
+    analysis = codec.analyze(img)
+    anchor = codec.rate_anchor_delta_code
+    # A budget between the lowest and highest λ at Δ = 1: λ carries the rate, Δ only fills the last step.
+    lo = len(codec.encode(analysis, Knobs(0, anchor), (256, 192)))
+    hi = len(codec.encode(analysis, Knobs(255, anchor), (256, 192)))
+    assert lo < hi
+    r = fit_bytes(codec, img, (lo + hi) // 2)
+    assert 0 < r.knobs.lam_code < 255
+    assert r.knobs.delta_code <= anchor and codec.delta(r.knobs.delta_code) > 0.9
+    assert r.utilization >= 0.97
+
+
+def test_more_bytes_never_lower_lambda(codec: CADCCodec) -> None:
+    img = _image(seed=3)
+    picks = [fit_bytes(codec, img, b) for b in (300, 500, 900, 1600)]
+    for small, large in zip(picks, picks[1:]):
+        assert small.bytes <= large.bytes
+        assert (small.knobs.lam_code, -small.knobs.delta_code) <= (large.knobs.lam_code, -large.knobs.delta_code)
+
+
+def test_decoder_skips_the_aux_decoder_without_captions(codec: CADCCodec, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert codec.model.text.mode != "caption"
+    data = codec.encode(codec.analyze(_image(64, 96)), Knobs(200, 85), (96, 64))
+    monkeypatch.setattr(codec.model.aux_decoder, "forward", lambda *a: pytest.fail("aux decoder ran"))
+    out, info = codec.decode_with_info(data)
+    assert out.shape == (64, 96, 3) and info["timings_ms"]["aux_decoder"] < 5.0
+
+
+def test_decode_does_not_change_the_callers_thread_count(codec: CADCCodec) -> None:
+    data = codec.encode(codec.analyze(_image(64, 96)), Knobs(200, 85), (96, 64))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        codec.decode(data)
+        codec.analyze(_image(64, 96))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
