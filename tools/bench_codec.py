@@ -9,6 +9,7 @@ cadc-tiny bundle made in a temp dir (timings are the same; quality is not).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean: analyze {statistics.mean(r[0] for r in rows):.1f} ms, encode {statistics.mean(r[1] for r in rows):.1f} ms, "
           f"decode {statistics.mean(r[2] for r in rows):.1f} ms, {statistics.mean(r[3] for r in rows):.0f} bytes")
     print("decode stages (mean ms): " + ", ".join(f"{k} {statistics.mean(v):.1f}" for k, v in stages.items()))
+    print("BENCH_JSON " + json.dumps({
+        "images": len(rows), "threads": args.threads,
+        "analyze_s_median": statistics.median(r[0] for r in rows) / 1000,
+        "encode_s_median": statistics.median(r[1] for r in rows) / 1000,
+        "decode_s_median": statistics.median(r[2] for r in rows) / 1000,
+        "decode_stages_ms": {k: round(statistics.mean(v), 1) for k, v in stages.items()},
+    }))
     if tmp is not None:
         tmp.cleanup()
     return 0
