@@ -23,14 +23,14 @@ from typing import Any
 import msgpack
 import zmq
 
-from gateway.client import LazyPirate, curve_client_keys
 from gateway.daemon_config import DaemonConfig, load_receiver_config, read_auth_key
 from gateway.decode_worker import DecodeJob, DecodeWorker
 from gateway.errors import ConfigError, SatgwError
 from gateway.framestore import FrameStore
+from gateway.link_side import LinkAttachedDaemon
 from gateway.logging_util import EventLog
-from gateway.scheduler import LinkWindow, Pacer
-from link_sim.transport import HEARTBEAT_S, LinkPeer, make_socket
+from gateway.scheduler import Pacer
+from link_sim.transport import HEARTBEAT_S
 from packetizer.ack import AckEntry, pack_acks
 from packetizer.errors import PacketizerError
 from packetizer.frame import FrameCodec
@@ -39,7 +39,7 @@ from packetizer.segment import assemble
 MAX_ACK_QUEUE = 64  # ACK frames waiting for the return link; older ones are superseded by newer state
 
 
-class ReceiverDaemon:
+class ReceiverDaemon(LinkAttachedDaemon):
     """The ground station's state and event loop. Create, then :meth:`run` until :meth:`stop`."""
 
     def __init__(self, cfg: DaemonConfig, log: EventLog) -> None:
@@ -53,33 +53,7 @@ class ReceiverDaemon:
             max_pending=lim["max_pending_messages"],
             max_frames_per_message=lim["max_frames_per_message"],
         )
-        self.curve = curve_client_keys(cfg["curve"]["dir"], "receiver")
-        self.ctx = zmq.Context()
-        try:
-            self.control = make_socket(self.ctx, zmq.REP, cfg["control"], bind=True)
-            self.control.setsockopt(zmq.MAXMSGSIZE, 65536)
-            self.peer = LinkPeer(self.ctx, cfg["link"]["endpoint"], self.curve)
-        except zmq.ZMQError as e:
-            self.ctx.destroy(linger=0)
-            raise ConfigError(f"key 'control' / 'link.endpoint': cannot open sockets ({e}); pick free endpoints") from None
-        lk = cfg["link"]
-        self.link_ctl = (
-            LazyPirate(self.ctx, lk["control"], timeout_s=lk["control_timeout_s"], curve=self.curve)
-            if lk["control"]
-            else None
-        )
-        self.window = LinkWindow()
-        self._preset = None
-        self._start = time.monotonic()
-        if self.link_ctl is None:
-            from link_sim.config import load_link_config
-
-            try:
-                self._preset = load_link_config(lk["preset"])
-            except Exception as e:
-                raise ConfigError(f"key 'link.preset': {e}") from e
-            self.window.time_scale = self._preset.time_scale
-            self.window.return_rate_bps = self._preset.ret.rate_bps
+        self._open_link_side("receiver", 65536)
         self.ack_pacer = Pacer(1.0, burst=2)
         self.ack_queue: deque[bytes] = deque()
         self.to_ack: set[int] = set()
@@ -164,20 +138,6 @@ class ReceiverDaemon:
             self.ctx.destroy(linger=0)
             self.store.close()
         return 0
-
-    def _poll_schedule(self, now: float) -> float:
-        period = self.cfg["link"]["schedule_poll_s"]
-        if self.link_ctl is None:
-            assert self._preset is not None
-            av = self._preset.availability
-            self.window.update_from_model(av.is_up, av.next_change, (now - self._start) * self._preset.time_scale, now)
-            self._apply_rates()
-        elif self.link_ctl.pending_since is None:
-            self.link_ctl.send({"cmd": "schedule"})
-        nxt = now + period
-        if self.window.known and self.window.until > now:
-            nxt = min(nxt, self.window.until + 0.001)
-        return nxt
 
     def _apply_rates(self) -> None:
         rate = self.window.return_rate_bps

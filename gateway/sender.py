@@ -25,13 +25,13 @@ from typing import Any
 import msgpack
 import zmq
 
-from gateway.client import LazyPirate, curve_client_keys
 from gateway.daemon_config import DaemonConfig, load_sender_config, read_auth_key
 from gateway.errors import ConfigError, SatgwError, SpoolError
+from gateway.link_side import LinkAttachedDaemon
 from gateway.logging_util import EventLog
-from gateway.scheduler import META_INDEX, LinkWindow, Pacer, RtoEstimator, TransmitScheduler
+from gateway.scheduler import META_INDEX, Pacer, RtoEstimator, TransmitScheduler
 from gateway.spool import Spool
-from link_sim.transport import HEARTBEAT_S, LinkPeer, make_socket
+from link_sim.transport import HEARTBEAT_S
 from packetizer.ack import unpack_acks
 from packetizer.errors import FrameError, PacketizerError
 from packetizer.frame import Frame, FrameCodec, FrameType
@@ -133,7 +133,7 @@ class Encoder(threading.Thread):
         self.done.put(row.id)
 
 
-class SenderDaemon:
+class SenderDaemon(LinkAttachedDaemon):
     """The sender's state and event loop. Create, then :meth:`run` until :meth:`stop`."""
 
     def __init__(self, cfg: DaemonConfig, log: EventLog) -> None:
@@ -141,36 +141,9 @@ class SenderDaemon:
         fr = cfg["frame"]
         self.codec = FrameCodec(fr["size"], read_auth_key(fr["auth_key_file"]), fr["tag_len"])
         self.spool = Spool(cfg["spool"], cfg["spool_synchronous"])
-        self.curve = curve_client_keys(cfg["curve"]["dir"], "sender")
-        self.ctx = zmq.Context()
         lim = cfg["limits"]
-        try:
-            self.control = make_socket(self.ctx, zmq.REP, cfg["control"], bind=True)
-            # The biggest legal request is one image plus a little msgpack framing.
-            self.control.setsockopt(zmq.MAXMSGSIZE, lim["max_image_bytes"] + 65536)
-            self.peer = LinkPeer(self.ctx, cfg["link"]["endpoint"], self.curve)
-        except zmq.ZMQError as e:
-            self.ctx.destroy(linger=0)
-            raise ConfigError(f"key 'control' / 'link.endpoint': cannot open sockets ({e}); pick free endpoints") from None
-        lk = cfg["link"]
-        self.link_ctl = (
-            LazyPirate(self.ctx, lk["control"], timeout_s=lk["control_timeout_s"], curve=self.curve)
-            if lk["control"]
-            else None
-        )
-        self.window = LinkWindow()
-        self._preset = None
-        self._start_wall = time.monotonic()
-        if self.link_ctl is None:
-            from link_sim.config import load_link_config
-
-            try:
-                self._preset = load_link_config(lk["preset"])
-            except Exception as e:
-                raise ConfigError(f"key 'link.preset': {e}") from e
-            self.window.time_scale = self._preset.time_scale
-            self.window.forward_rate_bps = self._preset.forward.rate_bps
-            self.window.frame_size = self._preset.frame_size
+        # The biggest legal request is one image plus a little msgpack framing.
+        self._open_link_side("sender", lim["max_image_bytes"] + 65536)
         arq = cfg["arq"]
         self.rto = RtoEstimator(arq["initial_rto_s"], arq["min_rto_s"], arq["max_rto_s"])
         self._rto_scale: tuple = ()  # (time scale, rates) the RTO bounds were last derived from
@@ -314,27 +287,6 @@ class SenderDaemon:
         return 0
 
     # --- link schedule ----------------------------------------------------------------------
-
-    def _poll_schedule(self, now: float) -> float:
-        """Ask the link for its schedule (or evaluate the preset); returns when to ask next."""
-        period = self.cfg["link"]["schedule_poll_s"]
-        if self.link_ctl is None:
-            assert self._preset is not None
-            link_now = (now - self._start_wall) * self._preset.time_scale
-            av = self._preset.availability
-            self.window.update_from_model(av.is_up, av.next_change, link_now, now)
-            self._apply_rates()
-        else:
-            if self.link_ctl.timed_out():
-                self.window.mark_unknown()
-                self.link_ctl.reset()
-            if self.link_ctl.pending_since is None:
-                self.link_ctl.send({"cmd": "schedule"})
-        # Ask again just after the next availability change, so an opening is used at once.
-        nxt = now + period
-        if self.window.known and self.window.until > now:
-            nxt = min(nxt, self.window.until + 0.001)
-        return nxt
 
     def _on_schedule(self, reply: dict[str, Any], now: float) -> None:
         if not reply.get("ok"):
