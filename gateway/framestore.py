@@ -21,7 +21,6 @@ stalest is evicted first; a sender notices from the ACK bitmap and repeats).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from packetizer.frame import Frame, FrameType
 
+from gateway.durable_db import open_durable_db
 from gateway.errors import SpoolError
 
 _SCHEMA = """
@@ -97,15 +97,7 @@ class FrameStore:
         self.path = Path(path)
         self.max_pending = max_pending
         self.max_n = max_frames_per_message
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise SpoolError(f"cannot open frame store {self.path}: {e}; check the path and the file") from e
+        self.db = open_durable_db(self.path, synchronous, _SCHEMA, "frame store")
         # In-memory index (message id -> (state, k, n)) so duplicate floods cost no SQL.
         self._msgs: dict[int, list[Any]] = {}
         for mid, state, k, n in self.db.execute("SELECT id, state, k, n FROM messages"):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from gateway.durable_db import open_durable_db
 from gateway.errors import SpoolError
 
 STATES = ("accepted", "encoded", "in_flight", "delivered", "failed", "expired")
@@ -132,18 +133,8 @@ class Spool:
     """The sender's SQLite spool. One instance per thread (sqlite3 connections are not shared)."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise SpoolError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as e:
-            raise SpoolError(f"cannot open spool {self.path}: {e}; check the path and that the file is not corrupt") from e
+        self.db = open_durable_db(self.path, synchronous, _SCHEMA, "spool")
 
     def close(self) -> None:
         """Close the database connection."""
