@@ -49,7 +49,8 @@ def _link(j: dict) -> list[Row]:
 def _arq(j: dict) -> list[Row]:
     return [
         Row("arq", "link utilization with no loss", j["utilization"], ">= 0.95", j["utilization"] >= 0.95),
-        Row("arq", "goodput under 10% loss / ((1-loss) x capacity)", j["goodput"], ">= 0.9", j["goodput"] >= 0.9),
+        Row("arq", f"goodput under 10% loss ({j['loss_drawn']:.3f} drawn) / ((1-drawn) x capacity)", j["goodput"],
+            ">= 0.9", j["goodput"] >= 0.9),
     ]
 
 
