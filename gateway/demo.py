@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -215,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="send only the first N images")
     p.add_argument("--timeout", type=float, default=600.0, help="wall seconds to wait for deliveries")
     a = p.parse_args(argv)
+
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM stops the demo the way Ctrl-C does: daemons shut down, partial report written.
+    signal.signal(signal.SIGTERM, _interrupt)
     # A report table wants width; rich assumes 80 columns when stdout is not a terminal.
     console = Console(width=None if sys.stdout.isatty() else 160)
     budgets = sorted(set(a.packets or [1, 4]))
