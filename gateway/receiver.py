@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from collections import Counter, deque
@@ -25,8 +24,8 @@ import zmq
 
 from gateway.daemon_config import DaemonConfig, load_receiver_config, read_auth_key
 from gateway.decode_worker import DecodeJob, DecodeWorker
-from gateway.errors import ConfigError, SatgwError
 from gateway.framestore import FrameStore
+from gateway.daemon_main import add_link_options, link_overrides, run_daemon
 from gateway.link_side import LinkAttachedDaemon
 from gateway.logging_util import EventLog
 from gateway.scheduler import Pacer
@@ -310,43 +309,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="SQLite frame store file")
     p.add_argument("--outbox", help="folder for decoded PNG + JSON")
     p.add_argument("--control", help="endpoint to bind for satgw status")
-    p.add_argument("--link-endpoint", help="the link's ground-side endpoint")
-    p.add_argument("--link-control", help="the link's control endpoint")
-    p.add_argument("--auth-key", help="HMAC pre-shared key file")
-    p.add_argument("--curve-dir", help="folder of CURVE keys from 'satgw keys'")
     p.add_argument("--decode-worker", choices=("process", "thread"), help="where decoding runs")
-    p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
-    p.add_argument("--log-level", help="debug, info, warning or error")
+    add_link_options(p, "ground-side")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``satgw receiver``."""
     a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    log = EventLog("receiver")
-    try:
-        cfg = load_receiver_config(
-            a.config,
-            {
-                "store": a.store, "outbox": a.outbox, "control": a.control, "link.endpoint": a.link_endpoint,
-                "link.control": a.link_control, "frame.auth_key_file": a.auth_key, "curve.dir": a.curve_dir,
-                "decode.worker": a.decode_worker, "log_level": a.log_level, "bundle": a.bundle,
-            },
-        )
-        log = EventLog("receiver", cfg["log_level"])
-        daemon = ReceiverDaemon(cfg, log)
-    except ConfigError as e:
-        log.error("config_error", error=str(e))
-        return 2
-    except (SatgwError, PacketizerError, OSError) as e:
-        log.error("start_failed", error=str(e))
-        return 1
-    try:
-        signal.signal(signal.SIGTERM, daemon.stop)
-        signal.signal(signal.SIGINT, daemon.stop)
-    except ValueError:
-        pass
-    return daemon.run()
+    own = {"store": a.store, "outbox": a.outbox, "decode.worker": a.decode_worker}
+    return run_daemon("receiver", load_receiver_config, a.config, {**own, **link_overrides(a)}, ReceiverDaemon)
 
 
 if __name__ == "__main__":

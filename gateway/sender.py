@@ -15,7 +15,6 @@ import hashlib
 import io
 import math
 import queue
-import signal
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ import zmq
 
 from gateway.daemon_config import DaemonConfig, load_sender_config, read_auth_key
 from gateway.errors import ConfigError, SatgwError, SpoolError
+from gateway.daemon_main import add_link_options, link_overrides, run_daemon
 from gateway.link_side import LinkAttachedDaemon
 from gateway.logging_util import EventLog
 from gateway.scheduler import META_INDEX, Pacer, RtoEstimator, TransmitScheduler
@@ -612,42 +612,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spool", help="SQLite spool file")
     p.add_argument("--inbox", help="folder polled for new images")
     p.add_argument("--control", help="endpoint to bind for satgw send/status")
-    p.add_argument("--link-endpoint", help="the link's sender-side endpoint")
-    p.add_argument("--link-control", help="the link's control endpoint")
-    p.add_argument("--auth-key", help="HMAC pre-shared key file")
-    p.add_argument("--curve-dir", help="folder of CURVE keys from 'satgw keys'")
-    p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
-    p.add_argument("--log-level", help="debug, info, warning or error")
+    add_link_options(p, "sender-side")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``satgw sender``."""
     a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    log = EventLog("sender")
-    try:
-        cfg = load_sender_config(
-            a.config,
-            {
-                "spool": a.spool, "inbox": a.inbox, "control": a.control, "link.endpoint": a.link_endpoint,
-                "link.control": a.link_control, "frame.auth_key_file": a.auth_key, "curve.dir": a.curve_dir,
-                "log_level": a.log_level, "bundle": a.bundle,
-            },
-        )
-        log = EventLog("sender", cfg["log_level"])
-        daemon = SenderDaemon(cfg, log)
-    except ConfigError as e:
-        log.error("config_error", error=str(e))
-        return 2
-    except (SatgwError, PacketizerError, OSError) as e:
-        log.error("start_failed", error=str(e))
-        return 1
-    try:
-        signal.signal(signal.SIGTERM, daemon.stop)
-        signal.signal(signal.SIGINT, daemon.stop)
-    except ValueError:
-        pass  # not the main thread (embedded): the caller uses stop()
-    return daemon.run()
+    own = {"spool": a.spool, "inbox": a.inbox}
+    return run_daemon("sender", load_sender_config, a.config, {**own, **link_overrides(a)}, SenderDaemon)
 
 
 if __name__ == "__main__":
