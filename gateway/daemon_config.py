@@ -94,7 +94,7 @@ SENDER_SCHEMA: dict[str, Any] = {
         "initial_rto_s": (4.0, _num(0.001, 3600), "a first retransmit timeout in link seconds"),
         "min_rto_s": (0.2, _num(0.0001, 3600), "a lower bound of the retransmit timeout in link seconds"),
         "max_rto_s": (120.0, _num(0.001, 36000), "an upper bound of the retransmit timeout in link seconds"),
-        "reorder_frames": (3, _int(0, 10000), "how many later frames must be acked before a hole counts as lost"),
+        "reorder_frames": (2, _int(0, 10000), "how many later frames must be acked before a hole counts as lost"),
         "max_transmissions": (50, _int(1, 100000), "how often one frame may be sent before its message fails"),
         "ttl_s": (86400.0, _num(1, 10 * 365 * 86400), "wall-clock seconds a message may wait before it expires"),
         "burst_frames": (1, _int(0, 64), "how many frames of pacing credit a late loop may catch up"),

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from gateway.errors import SatgwError
+from gateway.paths import config_dir
 
 
 def free_ports(n: int) -> list[int]:
@@ -54,10 +55,13 @@ class Daemons:
                           "--sender-side", self.ep["sender_side"], "--ground-side", self.ep["ground_side"],
                           "--control", self.ep["link_control"], "--trace", str(run_dir / "link-trace.jsonl"),
                           "--stats-interval", "5"],
-            "receiver": py + ["receiver", "--store", str(run_dir / "frames.db"), "--outbox", str(self.outbox),
+            # The shipped daemon configs, with endpoints and state folders of this run.
+            "receiver": py + ["receiver", "--config", str(config_dir() / "daemons" / "receiver.yaml"),
+                              "--store", str(run_dir / "frames.db"), "--outbox", str(self.outbox),
                               "--control", self.ep["receiver"], "--link-endpoint", self.ep["ground_side"],
                               "--link-control", self.ep["link_control"]],
-            "sender": py + ["sender", "--spool", str(run_dir / "spool.db"), "--inbox", str(run_dir / "inbox"),
+            "sender": py + ["sender", "--config", str(config_dir() / "daemons" / "sender.yaml"),
+                            "--spool", str(run_dir / "spool.db"), "--inbox", str(run_dir / "inbox"),
                             "--control", self.ep["sender"], "--link-endpoint", self.ep["sender_side"],
                             "--link-control", self.ep["link_control"]],
         }
@@ -66,12 +70,18 @@ class Daemons:
                 self.commands[name] += ["--bundle", str(bundle)]
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self) -> None:
-        """Start the link, then the ground station, then the sender; logs go to ``<run_dir>/<name>.log``."""
-        for name in ("link", "receiver", "sender"):
-            log = open(self.run_dir / f"{name}.log", "wb")
+    def start(self, names: tuple[str, ...] = ("link", "receiver", "sender")) -> None:
+        """Start the named daemons, in the order given; logs go to ``<run_dir>/<name>.log``."""
+        for name in names:
+            log = open(self.run_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(self.commands[name], stdout=log, stderr=subprocess.STDOUT)
             log.close()
+
+    def terminate(self, name: str, timeout: float = 15.0) -> int:
+        """SIGTERM one daemon and wait for it (the link flushes its trace on the way out)."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=timeout)
 
     def check_alive(self) -> None:
         """Raise SatgwError with the end of its log if any daemon has exited."""

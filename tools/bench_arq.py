@@ -21,12 +21,37 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+import numpy as np
 
-from test_daemons import Rig, make_images, wait_for  # noqa: E402
+from gateway.launcher import Daemons, png_bytes, request
+
+
+def _images(n: int, size: int = 160) -> list[tuple[str, bytes]]:
+    """``n`` different PNG crops of scikit-image's photographs."""
+    import skimage.data
+
+    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        img = photos[i % len(photos)][..., :3]
+        y = int(rng.integers(0, img.shape[0] - size))
+        x = int(rng.integers(0, img.shape[1] - size))
+        out.append((f"crop{i}.png", png_bytes(np.ascontiguousarray(img[y:y + size, x:x + size]))))
+    return out
+
+
+def _wait_for(pred, timeout: float, what: str, step: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _preset(path: Path, rate: int, loss: float) -> Path:
@@ -42,26 +67,23 @@ def _preset(path: Path, rate: int, loss: float) -> Path:
 
 def run(tmp: Path, *, loss: float, images: int, time_scale: float, rate: int, packets: int) -> dict:
     """One run: spool and encode ``images`` first, then start the link and time the transfer from its trace."""
-    import json
-
     tmp.mkdir(parents=True, exist_ok=True)
-    rig = Rig(tmp, preset=_preset(tmp / "preset.yaml", rate, loss), time_scale=time_scale)
+    d = Daemons(tmp, str(_preset(tmp / "preset.yaml", rate, loss)), time_scale, None)
+    status = lambda: request(d.ep["sender"], {"cmd": "status"}, timeout=10)  # noqa: E731
     try:
-        rig.start_receiver()
-        rig.start_sender()
-        wait_for(lambda: rig._pingable("sender_control"), 30, what="sender")
-        for name, data in make_images(images, size=160):
-            rig.submit(name, data, packets=packets)
+        d.start(("receiver", "sender"))
+        for name, data in _images(images):
+            request(d.ep["sender"], {"cmd": "send", "name": name, "image": data, "codec": "webp", "packets": packets})
         # encode everything before the link exists, so the measurement sees a full backlog
-        wait_for(lambda: rig.sender_status()["counts"]["accepted"] == 0, 300, what="encoding")
-        rig.start_link()
-        wait_for(lambda: len(rig.outputs()) == images, 600, step=0.2, what="all images")
-        st = rig.sender_status()
-        rig.terminate("link")
-        fwd = [r for r in map(json.loads, rig.trace.read_text().splitlines()) if r["dir"] == "forward"]
+        _wait_for(lambda: status()["counts"].get("accepted", 0) == 0, 300, "encoding")
+        d.start(("link",))
+        _wait_for(lambda: len(list(d.outbox.glob("*.json"))) == images, 600, "all images")
+        st = status()
+        d.terminate("link")
+        fwd = [r for r in map(json.loads, (tmp / "link-trace.jsonl").read_text().splitlines()) if r["dir"] == "forward"]
         return {"st": st, "fwd": fwd}
     finally:
-        rig.stop()
+        d.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
