@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgpack
 import zmq
 
 from gateway.client import LazyPirate, curve_client_keys
@@ -28,6 +29,7 @@ class LinkAttachedDaemon:
     """
 
     cfg: Any
+    log: Any
 
     def _open_link_side(self, role: str, control_max_bytes: int) -> None:
         """Open the control socket and the link peer, and set up schedule tracking."""
@@ -63,6 +65,32 @@ class LinkAttachedDaemon:
 
     def _apply_rates(self) -> None:
         raise NotImplementedError
+
+    def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Reply to one decoded control request (a map with ``cmd``)."""
+        raise NotImplementedError
+
+    def _serve_control(self) -> None:
+        """Answer the control requests waiting on the REP socket (a bounded batch per call)."""
+        for _ in range(16):
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                req = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            except Exception as e:
+                reply = {"ok": False, "error": f"request is not valid msgpack ({type(e).__name__})"}
+            else:
+                if not isinstance(req, dict):
+                    reply = {"ok": False, "error": "a request must be a map with 'cmd'"}
+                else:
+                    try:
+                        reply = self._answer(req)
+                    except Exception as e:  # a bug in one answer must not kill the daemon
+                        self.log.error("control_error", error=f"{type(e).__name__}: {e}")
+                        reply = {"ok": False, "error": f"internal error: {type(e).__name__}"}
+            self.control.send(msgpack.packb(reply, use_bin_type=True))
 
     def _poll_schedule(self, now: float) -> float:
         """Ask the link for its schedule (or evaluate the preset); returns when to ask next."""

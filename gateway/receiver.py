@@ -19,7 +19,6 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-import msgpack
 import zmq
 
 from gateway.daemon_config import DaemonConfig, load_receiver_config, read_auth_key
@@ -270,25 +269,8 @@ class ReceiverDaemon(LinkAttachedDaemon):
 
     # --- control ----------------------------------------------------------------------------
 
-    def _serve_control(self) -> None:
-        for _ in range(16):
-            try:
-                raw = self.control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                reply = self._answer(raw)
-            except Exception as e:  # one bad answer must not kill the daemon
-                self.log.error("control_error", error=f"{type(e).__name__}: {e}")
-                reply = {"ok": False, "error": f"internal error: {type(e).__name__}"}
-            self.control.send(msgpack.packb(reply, use_bin_type=True))
-
-    def _answer(self, raw: bytes) -> dict[str, Any]:
-        try:
-            req = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except Exception as e:
-            return {"ok": False, "error": f"request is not valid msgpack ({type(e).__name__})"}
-        cmd = req.get("cmd") if isinstance(req, dict) else None
+    def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
         if cmd == "status":
             return {
                 "ok": True,

@@ -506,26 +506,7 @@ class SenderDaemon(LinkAttachedDaemon):
         self.encoder.wake.set()
         return mid
 
-    def _serve_control(self) -> None:
-        for _ in range(16):
-            try:
-                raw = self.control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                reply = self._answer(raw)
-            except Exception as e:  # a bug in one answer must not kill the daemon
-                self.log.error("control_error", error=f"{type(e).__name__}: {e}")
-                reply = {"ok": False, "error": f"internal error: {type(e).__name__}"}
-            self.control.send(msgpack.packb(reply, use_bin_type=True))
-
-    def _answer(self, raw: bytes) -> dict[str, Any]:
-        try:
-            req = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except Exception as e:
-            return {"ok": False, "error": f"request is not valid msgpack ({type(e).__name__})"}
-        if not isinstance(req, dict):
-            return {"ok": False, "error": "a request must be a map with 'cmd'"}
+    def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
         if cmd == "send":
             name, data = req.get("name"), req.get("image")
