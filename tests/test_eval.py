@@ -52,3 +52,25 @@ def test_eval_writes_json_table_plots_and_crops(tmp_path, capsys):
     assert crops and all(c.startswith("astro_") for c in crops)
     with Image.open(out / "crops" / crops[0]) as im:
         assert im.size[1] == 64 + 28
+
+
+def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.ascontiguousarray(data.chelsea()[:160, :224])).save(images / "cat.png")
+    out = tmp_path / "out"
+    tool = load_eval_tool()
+    common = ["--images", str(images), "--frames", "2", "--out", str(out), "--crops", "1", "--crop-size", "64",
+              "--no-slow-metrics", "--reference", "jpeg"]
+    assert tool.main(["--codecs", "jpeg", *common]) == 0
+    first = json.loads((out / "images" / "cat.json").read_text())
+    capsys.readouterr()
+
+    assert tool.main(["--codecs", "jpeg,webp", "--reuse", *common]) == 0
+    log = capsys.readouterr().out
+    assert "jpeg 2 frames (reused)" in log and "webp 2 frames (measured)" in log
+    second = {r["codec"]: r for r in json.loads((out / "images" / "cat.json").read_text())}
+    assert second["jpeg"] == first[0] and second["webp"]["codec_key"] == "webp"
+    assert (out / "crops" / "cat_2f.png").exists()  # redrawn from the kept bitstream
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["codec"] for r in summary["rows"]} == {"jpeg", "webp"}

@@ -151,6 +151,9 @@ def test_recipe_rejects_typos():
     with pytest.raises(ConfigError):
         TrainConfig.from_dict({"data": {"train": ["x"]}, "stages": [{"name": "s", "kind": "vae", "steps": 1,
                                                                        "loss": {"msse": 1.0}}]})
+    with pytest.raises(ConfigError, match="ckpt_every must be a number"):
+        tiny_recipe(ckpt_every="often")
+    assert tiny_recipe(export_every_s="1.0e9").export_every_s == 1e9  # YAML 1.1 reads that as a string
     cfg = tiny_recipe()
     assert cfg.total_steps == 6 and cfg.stage_at(0) == (0, 0) and cfg.stage_at(3) == (1, 1)
 
@@ -161,3 +164,45 @@ def test_ms_ssim_loss_has_gradients():
     loss = ms_ssim_loss(x, y).mean()
     loss.backward()
     assert 0 < float(loss.detach()) < 1 and torch.isfinite(y.grad).all()
+
+
+def load_train_tool():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("satgw_train_tool", Path(__file__).resolve().parents[1] / "tools" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_warm_start_keeps_what_fits_and_overrides_apply(tmp_path, make_model):
+    """A new VAE and a switched-off ADGIC: the codec parts come from the bundle, the new VAE stays fresh."""
+    import yaml
+
+    from gateway.codec.cadc.bundle import save_bundle
+
+    source = make_model()
+    save_bundle(source, tmp_path / "old")
+    changed = dict(TINY_MODEL, vae={"type": "kl", "block_out_channels": [4, 8], "layers_per_block": 1,
+                                     "norm_num_groups": 4, "latent_channels": 4,
+                                     "down_block_types": ["DownEncoderBlock2D"] * 2,
+                                     "up_block_types": ["UpDecoderBlock2D"] * 2})
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump(changed))
+    tool = load_train_tool()
+    model = tool.build_model(str(tmp_path / "new.yaml"), ["codec.adgic=false", "codec.ugaq=true"], str(tmp_path / "old"))
+    assert model.config.codec.adgic is False and model.aux_decoder is None
+    old, new = source.state_dict(), model.state_dict()
+    assert all(torch.equal(new[k], old[k]) for k in new if k.startswith(("g_a.", "h_s.", "unet.")))
+    assert not any(k.startswith("vae.") and k in old and old[k].shape == new[k].shape and torch.equal(new[k], old[k])
+                   for k in new if "weight" in k)
+
+    only_vae = tool.build_model(str(tmp_path / "new.yaml"), [], str(tmp_path / "old"), ["unet."])
+    fresh = only_vae.state_dict()
+    assert all(torch.equal(fresh[k], old[k]) for k in fresh if k.startswith("unet."))
+    assert not all(torch.equal(fresh[k], old[k]) for k in fresh if k.startswith("g_a.") and "weight" in k)
+
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        tool.build_model(str(tmp_path / "new.yaml"), ["codec.adgic"], None)
+    with pytest.raises(ConfigError, match="unknown keys in codec"):
+        tool.build_model(str(tmp_path / "new.yaml"), ["codec.adgik=false"], None)

@@ -40,7 +40,9 @@ QUALITY_KEYS = ("psnr", "ms_ssim", "butteraugli", "ssimulacra")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--codecs", default="cadc,avif,jxl,webp,jpeg", help="comma-separated codec names")
+    p.add_argument("--codecs", default="cadc,avif,jxl,webp,jpeg",
+                   help="comma-separated codec names; LABEL=FOLDER adds a CADC bundle under its own label "
+                        "(e.g. M0=runs/m0/bundle,M1=runs/m1/bundle for an ablation)")
     p.add_argument("--images", required=True, help="folder of images (or one image file)")
     p.add_argument("--frames", default="1,2,4,8", help="comma-separated budgets in frames")
     p.add_argument("--frame-size", type=int, default=450, help="bytes per frame on the wire")
@@ -52,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop-size", type=int, default=256, help="side of the side-by-side crops in pixels")
     p.add_argument("--no-slow-metrics", action="store_true", help="skip butteraugli / ssimulacra")
     p.add_argument("--out", default="eval-out", help="output folder")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the measurements already in --out/images for the same codec and budget (a CADC "
+                        "record only while its bundle's model id is unchanged) and measure only what is missing")
     return p.parse_args(argv)
 
 
@@ -82,8 +87,13 @@ def quality(original: np.ndarray, decoded: np.ndarray, slow: bool) -> dict[str, 
     return q
 
 
-def evaluate_one(codec: Any, name: str, image: np.ndarray, frames: int, args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Fit one codec to one budget, decode, measure; a BudgetError becomes a recorded failure."""
+def evaluate_one(codec: Any, name: str, image: np.ndarray, frames: int, args: argparse.Namespace,
+                 stream_path: Path | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Fit one codec to one budget, decode, measure; a BudgetError becomes a recorded failure.
+
+    The chosen bitstream is kept at ``stream_path`` so a later ``--reuse`` run
+    can redraw crops without repeating the rate search.
+    """
     from gateway.ratecontrol import fit
 
     h, w = image.shape[:2]
@@ -114,6 +124,9 @@ def evaluate_one(codec: Any, name: str, image: np.ndarray, frames: int, args: ar
     if decoded.shape != image.shape:
         rec.update(ok=False, error=f"decoded shape {decoded.shape}, expected {image.shape}")
         return rec, None
+    if stream_path is not None:
+        stream_path.parent.mkdir(parents=True, exist_ok=True)
+        stream_path.write_bytes(result.bitstream)
     rec.update(ok=True, bytes=len(result.bitstream), bpp=8.0 * len(result.bitstream) / (w * h),
                rate=result.as_dict(), **quality(image, decoded, not args.no_slow_metrics))
     return rec, decoded
@@ -235,6 +248,27 @@ def side_by_side(original: np.ndarray, panels: list[tuple[str, np.ndarray, int]]
     canvas.save(path)
 
 
+def codec_key(codec: Any) -> str:
+    """What makes two runs' measurements of a codec comparable: its name, plus the model id for CADC."""
+    return f"cadc:{codec.model_id:04x}" if codec.name == "cadc" else str(codec.name)
+
+
+def _previous(json_path: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Records of an earlier run for one image, by (codec label, frames)."""
+    try:
+        return {(r["codec"], int(r["frames"])): r for r in json.loads(json_path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _redecode(codec: Any, stream: Path) -> np.ndarray | None:
+    """Pixels of a kept bitstream (for crops), or None when it is gone or no longer decodes."""
+    try:
+        return codec.decode(stream.read_bytes())
+    except (OSError, SatgwError):
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from gateway.codec.registry import make_codec
@@ -242,29 +276,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "crops").mkdir(parents=True, exist_ok=True)
-    codec_names = [c.strip().lower() for c in args.codecs.split(",") if c.strip()]
+    specs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     frames = sorted({int(f) for f in args.frames.split(",")})
     files = list_images(Path(args.images), args.limit)
 
     codecs: dict[str, Any] = {}
     setup_errors: dict[str, str] = {}
-    for name in codec_names:
+    for spec in specs:
+        label, sep, folder = spec.partition("=")
+        label = label.strip() if sep else spec.lower()
         try:
-            codecs[name] = make_codec(name, bundle=args.bundle) if name == "cadc" else make_codec(name)
+            if sep:
+                codecs[label] = make_codec("cadc", bundle=folder.strip())
+            else:
+                codecs[label] = make_codec(label, bundle=args.bundle) if label == "cadc" else make_codec(label)
         except SatgwError as exc:
-            setup_errors[name] = str(exc)
-            print(f"warning: codec {name} unavailable: {exc}", file=sys.stderr)
+            setup_errors[label] = str(exc)
+            print(f"warning: codec {label} unavailable: {exc}", file=sys.stderr)
+    keys = {label: codec_key(codec) for label, codec in codecs.items()}
+    learned = [label for label, key in keys.items() if key.startswith("cadc:")]
 
     records: list[dict[str, Any]] = []
     for i, path in enumerate(files):
         image = load_rgb(path)
         h, w = image.shape[:2]
+        json_path = out / "images" / f"{path.stem}.json"
+        old = _previous(json_path) if args.reuse else {}
         per_image: list[dict[str, Any]] = []
         decoded: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
         for name, codec in codecs.items():
             for f in frames:
-                rec, dec = evaluate_one(codec, name, image, f, args)
-                rec.update(image=path.name, width=w, height=h)
+                stream = out / "streams" / f"{path.stem}_{name}_{f}f.bin"
+                rec = old.get((name, f))
+                if rec is not None and rec.get("codec_key") == keys[name]:
+                    dec = _redecode(codec, stream) if i < args.crops and rec["ok"] else None
+                    how = "reused"
+                else:
+                    rec, dec = evaluate_one(codec, name, image, f, args, stream)
+                    rec.update(image=path.name, width=w, height=h, codec_key=keys[name])
+                    how = "measured"
                 per_image.append(rec)
                 if dec is not None:
                     decoded[(name, f)] = (dec, rec["bytes"])
@@ -274,15 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     status = f"does not fit (needs {rec['frames_needed']} frames)"
                 else:
                     status = f"failed: {rec['error']}"
-                print(f"[{i + 1}/{len(files)}] {path.name} {name} {f} frames: {status}", flush=True)
-        (out / "images" / f"{path.stem}.json").write_text(json.dumps(per_image, indent=1))
+                print(f"[{i + 1}/{len(files)}] {path.name} {name} {f} frames ({how}): {status}", flush=True)
+        kept = [r for r in old.values() if (r["codec"], r["frames"]) not in {(x["codec"], x["frames"]) for x in per_image}]
+        json_path.write_text(json.dumps(per_image + kept, indent=1))
         records.extend(per_image)
         if i < args.crops:
             for f in frames:
-                panels: list[tuple[str, np.ndarray, int]] = []
-                if ("cadc", f) in decoded:
-                    panels.append(("cadc", *decoded[("cadc", f)]))
-                classical = [r for r in per_image if r["frames"] == f and r["codec"] != "cadc" and r["ok"]]
+                panels: list[tuple[str, np.ndarray, int]] = [
+                    (label, *decoded[(label, f)]) for label in learned if (label, f) in decoded]
+                classical = [r for r in per_image if r["frames"] == f and r["codec"] not in learned and r["ok"]
+                             and (r["codec"], f) in decoded]
                 if classical:
                     best = max(classical, key=lambda r: r["ms_ssim"])
                     panels.append((best["codec"], *decoded[(best["codec"], f)]))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gateway.errors import SatgwError
+from gateway.errors import ConfigError, SatgwError
 from gateway.training.config import TrainConfig
 from gateway.training.data import ImageBank
 from gateway.training.trainer import Trainer
@@ -40,7 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train", required=True, help="training recipe YAML (configs/train/*.yaml)")
     p.add_argument("--out", default="runs/cadc", help="checkpoint / metrics folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--init-bundle", help="initialise weights from this bundle (fresh runs only)")
+    p.add_argument("--init-bundle", help="fresh runs: start from this bundle's weights wherever names and shapes "
+                   "match the --model config (other parts keep their fresh initialisation)")
+    p.add_argument("--init-parts", nargs="+", metavar="PREFIX",
+                   help="with --init-bundle: copy only parameters whose names start with these prefixes (e.g. vae.)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config value, e.g. --set codec.ugaq=false (YAML value; repeatable)")
     p.add_argument("--export", help="write the current weights as a bundle here periodically and at the end")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the recipe)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps of this invocation")
@@ -61,15 +66,42 @@ def setup_distributed() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(model_config: str, init_bundle: str | None):
-    """A fresh CADC model from its config, or one loaded from a bundle."""
+def build_model(model_config: str, overrides: list[str], init_bundle: str | None,
+                init_parts: list[str] | None = None):
+    """A fresh CADC model from its config (plus overrides), warm-started from a bundle when given."""
     from gateway.codec.cadc.bundle import load_model
     from gateway.codec.cadc.config import CADCConfig
     from gateway.codec.cadc.model import CADCModel
+    from gateway.training.checkpoint import warm_start
 
+    cfg = CADCConfig.from_yaml(model_config)
+    if overrides:
+        cfg = CADCConfig.from_dict(apply_overrides(cfg.to_dict() | {"sources": cfg.sources}, overrides),
+                                   origin=f"{model_config} with --set {' '.join(overrides)}")
+    model = CADCModel(cfg)
     if init_bundle:
-        return load_model(init_bundle)
-    return CADCModel(CADCConfig.from_yaml(model_config))
+        report = warm_start(model, load_model(init_bundle), init_parts)
+        print(f"warm start from {init_bundle}: {len(report['copied'])} tensors copied, "
+              f"{len(report['reshaped'])} skipped for shape, {len(report['missing'])} not in the bundle", flush=True)
+    return model
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``data`` with each ``a.b=value`` applied (value parsed as YAML)."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. codec.ugaq=false")
+        *path, leaf = key.split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
 
 
 def export_bundle(model, folder: Path) -> None:
@@ -89,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         random.seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)
         torch.manual_seed(cfg.seed + rank)
-        model = build_model(args.model, None if args.resume and _has_checkpoint(args.out) else args.init_bundle)
+        fresh = not (args.resume and _has_checkpoint(args.out))
+        model = build_model(args.model, args.overrides, args.init_bundle if fresh else None, args.init_parts)
         train_bank = ImageBank(cfg.data.train)
         val_bank = ImageBank(cfg.data.val, limit=cfg.data.val_limit) if cfg.data.val else None
         if rank == 0:

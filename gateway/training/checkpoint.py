@@ -87,3 +87,31 @@ def load_checkpoint(path: str | Path, restore_rng: bool = True) -> dict[str, Any
     if restore_rng:
         restore_rng_state(state["rng"])
     return state
+
+
+def warm_start(model: torch.nn.Module, source: torch.nn.Module, prefixes: list[str] | None = None) -> dict[str, list[str]]:
+    """Copy ``source``'s tensors into ``model`` where names and shapes agree.
+
+    Lets a run start from a bundle whose architecture differs in some parts
+    (a new VAE, say): the parts that still fit keep their trained weights, the
+    rest keep their fresh initialisation.  ``prefixes`` limits the copy to
+    parameter names starting with one of them.  Returns the names ``copied``,
+    ``reshaped`` (same name, other shape: skipped) and ``missing`` (not in the
+    source: skipped).
+    """
+    src = source.state_dict()
+    own = model.state_dict()
+    report: dict[str, list[str]] = {"copied": [], "reshaped": [], "missing": []}
+    update = {}
+    for name, tensor in own.items():
+        if prefixes and not any(name.startswith(p) for p in prefixes):
+            continue
+        if name not in src:
+            report["missing"].append(name)
+        elif src[name].shape != tensor.shape:
+            report["reshaped"].append(name)
+        else:
+            update[name] = src[name]
+            report["copied"].append(name)
+    model.load_state_dict(update, strict=False)
+    return report

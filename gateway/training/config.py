@@ -113,6 +113,14 @@ class TrainConfig:
             if not 0 < lo <= hi:
                 raise ConfigError(f"delta_range must be 0 < lo <= hi, got {d['delta_range']}")
             d["delta_range"] = (lo, hi)
+        # YAML 1.1 reads 1.0e9 (no sign in the exponent) as a string: coerce, or say which key is wrong.
+        for key, kind in (("seed", int), ("threads", int), ("val_every", int), ("val_lams", int), ("log_every", int),
+                          ("ckpt_every", int), ("keep_checkpoints", int), ("export_every_s", float)):
+            if key in d:
+                try:
+                    d[key] = kind(float(d[key])) if kind is int else kind(d[key])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"train config: {key} must be a number, got {d[key]!r}") from None
         if d.get("lam_sampling", "log_uniform") not in ("log_uniform", "uniform"):
             raise ConfigError("lam_sampling must be 'log_uniform' or 'uniform'")
         return cls(**d)
