@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy.interpolate import PchipInterpolator
 
 # Weights of the five MS-SSIM scales (Wang et al. 2003).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -235,30 +236,35 @@ def bd_rate(
 ) -> float | None:
     """Bjøntegaard delta rate of curve B against reference A, in percent.
 
-    Fits log(rate) as a polynomial of quality (cubic with four or more points,
-    lower order with fewer), integrates both over the overlapping quality
-    interval and returns the mean rate difference: -20.0 means B needs 20 %
-    fewer bits than A for the same quality.  Returns None when the curves do
-    not overlap in quality or have fewer than two usable points each.
+    Interpolates log(rate) over quality with a monotone piecewise-cubic
+    (PCHIP, as the JVET common test conditions do), integrates both curves
+    over their overlapping quality interval and returns the mean rate
+    difference: -20.0 means B needs 20 % fewer bits than A for the same
+    quality.  Returns None when the curves do not overlap in quality or have
+    fewer than two usable points each.
+
+    Only each curve's rate–quality frontier is used (a point that costs more
+    bits without raising quality is dropped): a model whose quality saturates
+    makes log-rate a steep or non-monotone function of quality, and the
+    classic cubic polynomial fit then overshoots by orders of magnitude.
     """
     def prep(r: Sequence[float], q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         r_arr = np.asarray(r, dtype=np.float64)
         q_arr = np.asarray(q, dtype=np.float64)
         ok = np.isfinite(r_arr) & np.isfinite(q_arr) & (r_arr > 0)
         r_arr, q_arr = r_arr[ok], q_arr[ok]
-        order = np.argsort(q_arr)
-        return np.log(r_arr[order]), q_arr[order]
+        order = np.lexsort((-q_arr, r_arr))
+        r_arr, q_arr = r_arr[order], q_arr[order]
+        frontier = q_arr > np.maximum.accumulate(np.concatenate(([-np.inf], q_arr[:-1])))
+        return np.log(r_arr[frontier]), q_arr[frontier]
 
     lr_a, q_a = prep(rates_a, quality_a)
     lr_b, q_b = prep(rates_b, quality_b)
-    if len(q_a) < 2 or len(q_b) < 2 or np.ptp(q_a) == 0 or np.ptp(q_b) == 0:
+    if len(q_a) < 2 or len(q_b) < 2:
         return None
-    lo, hi = max(q_a.min(), q_b.min()), min(q_a.max(), q_b.max())
+    lo, hi = max(q_a[0], q_b[0]), min(q_a[-1], q_b[-1])
     if hi <= lo:
         return None
-    p_a = np.polyfit(q_a, lr_a, min(3, len(q_a) - 1))
-    p_b = np.polyfit(q_b, lr_b, min(3, len(q_b) - 1))
-    int_a, int_b = np.polyint(p_a), np.polyint(p_b)
-    avg_a = (np.polyval(int_a, hi) - np.polyval(int_a, lo)) / (hi - lo)
-    avg_b = (np.polyval(int_b, hi) - np.polyval(int_b, lo)) / (hi - lo)
+    avg_a = PchipInterpolator(q_a, lr_a).integrate(lo, hi) / (hi - lo)
+    avg_b = PchipInterpolator(q_b, lr_b).integrate(lo, hi) / (hi - lo)
     return float((math.exp(avg_b - avg_a) - 1.0) * 100.0)

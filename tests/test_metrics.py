@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage import data
 
 from gateway import metrics
@@ -62,6 +64,39 @@ def test_bd_rate_of_a_constant_factor():
 def test_bd_rate_without_overlap_is_none():
     assert metrics.bd_rate([1, 2], [10, 11], [1, 2], [20, 21]) is None
     assert metrics.bd_rate([1], [10], [1, 2], [10, 11]) is None
+
+
+def test_bd_rate_of_a_saturating_codec_that_wins_everywhere_is_negative():
+    # The cadc-tiny ablation's shape: quality barely moves while the rate grows
+    # 8x, and the better model is better at every budget.  A cubic fit of
+    # log-rate over quality reported +70 000 % here.
+    rates = [0.0088, 0.0175, 0.035, 0.070]
+    m0 = [17.85, 18.55, 18.72, 18.80]
+    m1 = [18.13, 18.80, 18.96, 18.99]
+    v = metrics.bd_rate(rates, m0, rates, m1)
+    assert v is not None and -100.0 < v < 0.0
+
+
+def test_bd_rate_ignores_points_that_cost_bits_without_gaining_quality():
+    rates = [0.01, 0.02, 0.04, 0.08]
+    quality = [20.0, 21.0, 22.0, 23.0]
+    dipped = [20.0, 21.0, 20.5, 23.0]  # the 0.04 point is dominated by the 0.02 one
+    assert metrics.bd_rate(rates, quality, rates, dipped) == pytest.approx(
+        metrics.bd_rate(rates, quality, [0.01, 0.02, 0.08], [20.0, 21.0, 23.0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    base=st.lists(st.floats(0.5, 3.0), min_size=2, max_size=6),
+    gain=st.floats(0.01, 2.0),
+    start=st.floats(10.0, 40.0),
+)
+def test_bd_rate_of_a_uniformly_better_curve_is_negative_and_bounded(base, gain, start):
+    rates = np.geomspace(0.01, 0.1, len(base))
+    quality = start + np.cumsum(base)
+    v = metrics.bd_rate(rates, quality, rates, quality + gain)
+    if v is not None:  # None only when the shift leaves no overlap
+        assert -100.0 < v <= 0.0
 
 
 def test_external_tools_agree_on_direction(astronaut):
