@@ -5,10 +5,28 @@ derandomized, so a submission's verdict does not depend on which random
 examples a run happened to draw; developers' runs keep exploring new ones.
 """
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
+import pytest
 from hypothesis import settings
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def load_tool() -> Callable[[str], ModuleType]:
+    """Import a script from ``tools/`` by name (they are scripts, not a package)."""
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"satgw_tool_{name}", TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import yaml
@@ -13,17 +11,9 @@ from skimage import data
 
 from test_training import TINY_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("satgw_ablation_tool", ROOT / "tools" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path):
+def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path, load_tool):
     import torch
 
     from gateway.codec.cadc.bundle import save_bundle
@@ -45,7 +35,7 @@ def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path):
     save_bundle(vae_source, tmp_path / "vae-bundle")
 
     out = tmp_path / "ablation"
-    rc = load_tool().main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
+    rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
                            "--model", str(tmp_path / "model.yaml"), "--train", str(tmp_path / "recipe.yaml"),
                            "--images", str(images), "--frames", "2,4"])
     assert rc == 0

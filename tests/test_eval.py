@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import data
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_eval_tool():
-    spec = importlib.util.spec_from_file_location("satgw_eval_tool", ROOT / "tools" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_eval_writes_json_table_plots_and_crops(tmp_path, capsys):
+def test_eval_writes_json_table_plots_and_crops(tmp_path, capsys, load_tool):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(data.astronaut()[::2, ::2][:192, :256]).save(images / "astro.png")
     Image.fromarray(np.ascontiguousarray(data.chelsea()[:160, :224])).save(images / "cat.png")
     out = tmp_path / "out"
-    tool = load_eval_tool()
+    tool = load_tool("eval")
     rc = tool.main(["--codecs", "jpeg,webp", "--images", str(images), "--frames", "1,2", "--out", str(out),
                     "--reference", "jpeg", "--crops", "1", "--crop-size", "64"])
     assert rc == 0
@@ -54,12 +44,12 @@ def test_eval_writes_json_table_plots_and_crops(tmp_path, capsys):
         assert im.size[1] == 64 + 28
 
 
-def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys):
+def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys, load_tool):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.ascontiguousarray(data.chelsea()[:160, :224])).save(images / "cat.png")
     out = tmp_path / "out"
-    tool = load_eval_tool()
+    tool = load_tool("eval")
     common = ["--images", str(images), "--frames", "2", "--out", str(out), "--crops", "1", "--crop-size", "64",
               "--no-slow-metrics", "--reference", "jpeg"]
     assert tool.main(["--codecs", "jpeg", *common]) == 0

@@ -166,17 +166,7 @@ def test_ms_ssim_loss_has_gradients():
     assert 0 < float(loss.detach()) < 1 and torch.isfinite(y.grad).all()
 
 
-def load_train_tool():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("satgw_train_tool", Path(__file__).resolve().parents[1] / "tools" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_warm_start_keeps_what_fits_and_overrides_apply(tmp_path, make_model):
+def test_warm_start_keeps_what_fits_and_overrides_apply(tmp_path, make_model, load_tool):
     """A new VAE and a switched-off ADGIC: the codec parts come from the bundle, the new VAE stays fresh."""
     import yaml
 
@@ -189,7 +179,7 @@ def test_warm_start_keeps_what_fits_and_overrides_apply(tmp_path, make_model):
                                      "down_block_types": ["DownEncoderBlock2D"] * 2,
                                      "up_block_types": ["UpDecoderBlock2D"] * 2})
     (tmp_path / "new.yaml").write_text(yaml.safe_dump(changed))
-    tool = load_train_tool()
+    tool = load_tool("train")
     model = tool.build_model(str(tmp_path / "new.yaml"), ["codec.adgic=false", "codec.ugaq=true"], str(tmp_path / "old"))
     assert model.config.codec.adgic is False and model.aux_decoder is None
     old, new = source.state_dict(), model.state_dict()
