@@ -12,11 +12,10 @@ from skimage import data
 from test_training import TINY_MODEL
 
 
-
 def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path, load_tool):
     import torch
 
-    from gateway.codec.cadc.bundle import save_bundle
+    from gateway.codec.cadc.bundle import load_model, save_bundle
     from gateway.codec.cadc.config import CADCConfig
     from gateway.codec.cadc.model import CADCModel
 
@@ -36,14 +35,12 @@ def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path, load_t
 
     out = tmp_path / "ablation"
     rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
-                           "--model", str(tmp_path / "model.yaml"), "--train", str(tmp_path / "recipe.yaml"),
-                           "--images", str(images), "--frames", "2,4"])
+                                     "--model", str(tmp_path / "model.yaml"), "--train", str(tmp_path / "recipe.yaml"),
+                                     "--images", str(images), "--frames", "2,4"])
     assert rc == 0
     configs = {v: yaml.safe_load((out / v / "bundle" / "config.yaml").read_text())["codec"] for v in ("M0", "M1", "M2")}
     assert [(c["ugaq"], c["adgic"]) for c in configs.values()] == [(False, False), (True, False), (True, True)]
     vae = {k: t for k, t in vae_source.state_dict().items() if k.startswith("vae.")}
-    from gateway.codec.cadc.bundle import load_model
-
     m1 = load_model(out / "M1" / "bundle").state_dict()
     assert all(torch.equal(m1[k], t) for k, t in vae.items())  # the shared VAE stayed frozen
     summary = json.loads((out / "eval" / "summary.json").read_text())

@@ -9,7 +9,6 @@ from PIL import Image
 from skimage import data
 
 
-
 def test_eval_writes_json_table_plots_and_crops(tmp_path, capsys, load_tool):
     images = tmp_path / "images"
     images.mkdir()
