@@ -113,6 +113,38 @@ def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: f
     return torch.prod(stack ** weights.view(-1, 1), dim=0)
 
 
+def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * np.power(np.clip(v, 0, None), 1 / 2.4) - 0.055)
+
+
+def block_delta_e(a: np.ndarray, b: np.ndarray, block: int = 16) -> float:
+    """Mean CIEDE2000 colour difference between the ``block``x``block`` block means of two HxWx3 uint8 images.
+
+    Block means are taken in linear light (what the eye averages) and
+    converted to CIELAB (D65); partial blocks at the right and bottom edges
+    count too.  It measures colour casts and lost saturation while ignoring
+    texture and edges, which PSNR and MS-SSIM mix in.
+    """
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    _check_pair(a, b)
+    h, w = a.shape[:2]
+    rows, cols = -(-h // block), -(-w // block)
+
+    def block_means(img: np.ndarray) -> np.ndarray:
+        lin = _srgb_to_linear(img.astype(np.float64) / 255.0)
+        sums = np.add.reduceat(np.add.reduceat(lin, np.arange(0, h, block), axis=0), np.arange(0, w, block), axis=1)
+        counts = np.add.reduceat(np.add.reduceat(np.ones((h, w, 1)), np.arange(0, h, block), axis=0),
+                                 np.arange(0, w, block), axis=1)
+        return rgb2lab(np.clip(_linear_to_srgb(sums / counts), 0.0, 1.0).reshape(rows, cols, 3))
+
+    return float(np.mean(deltaE_ciede2000(block_means(a), block_means(b))))
+
+
 def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float64)).permute(2, 0, 1).unsqueeze(0) / 255.0
 

@@ -136,7 +136,7 @@ def test_caption_of_aux_reconstruction_reaches_the_text_encoder(codec: CADCCodec
     with torch.no_grad():
         _, inv = codec.model.gains(torch.tensor([codec.lam(header.lam_code)]))
         y_hat = torch.from_numpy(sym.q).float().unsqueeze(0) * codec.delta(header.delta_code)
-        x_aux = codec.model.aux_decoder(codec.model.synthesize_latent(y_hat, inv)[:, :4])[..., :70, :90]
+        x_aux = codec.model.aux_reconstruction(codec.model.synthesize_latent(y_hat, inv))[..., :70, :90]
     assert len(seen_images) == 1 and torch.allclose(seen_images[0], x_aux)
     assert captions[0], "the tiny captioner should produce words"
     assert tok_spy.calls == [[build_prompt(captions[0])]]

@@ -27,13 +27,13 @@ def _check_sd_turbo_shapes_on_meta() -> None:
         assert z.shape == (1, 192, 2, 3)  # 1/256
         hyper = model.h_s(z)
         assert hyper.shape == (1, 640, 8, 12)
-        assert model.ugaq_scale(y, z).shape == y.shape
+        assert model.ugaq_scale(y, y, z).shape == y.shape
         mean, scale = model.entropy_parameters(hyper, y)
         assert mean.shape == scale.shape == y.shape
         gain, inv = model.gains(torch.tensor([1.0]))
         l_t = model.synthesize_latent(y, inv)
         assert l_t.shape == (1, 320, 64, 96)  # C=320 at 1/8
-        assert model.aux_decoder(l_t[:, :4]).shape == (1, 3, 512, 768)
+        assert model.aux_reconstruction(l_t).shape == (1, 3, 512, 768)
         text = torch.empty(1, 77, 1024)
         eps = model.unet(l_t, torch.tensor([999]), encoder_hidden_states=text).sample
         assert eps.shape == (1, 4, 64, 96)

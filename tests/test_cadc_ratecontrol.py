@@ -10,7 +10,7 @@ import torch
 
 from gateway.codec.base import Knobs
 from gateway.codec.cadc.bundle import create_bundle, load_model
-from gateway.codec.cadc.codec import GROUPS, CADCCodec
+from gateway.codec.cadc.codec import CADCCodec, set_step_elements, step_elements
 from gateway.codec.cadc.model import quadtree_masks
 from gateway.ratecontrol import fit, fit_bytes
 
@@ -52,24 +52,46 @@ def test_size_prediction_is_within_a_few_bytes(codec: CADCCodec) -> None:
         for dc in (0, 60, 85, 150, 255):
             k = Knobs(lc, dc)
             n = len(codec.encode(analysis, k, (256, 192)))
-            errors.append((n - codec.estimate_bytes(analysis, k)) / (6 + 0.005 * n))
-    assert max(abs(e) for e in errors) <= 1.0, errors  # within 6 bytes + 0.5 %
+            errors.append((n - codec.estimate_bytes(analysis, k)) / (6 + 0.01 * n))
+    # Within 6 bytes + 1 % (the largest settings here code 7-10 kB, where the coder's leaky
+    # quantization makes the estimate err high by ~0.5 %: safe for the controller, which codes its pick).
+    assert max(abs(e) for e in errors) <= 1.0, errors
 
 
-def test_group_parameters_equal_the_training_context_nets(codec: CADCCodec) -> None:
-    """The sparse per-group evaluation is the training pass's entropy model, evaluated only where needed."""
+def test_step_parameters_equal_the_training_context_nets(codec: CADCCodec) -> None:
+    """The coder's per-step parameters are the training pass's entropy model at that step's elements."""
+    groups = codec.model.config.codec.context_groups
+    n = codec.model.config.codec.y_channels
     for h, w in ((6, 8), (5, 7)):
-        q = torch.randint(-6, 7, (1, 64, h, w)).double()
-        hyper = torch.randn(1, 128, h, w, dtype=torch.float64)
-        masks = quadtree_masks(h, w).double()
-        known = torch.zeros_like(q)
+        q = torch.randint(-6, 7, (1, n, h, w)).double()
+        hyper = torch.randn(1, 2 * n, h, w, dtype=torch.float64)
+        masks = quadtree_masks(h, w, n, groups).double()
+        known = np.zeros((n, h, w))
         with torch.no_grad():
-            for step, (r, c) in enumerate(GROUPS):
+            for step in range(4):
                 ref_mu, ref_sigma = codec._param_nets["context"](step, hyper, q * masks[:step].sum(0) if step else None)
-                mu, sigma = codec._raw_group_params(hyper, known if step else None, step)
-                np.testing.assert_allclose(mu, ref_mu[0, :, r::2, c::2].reshape(-1).numpy(), rtol=0, atol=1e-12)
-                np.testing.assert_allclose(sigma, ref_sigma[0, :, r::2, c::2].reshape(-1).numpy(), rtol=0, atol=1e-12)
-                known[..., r::2, c::2] = q[..., r::2, c::2]
+                mu, sigma = codec._step_params(hyper, torch.from_numpy(known)[None] if step else None, step)
+                np.testing.assert_allclose(mu, step_elements(ref_mu[0].numpy(), step, groups), rtol=0, atol=1e-12)
+                np.testing.assert_allclose(sigma, step_elements(ref_sigma[0].numpy(), step, groups), rtol=0, atol=1e-12)
+                set_step_elements(known, step, groups, step_elements(q[0].numpy(), step, groups))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_quadtree_steps_partition_y_and_rotate_phases_across_groups(groups: int) -> None:
+    n, h, w = 8, 6, 10
+    masks = quadtree_masks(h, w, n, groups)
+    assert torch.equal(masks.sum(0), torch.ones(1, n, h, w)), "every element is coded in exactly one step"
+    per = n // groups
+    for step in range(4):
+        # Within a step every channel group decodes a different spatial phase ...
+        phases = {tuple(masks[step, 0, g * per, :2, :2].flatten().tolist()) for g in range(groups)}
+        assert len(phases) == groups
+        # ... and step_elements reads exactly the masked elements.
+        a = np.arange(n * h * w, dtype=np.float64).reshape(n, h, w)
+        assert sorted(step_elements(a, step, groups)) == sorted(a[masks[step, 0].numpy() > 0])
+    if groups == 4:
+        # From the second step on, every position has some channels already decoded (cross-channel context).
+        assert torch.all(masks[0, 0].sum(0) > 0)
 
 
 @pytest.mark.parametrize("frames", [1, 2, 4])

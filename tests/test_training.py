@@ -196,3 +196,54 @@ def test_warm_start_keeps_what_fits_and_overrides_apply(tmp_path, make_model, lo
         tool.build_model(str(tmp_path / "new.yaml"), ["codec.adgic"], None)
     with pytest.raises(ConfigError, match="unknown keys in codec"):
         tool.build_model(str(tmp_path / "new.yaml"), ["codec.adgik=false"], None)
+
+
+def test_windowed_pixel_losses_colour_term_and_lr_scales(tmp_path, make_model):
+    """A codec stage can decode only a window of each crop, weigh block-mean colour, and scale group LRs."""
+    torch.set_num_threads(1)
+    from gateway.training.losses import color_loss
+
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(color_loss(x, x), torch.zeros(2))
+    shifted = (x + 0.1).clamp(0, 1)
+    assert torch.all(color_loss(x, shifted) > 0)
+
+    model = make_model()
+    torch.manual_seed(1)
+    out = model(torch.rand(1, 3, 128, 128), torch.tensor([2.0]), window=64)
+    assert out["x_hat"].shape == out["x_target"].shape == (1, 3, 64, 64)
+    assert out["l0"].shape[-2:] == (16, 16), "the latent still covers the whole crop"
+
+    cfg = tiny_recipe(stages=[{
+        "name": "codec", "kind": "codec", "steps": 2, "lr": 1e-3, "warmup": 1, "frozen": ["vae."],
+        "pixel_window": 64, "lr_scale": {"log_gain": 10.0},
+        "loss": {"mse": 30.0, "color": 30.0, "aux": 10.0, "latent": 1.0}}])
+    trainer = Trainer(model, cfg, tmp_path / "run", generated_bank(), progress=False)
+    last = trainer.run(max_steps=2)
+    assert math.isfinite(last["loss"]) and last["color"] >= 0
+    lrs = sorted(g["lr"] for g in trainer.optimizer.param_groups)
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(10 * lrs[0])
+    with pytest.raises(ConfigError, match="pixel_window"):
+        tiny_recipe(stages=[{"name": "c", "kind": "codec", "steps": 1, "pixel_window": 60}])
+
+
+def test_truncated_latents_are_completed_by_the_entropy_model(make_model):
+    """complete_latent keeps received steps, fills the rest with μ; all-received is the identity."""
+    model = make_model()
+    torch.manual_seed(2)
+    n = model.config.codec.y_channels
+    hyper = torch.randn(2, 2 * n, 4, 6)
+    y_hat = torch.randint(-3, 4, (2, n, 4, 6)).float()
+    with torch.no_grad():
+        assert torch.equal(model.complete_latent(hyper, y_hat, torch.tensor([4, 4])), y_hat)
+        out = model.complete_latent(hyper, y_hat, torch.tensor([1, 4]))
+        masks = model.quadtree_masks(y_hat)
+        assert torch.equal(out[1], y_hat[1])
+        assert torch.equal(out[0] * masks[0, 0], y_hat[0] * masks[0, 0]), "step 0 was received"
+        mu1, _ = model.context(1, hyper[:1], (y_hat[:1] * masks[0]))
+        assert torch.allclose((out[:1] * masks[1]), mu1 * masks[1]), "step 1 is the context model's mean"
+        only_z = model.complete_latent(hyper, y_hat, torch.tensor([0, 0]))
+        mu0, _ = model.context(0, hyper, None)
+        assert torch.allclose(only_z * masks[0], mu0 * masks[0])
+    out = model(torch.rand(2, 3, 128, 128), torch.tensor([2.0, 2.0]), received=torch.tensor([2, 4]))
+    assert torch.isfinite(out["x_hat"]).all() and torch.all(out["bits_y"] > 0)

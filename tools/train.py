@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "match the --model config (other parts keep their fresh initialisation)")
     p.add_argument("--init-parts", nargs="+", metavar="PREFIX",
                    help="with --init-bundle: copy only parameters whose names start with these prefixes (e.g. vae.)")
+    p.add_argument("--init", dest="inits", action="append", nargs="+", default=[], metavar=("SOURCE", "PREFIX"),
+                   help="fresh runs: also copy from SOURCE (a bundle folder or a checkpoint file) the parameters "
+                   "starting with the PREFIXes (all that fit when none); repeatable, applied after --init-bundle")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config value, e.g. --set codec.ugaq=false (YAML value; repeatable)")
     p.add_argument("--export", help="write the current weights as a bundle here periodically and at the end")
@@ -67,22 +70,27 @@ def setup_distributed() -> torch.device:
 
 
 def build_model(model_config: str, overrides: list[str], init_bundle: str | None,
-                init_parts: list[str] | None = None):
-    """A fresh CADC model from its config (plus overrides), warm-started from a bundle when given."""
+                init_parts: list[str] | None = None, inits: list[list[str]] | None = None):
+    """A fresh CADC model from its config (plus overrides), warm-started from bundles or checkpoints when given."""
     from gateway.codec.cadc.bundle import load_model
     from gateway.codec.cadc.config import CADCConfig
     from gateway.codec.cadc.model import CADCModel
-    from gateway.training.checkpoint import warm_start
+    from gateway.training.checkpoint import load_checkpoint, warm_start
 
     cfg = CADCConfig.from_yaml(model_config)
     if overrides:
         cfg = CADCConfig.from_dict(apply_overrides(cfg.to_dict() | {"sources": cfg.sources}, overrides),
                                    origin=f"{model_config} with --set {' '.join(overrides)}")
     model = CADCModel(cfg)
-    if init_bundle:
-        report = warm_start(model, load_model(init_bundle), init_parts)
-        print(f"warm start from {init_bundle}: {len(report['copied'])} tensors copied, "
-              f"{len(report['reshaped'])} skipped for shape, {len(report['missing'])} not in the bundle", flush=True)
+    sources = ([[init_bundle, *(init_parts or [])]] if init_bundle else []) + list(inits or [])
+    for source, *prefixes in sources:
+        if Path(source).is_file():
+            state = load_checkpoint(source, restore_rng=False)["model"]
+            report = warm_start(model, state, prefixes or None)
+        else:
+            report = warm_start(model, load_model(source), prefixes or None)
+        print(f"warm start from {source}: {len(report['copied'])} tensors copied, "
+              f"{len(report['reshaped'])} skipped for shape, {len(report['missing'])} not in the source", flush=True)
     return model
 
 
@@ -122,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         np.random.seed(cfg.seed + rank)
         torch.manual_seed(cfg.seed + rank)
         fresh = not (args.resume and _has_checkpoint(args.out))
-        model = build_model(args.model, args.overrides, args.init_bundle if fresh else None, args.init_parts)
+        model = build_model(args.model, args.overrides, args.init_bundle if fresh else None, args.init_parts,
+                            args.inits if fresh else None)
         train_bank = ImageBank(cfg.data.train)
         val_bank = ImageBank(cfg.data.val, limit=cfg.data.val_limit) if cfg.data.val else None
         if rank == 0:

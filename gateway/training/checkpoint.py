@@ -89,8 +89,10 @@ def load_checkpoint(path: str | Path, restore_rng: bool = True) -> dict[str, Any
     return state
 
 
-def warm_start(model: torch.nn.Module, source: torch.nn.Module, prefixes: list[str] | None = None) -> dict[str, list[str]]:
-    """Copy ``source``'s tensors into ``model`` where names and shapes agree.
+def warm_start(
+    model: torch.nn.Module, source: torch.nn.Module | dict[str, torch.Tensor], prefixes: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Copy ``source``'s tensors (a module or a state dict) into ``model`` where names and shapes agree.
 
     Lets a run start from a bundle whose architecture differs in some parts
     (a new VAE, say): the parts that still fit keep their trained weights, the
@@ -99,7 +101,7 @@ def warm_start(model: torch.nn.Module, source: torch.nn.Module, prefixes: list[s
     ``reshaped`` (same name, other shape: skipped) and ``missing`` (not in the
     source: skipped).
     """
-    src = source.state_dict()
+    src = source if isinstance(source, dict) else source.state_dict()
     own = model.state_dict()
     report: dict[str, list[str]] = {"copied": [], "reshaped": [], "missing": []}
     update = {}

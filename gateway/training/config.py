@@ -47,6 +47,13 @@ class StageConfig:
     grad_clip: float = 1.0
     crop: int | None = None  # overrides data.crop for this stage
     batch: int | None = None  # overrides data.batch for this stage
+    #: Codec stages: pixel losses on a random window (pixels, multiple of 8) of the decoded picture only.
+    pixel_window: int | None = None
+    #: Codec stages: share of samples whose ŷ is cut after a random quadtree step (0-3 kept) and completed
+    #: by the entropy model's means, so partial bitstreams (progressive delivery) decode to pictures.
+    truncate_prob: float = 0.0
+    #: Learning-rate multipliers by parameter-name prefix (e.g. {log_gain: 10}); the first match wins.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], index: int) -> "StageConfig":
@@ -58,7 +65,14 @@ class StageConfig:
             raise ConfigError(f"stages[{index}].steps must be positive")
         d["loss"] = LossWeights.from_dict(d.get("loss"))
         d["steps"] = int(d["steps"])
-        for k in ("lr", "min_lr_ratio", "disc_lr", "grad_clip"):
+        if d.get("pixel_window") is not None and (int(d["pixel_window"]) <= 0 or int(d["pixel_window"]) % 8):
+            raise ConfigError(f"stages[{index}].pixel_window must be a positive multiple of 8, got {d['pixel_window']}")
+        if not isinstance(d.get("lr_scale", {}), dict):
+            raise ConfigError(f"stages[{index}].lr_scale must map parameter-name prefixes to factors")
+        d["lr_scale"] = {str(k): float(v) for k, v in (d.get("lr_scale") or {}).items()}
+        if not 0.0 <= float(d.get("truncate_prob", 0.0)) <= 1.0:
+            raise ConfigError(f"stages[{index}].truncate_prob must be within [0, 1], got {d['truncate_prob']}")
+        for k in ("lr", "min_lr_ratio", "disc_lr", "grad_clip", "truncate_prob"):
             if k in d:
                 d[k] = float(d[k])
         return cls(**d)

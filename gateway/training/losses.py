@@ -36,6 +36,7 @@ class LossWeights:
     gan: float = 0.0
     lpips: float = 0.0
     clip: float = 0.0
+    color: float = 0.0  # MSE of 8x8 block means: the low-frequency colour the other terms under-weigh
     kl: float = 0.0  # stage-0 VAE only
 
     @classmethod
@@ -62,6 +63,16 @@ def mse_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def ms_ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """1 − MS-SSIM per image; the reconstruction is clamped so SSIM stays defined."""
     return 1.0 - ms_ssim_torch(x, y.clamp(0, 1))
+
+
+def color_loss(x: torch.Tensor, y: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """MSE between the ``block``-pixel block means of two images, per image.
+
+    Measured colour casts and desaturation are errors of the block means
+    (what the eye sees as colour), which plain MSE weighs no more than any
+    pixel noise; this term gives them their own weight at almost no cost.
+    """
+    return mse_per_image(F.avg_pool2d(x, block, ceil_mode=True), F.avg_pool2d(y, block, ceil_mode=True))
 
 
 def gan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -145,13 +156,22 @@ def codec_distortion(
     disc: nn.Module | None = None,
     perceptual: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every active distortion term, per image (``[B]`` tensors), plus their weighted sum ``D``."""
+    """Every active distortion term, per image (``[B]`` tensors), plus their weighted sum ``D``.
+
+    Pixel terms compare ``out["x_hat"]`` with ``out["x_target"]`` (the decoded
+    window of ``x``) when the model decoded a window, else with ``x``.
+    """
     x_hat = out["x_hat"]
-    terms: dict[str, torch.Tensor] = {"mse": mse_per_image(x, x_hat)}
+    target = out.get("x_target")
+    target = x if target is None else target
+    terms: dict[str, torch.Tensor] = {"mse": mse_per_image(target, x_hat)}
     total = weights.mse * terms["mse"]
     if weights.ms_ssim > 0:
-        terms["ms_ssim"] = ms_ssim_loss(x, x_hat)
+        terms["ms_ssim"] = ms_ssim_loss(target, x_hat)
         total = total + weights.ms_ssim * terms["ms_ssim"]
+    if weights.color > 0:
+        terms["color"] = color_loss(target, x_hat)
+        total = total + weights.color * terms["color"]
     if weights.aux > 0 and out.get("x_aux") is not None:
         x_aux = out["x_aux"]
         if x_aux.shape[-2:] != x.shape[-2:]:
@@ -168,7 +188,7 @@ def codec_distortion(
         terms["gan"] = gan_generator_loss(disc(x_hat))
         total = total + weights.gan * terms["gan"]
     for name, module in (perceptual or {}).items():
-        terms[name] = module(x, x_hat.clamp(0, 1))
+        terms[name] = module(target, x_hat.clamp(0, 1))
         total = total + getattr(weights, name) * terms[name]
     terms["D"] = total
     return terms

@@ -35,6 +35,7 @@ from gateway.training.discriminator import PatchDiscriminator
 from gateway.training.losses import (
     bits_per_pixel,
     codec_distortion,
+    color_loss,
     gan_discriminator_loss,
     kl_divergence,
     load_optional_perceptual,
@@ -63,11 +64,12 @@ class _StageForward(nn.Module):
         self.model = model
         self.kind = kind
 
-    def forward(self, x: torch.Tensor, lam: torch.Tensor | None = None, delta: torch.Tensor | None = None) -> dict[str, Any]:
+    def forward(self, x: torch.Tensor, lam: torch.Tensor | None = None, delta: torch.Tensor | None = None,
+                window: int | None = None, received: torch.Tensor | None = None) -> dict[str, Any]:
         if self.kind == "vae":
             latent, mean, logvar = vae_encode(self.model, x, sample=True)
             return {"x_hat": vae_decode(self.model, latent), "mean": mean, "logvar": logvar}
-        return self.model(x, lam, delta)
+        return self.model(x, lam, delta, window=window, received=received)
 
 
 def _psnr_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -156,7 +158,14 @@ class Trainer:
         if not names:
             raise ConfigError(f"stage {stage.name!r}: no parameter matches trainable={stage.trainable}")
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                scale = next((f for prefix, f in stage.lr_scale.items() if name.startswith(prefix)), 1.0)
+                groups.setdefault(scale, []).append(p)
+        # LambdaLR scales each group's own initial lr, so the multipliers survive warmup and decay.
+        self.optimizer = torch.optim.AdamW([{"params": ps, "lr": stage.lr * f} for f, ps in groups.items()],
+                                           lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
         def lr_lambda(i: int, s: StageConfig = stage) -> float:
             if i < s.warmup:
@@ -244,14 +253,22 @@ class Trainer:
                     loss_vec = loss_vec + stage.loss.ms_ssim * ms_ssim_loss(x, x_hat)
                 if stage.loss.kl > 0 and out["mean"] is not None:
                     loss_vec = loss_vec + stage.loss.kl * kl_divergence(out["mean"], out["logvar"])
+                if stage.loss.color > 0:
+                    loss_vec = loss_vec + stage.loss.color * color_loss(x, x_hat)
                 loss = loss_vec.mean()
+                target = x
             else:
                 lam, delta = self.sample_knobs(x.shape[0])
                 latent_target = None
                 if stage.loss.latent > 0:
                     with torch.no_grad():
                         latent_target, _, _ = vae_encode(self.model, x)
-                out = self.forward(x, lam, delta)
+                received = None
+                if stage.truncate_prob > 0:
+                    cut = torch.rand(x.shape[0]) < stage.truncate_prob
+                    received = torch.where(cut, torch.randint(0, 4, (x.shape[0],)), torch.full((x.shape[0],), 4))
+                out = self.forward(x, lam, delta, window=stage.pixel_window, received=received)
+                target = out["x_target"]
                 bpp = bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1]).float()
                 gan_on = stage.loss.gan > 0 and self.step_in_stage >= stage.disc_start and self.disc is not None
                 weights = stage.loss
@@ -289,11 +306,11 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         metrics.update(loss=float(loss.detach()), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
-                       psnr=float(_psnr_t(x, x_hat.detach()).mean()))
+                       psnr=float(_psnr_t(target, x_hat.detach()).mean()))
 
         if stage.kind == "codec" and self.disc_optimizer is not None and self.step_in_stage >= stage.disc_start:
             self.disc.requires_grad_(True)
-            d_loss = gan_discriminator_loss(self.disc_forward(x), self.disc_forward(x_hat.detach().clamp(0, 1)))
+            d_loss = gan_discriminator_loss(self.disc_forward(target), self.disc_forward(x_hat.detach().clamp(0, 1)))
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.disc_optimizer.step()

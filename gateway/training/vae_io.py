@@ -35,3 +35,29 @@ def vae_encode(model: nn.Module, x: torch.Tensor, sample: bool = False) -> tuple
 def vae_decode(model: nn.Module, latent: torch.Tensor) -> torch.Tensor:
     """Images in roughly [0, 1] from a scaled latent (not clamped, so gradients flow)."""
     return model.vae_decode(latent)
+
+
+@torch.no_grad()
+def latent_std(model: nn.Module, images: list[torch.Tensor], crop: int = 256) -> float:
+    """Standard deviation of the VAE's unscaled latent (posterior mean) over centre crops of ``images``.
+
+    ``1 / latent_std`` is the ``scaling_factor`` that gives the UNet's latent
+    space unit variance, as Stable Diffusion's VAEs are configured.
+    ``images`` are ``[3, H, W]`` uint8 tensors.
+    """
+    vae = model.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    total, total_sq, count = 0.0, 0.0, 0
+    for img in images:
+        h, w = img.shape[-2:]
+        ch, cw = min(crop, h) // 8 * 8, min(crop, w) // 8 * 8
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = img[None, :, top : top + ch, left : left + cw].float() / 255.0
+        enc = vae.encode(x * 2.0 - 1.0)
+        dist = getattr(enc, "latent_dist", None)
+        lat = (dist.mean if dist is not None else enc.latents).double() - shift
+        total += float(lat.sum())
+        total_sq += float((lat * lat).sum())
+        count += lat.numel()
+    mean = total / count
+    return float((total_sq / count - mean * mean) ** 0.5)

@@ -210,8 +210,12 @@ def _check_fit(model: CADCModel, root: Path) -> None:
             f"model bundle part 'unet' in {root / 'unet'} has in_channels={model.unet.config.in_channels}, "
             f"but the config says latent_channels C={c.latent_channels}"
         )
-    if int(model.unet.config.out_channels) != 4 or int(model.vae.config.latent_channels) != 4:
-        raise BundleError(f"model bundle {root}: the UNet output and the VAE latent must both have 4 channels")
+    k = model.config.vae_latent_channels
+    if int(model.unet.config.out_channels) != k or int(model.vae.config.latent_channels) != k:
+        raise BundleError(
+            f"model bundle {root}: the UNet output ({model.unet.config.out_channels}) and the VAE latent "
+            f"({model.vae.config.latent_channels}) must both have the config's vae.latent_channels={k} channels"
+        )
     te = model.text.text_encoder
     if te is not None and int(te.config.hidden_size) != int(model.unet.config.cross_attention_dim):
         raise BundleError(

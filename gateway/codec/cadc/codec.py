@@ -31,13 +31,11 @@ from gateway.codec.base import Codec, Knobs, SearchSpace
 from gateway.codec.cadc.entropy_models import SCALE_TABLE, quantize_means, quantize_scales
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
-from gateway.codec.cadc.model import CADCModel
+from gateway.codec.cadc.model import CADCModel, step_phase
 from gateway.errors import BitstreamError, BundleError, ChecksumMismatch, CodecError, ModelMismatch
 
 #: Generous bound on payload bytes per coded symbol; anything longer is not a CADC stream.
 _MAX_BYTES_PER_SYMBOL = 4
-#: The quadtree groups (row % 2, col % 2) in coding order (as :func:`model.quadtree_masks`).
-GROUPS = ((0, 0), (1, 1), (0, 1), (1, 0))
 #: Per-λ encoder state kept on an analysis (the rate controller probes a handful of λ codes).
 _LAM_CACHE_SIZE = 16
 
@@ -58,42 +56,29 @@ def _gaussian_bits(symbols: np.ndarray, mean: np.ndarray, std: np.ndarray) -> fl
     return float(-np.log2(np.maximum(p, _MIN_PROBABILITY)).sum())
 
 
-def _sparse_context_conv(
-    conv: nn.Conv2d,
-    y_known: torch.Tensor,
-    known_groups: tuple[tuple[int, int], ...],
-    out_group: tuple[int, int],
-    out_size: tuple[int, int],
-) -> torch.Tensor:
-    """``conv(y_known)`` (odd square kernel, 'same' zero padding) at the positions of ``out_group`` only.
+def step_elements(array: np.ndarray, step: int, groups: int) -> np.ndarray:
+    """The elements of ``array`` [N, h, w] that quadtree ``step`` codes, flat, in coding order.
 
-    ``y_known`` is zero outside ``known_groups``, so output position
-    (2i+r, 2j+c) only meets the kernel taps (dy, dx) that land on a known
-    group (a, b), i.e. with r+dy ≡ a and c+dx ≡ b (mod 2).  Split by group,
-    each part is a small dense conv of that group's phase ``y[a::2, b::2]``
-    with the matching sub-kernel (2x2, 2x3, 3x2 or 3x3 taps of the 5x5):
-    4, 12 and 16 of 25 taps for quadtree steps 1, 2, 3, on a quarter of the
-    positions.  The result is deterministic (fixed order, fixed shapes).
+    Coding order: channel group by channel group, each group's elements at
+    its phase of this step (:func:`gateway.codec.cadc.model.step_phase`) in C order.
     """
-    k = int(conv.kernel_size[0])
-    half = k // 2
-    r, c = out_group
-    hg, wg = out_size
-    out = None
-    for a, b in known_groups:
-        phase = y_known[..., a::2, b::2]
-        ha, wa = phase.shape[-2:]
-        dys = [d for d in range(-half, half + 1) if (r + d - a) % 2 == 0]
-        dxs = [d for d in range(-half, half + 1) if (c + d - b) % 2 == 0]
-        ey0, ey1 = (r + dys[0] - a) // 2, (r + dys[-1] - a) // 2
-        ex0, ex1 = (c + dxs[0] - b) // 2, (c + dxs[-1] - b) // 2
-        weight = conv.weight[:, :, dys[0] + half : dys[-1] + half + 1 : 2, dxs[0] + half : dxs[-1] + half + 1 : 2]
-        pad = (max(0, -ex0), max(0, wg + ex1 - wa), max(0, -ey0), max(0, hg + ey1 - ha))
-        # Rows/cols the padding cannot supply (a start offset > 0) are sliced off instead.
-        part = F.conv2d(F.pad(phase, pad)[..., max(0, ey0):, max(0, ex0):], weight)[..., :hg, :wg]
-        out = part if out is None else out + part
-    assert out is not None and out.shape[-2:] == (hg, wg)
-    return out + conv.bias.view(1, -1, 1, 1)
+    per = array.shape[0] // groups
+    parts = []
+    for g in range(groups):
+        r, c = step_phase(step, g, groups)
+        parts.append(array[g * per : (g + 1) * per, r::2, c::2].reshape(-1))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def set_step_elements(array: np.ndarray, step: int, groups: int, values: np.ndarray) -> None:
+    """Write flat ``values`` (as :func:`step_elements` orders them) into ``array`` [N, h, w] in place."""
+    per = array.shape[0] // groups
+    offset = 0
+    for g in range(groups):
+        r, c = step_phase(step, g, groups)
+        view = array[g * per : (g + 1) * per, r::2, c::2]
+        view[...] = values[offset : offset + view.size].reshape(view.shape)
+        offset += view.size
 
 
 @contextmanager
@@ -140,7 +125,7 @@ class _LamState:
     z: np.ndarray  # int32 [Cz, hz, wz]
     v: torch.Tensor  # [1, N, h, w] ȳ = y·gain / m (q = round(v / Δ))
     hyper: torch.Tensor  # float64 [1, 2N, h, w] h_s(ẑ)
-    step0: tuple[np.ndarray, np.ndarray]  # float64 mean, scale (y units) of group 0, C order
+    step0: tuple[np.ndarray, np.ndarray]  # float64 mean, scale (y units) of step 0's elements, coding order
 
 
 @dataclass
@@ -264,10 +249,10 @@ class CADCCodec(Codec):
             gain, _ = model.gains(lam)
             y_g = analysis.y * gain[:, :, None, None]
             z_int = torch.round(model.h_a(y_g)).clamp(-self.z_range, self.z_range)
-            m = model.ugaq_scale(y_g, z_int)
+            m = model.ugaq_scale(analysis.y, y_g, z_int)
             z = z_int[0].cpu().numpy().astype(np.int32)
             hyper = self._hyper(z)
-            step0 = self._raw_group_params(hyper, None, 0)
+            step0 = self._step_params(hyper, None, 0)
         state = _LamState(z=z, v=y_g / m, hyper=hyper, step0=step0)
         if len(analysis.lam_cache) >= _LAM_CACHE_SIZE:
             analysis.lam_cache.pop(next(iter(analysis.lam_cache)))
@@ -286,31 +271,18 @@ class CADCCodec(Codec):
         """h_s(ẑ) in float64 (call inside :func:`_one_thread` and no_grad)."""
         return self._param_nets["h_s"](torch.from_numpy(z).double().unsqueeze(0))
 
-    def _raw_group_params(
-        self, hyper: torch.Tensor, y_known: torch.Tensor | None, step: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and scale (y units, float64, C order) of quadtree group ``step`` only.
+    def _step_params(self, hyper: torch.Tensor, y_known: torch.Tensor | None, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and scale (y units, float64) of the elements quadtree ``step`` codes, in coding order.
 
-        Equals ``context(step, hyper, y_known)`` at the group's positions (what
-        training computes everywhere and masks), up to float64 rounding, but
-        evaluates the nets only where they are needed and skips the zeros: the
-        5x5 context conv reads only the taps that land on decoded groups
-        (:func:`_sparse_context_conv`), the 1x1 parameter nets run on the
-        group's positions.  ``y_known`` is ŷ (y units) with zeros at the groups
-        not decoded yet.  Call inside :func:`_one_thread` and no_grad.
+        The training pass's ``context(step, hyper, ŷ·known)``, evaluated in
+        float64 on one thread (``y_known``: ŷ in y units, zeros where not yet
+        decoded) and then gathered with :func:`step_elements`.  At y's size
+        (1/32 of the image side) the dense evaluation costs a few milliseconds.
+        Call inside :func:`_one_thread` and no_grad.
         """
-        r, c = GROUPS[step]
-        ctx = self._param_nets["context"]
-        feats = hyper[..., r::2, c::2]
-        hg, wg = feats.shape[-2:]
-        if hg == 0 or wg == 0:
-            empty = np.zeros(0, dtype=np.float64)
-            return empty, empty
-        if step:
-            known = _sparse_context_conv(ctx.ctx[step - 1], y_known, GROUPS[:step], (r, c), (hg, wg))
-            feats = torch.cat([feats, known], dim=1)
-        mean, scale_raw = ctx.params[step](feats).chunk(2, dim=1)
-        return mean[0].reshape(-1).numpy(), F.softplus(scale_raw)[0].reshape(-1).numpy()
+        mean, scale = self._param_nets["context"](step, hyper, y_known)
+        groups = self.model.config.codec.context_groups
+        return step_elements(mean[0].numpy(), step, groups), step_elements(scale[0].numpy(), step, groups)
 
     def _coding_params(self, mean: np.ndarray, scale: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
         """Quantized mean/std (bin units) handed to the range coder."""
@@ -324,17 +296,18 @@ class CADCCodec(Codec):
         c, h, w = z_shape
         return np.repeat(self._z_tables, h * w, axis=0)
 
-    def _groups(self, analysis: CADCAnalysis, knobs: Knobs, q: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(symbols, coding means, coding stds) of each quadtree group of ``q``, in coding order."""
+    def _steps(self, analysis: CADCAnalysis, knobs: Knobs, q: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(symbols, coding means, coding stds) of each quadtree step of ``q``, in coding order."""
         state = self._lam_state(analysis, knobs.lam_code)
         delta = self.delta(knobs.delta_code)
+        groups = self.model.config.codec.context_groups
         with torch.no_grad(), _one_thread():
-            y_hat = torch.from_numpy(q).double().unsqueeze(0) * delta
-            y_known = torch.zeros_like(y_hat)
-            for step, (r, c) in enumerate(GROUPS):
-                raw = state.step0 if step == 0 else self._raw_group_params(state.hyper, y_known, step)
-                yield (q[:, r::2, c::2], *self._coding_params(*raw, delta))
-                y_known[..., r::2, c::2] = y_hat[..., r::2, c::2]
+            y_hat = q.astype(np.float64) * delta
+            y_known = np.zeros_like(y_hat)
+            for step in range(4):
+                raw = state.step0 if step == 0 else self._step_params(state.hyper, torch.from_numpy(y_known)[None], step)
+                yield (step_elements(q, step, groups), *self._coding_params(*raw, delta))
+                set_step_elements(y_known, step, groups, step_elements(y_hat, step, groups))
 
     def estimate_bytes(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
         """Bitstream length (header included) predicted without range coding.
@@ -349,8 +322,8 @@ class CADCCodec(Codec):
         sym = self._quantize(analysis, knobs)
         c = np.arange(sym.z.shape[0])[:, None]
         bits = float(self._z_bits[c, sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())
-        for group, mean, std in self._groups(analysis, knobs, sym.q):
-            bits += _gaussian_bits(group.ravel(), mean, std)
+        for symbols, mean, std in self._steps(analysis, knobs, sym.q):
+            bits += _gaussian_bits(symbols, mean, std)
         return bitstream.HEADER_SIZE + bits / 8.0 + _CODER_OVERHEAD_BYTES
 
     def encode(self, analysis: CADCAnalysis, knobs: Knobs, original_size: tuple[int, int]) -> bytes:
@@ -364,8 +337,8 @@ class CADCCodec(Codec):
         sym = self._quantize(analysis, knobs)
         writer = SymbolWriter()
         writer.write_categorical(sym.z.ravel() + self.z_range, self._z_probabilities(sym.z.shape))
-        for group, mean, std in self._groups(analysis, knobs, sym.q):
-            writer.write_gaussian(group, mean, std, self.y_range)
+        for symbols, mean, std in self._steps(analysis, knobs, sym.q):
+            writer.write_gaussian(symbols, mean, std, self.y_range)
         header = bitstream.Header(
             codec_id=self.codec_id,
             model_id=self.model_id,
@@ -392,7 +365,7 @@ class CADCCodec(Codec):
             _, inv_gain = self.model.gains(lam)
             y_hat = torch.from_numpy(sym.q).float().unsqueeze(0).to(self.device) * self.delta(knobs.delta_code)
             l_t = self.model.synthesize_latent(y_hat, inv_gain)
-            x_aux = self.model.aux_decoder(l_t[:, :4])[..., : analysis.height, : analysis.width].clamp(0, 1)
+            x_aux = self.model.aux_reconstruction(l_t)[..., : analysis.height, : analysis.width].clamp(0, 1)
             return float(torch.mean((x_aux - analysis.x) ** 2))
 
     # -- decoder ---------------------------------------------------------------------------------
@@ -422,18 +395,19 @@ class CADCCodec(Codec):
         if len(payload) > _MAX_BYTES_PER_SYMBOL * n_symbols + 64:
             raise BitstreamError(f"payload of {len(payload)} bytes is too long for a {cw}x{ch} CADC image")
         delta = self.delta(header.delta_code)
+        groups = self.model.config.codec.context_groups
         reader = SymbolReader(payload)
         z = reader.read_categorical(self._z_probabilities((cz, hz, wz))) - self.z_range
         z = z.reshape(cz, hz, wz).astype(np.int32)
         q = np.zeros((n, hy, wy), dtype=np.int32)
         with torch.no_grad(), _one_thread():
             hyper = self._hyper(z)
-            y_known = torch.zeros((1, n, hy, wy), dtype=torch.float64)
-            for step, (r, c) in enumerate(GROUPS):
-                raw = self._raw_group_params(hyper, y_known if step else None, step)
-                shape = q[:, r::2, c::2].shape
-                q[:, r::2, c::2] = reader.read_gaussian(*self._coding_params(*raw, delta), self.y_range).reshape(shape)
-                y_known[..., r::2, c::2] = torch.from_numpy(q[:, r::2, c::2]).double() * delta
+            y_known = np.zeros((n, hy, wy), dtype=np.float64)
+            for step in range(4):
+                raw = self._step_params(hyper, torch.from_numpy(y_known)[None] if step else None, step)
+                symbols = reader.read_gaussian(*self._coding_params(*raw, delta), self.y_range)
+                set_step_elements(q, step, groups, symbols)
+                set_step_elements(y_known, step, groups, symbols.astype(np.float64) * delta)
         sym = _Symbols(z=z.astype(np.int32), q=q)
         if self._checksum(sym) != header.checksum:
             raise ChecksumMismatch(
@@ -468,7 +442,7 @@ class CADCCodec(Codec):
         timings["g_s"] = (t2 - t1) * 1e3
         # x̂_aux only feeds the BFATC captioner: without captions (cadc-tiny) it is not computed.
         needs_aux = model.aux_decoder is not None and model.text.mode == "caption"
-        x_aux = model.aux_decoder(l_t[:, :4])[..., :ch, :cw] if needs_aux else None
+        x_aux = model.aux_reconstruction(l_t)[..., :ch, :cw] if needs_aux else None
         t3 = time.perf_counter()
         timings["aux_decoder"] = (t3 - t2) * 1e3
         text, captions = model.text(x_aux, 1, l_t.device, l_t.dtype)

@@ -44,6 +44,20 @@ class CodecSection:
     aux_widths: list[int] = field(default_factory=lambda: [32, 16, 16])
     ugaq_width: int = 32
     context_width: int = 64
+    #: Kernel of the quadtree context convs (5: the first bundles; 3 is enough once channel groups give
+    #: same-position context, and keeps the float64 coding-time nets cheap).
+    context_kernel: int = 5
+    #: Channel groups of ŷ whose spatial phase rotates across the 4 quadtree steps (DCVC-DC [35]): 4 gives
+    #: every step both spatial and cross-channel context; 1 is the spatial-only split of the first bundles.
+    context_groups: int = 1
+    #: Residual blocks added at the low-resolution ends of g_a (after y) and g_s (after ŷ and before l_T).
+    transform_blocks: int = 0
+    #: UGAQ reads the λ-gained y (first bundles) or the un-gained y, so m cannot simply undo the gain.
+    ugaq_gained_input: bool = True
+    #: Upper bound of UGAQ's m (m in [1, max]); 0: unbounded ``1 + softplus`` (first bundles).
+    ugaq_max_scale: float = 0.0
+    #: Initial spread of the λ gains: log-gains start on a ramp over ±ln(gain_init_span).
+    gain_init_span: float = 2.0
     lam_range: list[float] = field(default_factory=lambda: [0.25, 64.0])
     lam_levels: int = 6
     delta_range: list[float] = field(default_factory=lambda: [0.5, 4.0])
@@ -68,8 +82,6 @@ class CodecSection:
             )
         if len(self.aux_widths) != 3:
             raise ConfigError(f"codec.aux_widths needs 3 entries (one per x2 stage of the aux decoder), got {self.aux_widths}")
-        if self.latent_channels < 4:
-            raise ConfigError(f"codec.latent_channels (C) must be at least 4, got {self.latent_channels}")
         if self.text_mode not in TEXT_MODES:
             raise ConfigError(f"codec.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
         if self.bfatc and self.text_mode != "caption":
@@ -86,6 +98,18 @@ class CodecSection:
             raise ConfigError(f"codec.lam_levels must be at least 2, got {self.lam_levels}")
         if self.null_text_tokens < 1:
             raise ConfigError("codec.null_text_tokens must be at least 1")
+        if self.context_groups not in (1, 2, 4) or self.y_channels % self.context_groups:
+            raise ConfigError(
+                f"codec.context_groups must be 1, 2 or 4 and divide y_channels={self.y_channels}, got {self.context_groups}"
+            )
+        if self.context_kernel not in (1, 3, 5, 7):
+            raise ConfigError(f"codec.context_kernel must be 1, 3, 5 or 7, got {self.context_kernel}")
+        if self.transform_blocks < 0:
+            raise ConfigError(f"codec.transform_blocks must be >= 0, got {self.transform_blocks}")
+        if self.ugaq_max_scale and self.ugaq_max_scale <= 1.0:
+            raise ConfigError(f"codec.ugaq_max_scale must be 0 (unbounded) or above 1, got {self.ugaq_max_scale}")
+        if self.gain_init_span < 1.0:
+            raise ConfigError(f"codec.gain_init_span must be at least 1, got {self.gain_init_span}")
 
     @property
     def n_down(self) -> int:
@@ -183,8 +207,21 @@ class CADCConfig:
                 f"unet.in_channels={self.unet['in_channels']} must equal codec.latent_channels="
                 f"{self.codec.latent_channels} (the UNet reads all of l_T); drop the key to have it set for you"
             )
-        if self.unet.get("out_channels", 4) != 4:
-            raise ConfigError("unet.out_channels must be 4: the UNet predicts noise on the 4-channel VAE latent")
+        k = self.vae_latent_channels
+        if self.codec.latent_channels < k:
+            raise ConfigError(
+                f"codec.latent_channels (C={self.codec.latent_channels}) must be at least the VAE's latent channels ({k}): "
+                "l_T[:k] is the noisy VAE latent"
+            )
+        if self.unet.get("out_channels", k) != k:
+            raise ConfigError(
+                f"unet.out_channels must be {k}: the UNet predicts noise on the {k}-channel VAE latent; drop the key"
+            )
+
+    @property
+    def vae_latent_channels(self) -> int:
+        """k: channels of the VAE latent (l_0), of l_T's primary part and of the UNet output."""
+        return int(self.vae.get("latent_channels", 4))
 
     @property
     def vae_type(self) -> str:
@@ -199,10 +236,10 @@ class CADCConfig:
         return self.codec.bfatc
 
     def unet_kwargs(self) -> dict[str, Any]:
-        """UNet2DConditionModel config with the input widened to C channels and 4 out."""
+        """UNet2DConditionModel config with the input widened to C channels and k (VAE latent) out."""
         kw = dict(self.unet)
         kw["in_channels"] = self.codec.latent_channels
-        kw["out_channels"] = 4
+        kw["out_channels"] = self.vae_latent_channels
         return kw
 
     def vae_kwargs(self) -> dict[str, Any]:

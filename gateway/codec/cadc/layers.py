@@ -29,10 +29,30 @@ class Upsample2x(nn.Module):
         return self.shuffle(self.conv(x))
 
 
-class AnalysisTransform(nn.Module):
-    """``g_a``: image in [-1, 1] -> y at 1/2**n_down of the side."""
+class ResidualBlock(nn.Module):
+    """``x + conv(GELU(conv(x)))``: extra depth at a fixed size that starts as the identity."""
 
-    def __init__(self, widths: list[int], y_channels: int) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = conv(channels, channels, 3)
+        self.conv2 = conv(channels, channels, 3)
+        # Zero-initialised output: a block added to a trained transform leaves it unchanged at first.
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.gelu(self.conv1(x)))
+
+
+def residual_stack(channels: int, count: int) -> nn.Module:
+    """``count`` residual blocks (the identity when 0)."""
+    return nn.Sequential(*[ResidualBlock(channels) for _ in range(count)]) if count else nn.Identity()
+
+
+class AnalysisTransform(nn.Module):
+    """``g_a``: image in [-1, 1] -> y at 1/2**n_down of the side (``blocks`` residual blocks at y's size)."""
+
+    def __init__(self, widths: list[int], y_channels: int, blocks: int = 0) -> None:
         super().__init__()
         chans = [3, *widths, y_channels]
         layers: list[nn.Module] = []
@@ -41,9 +61,11 @@ class AnalysisTransform(nn.Module):
             if i < len(chans) - 2:
                 layers.append(nn.GELU())
         self.net = nn.Sequential(*layers)
+        # Kept apart from ``net`` so the first bundles' parameter names still match (warm starts).
+        self.refine = residual_stack(y_channels, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.refine(self.net(x))
 
 
 class HyperAnalysis(nn.Module):
@@ -78,30 +100,40 @@ class HyperSynthesis(nn.Module):
 
 
 class UGAQScale(nn.Module):
-    """UGAQ [4.1]: ``m = f_u(y − UP(ẑ)) ≥ 1``, the encoder-only per-element scale."""
+    """UGAQ [4.1]: ``m = f_u(y − UP(ẑ)) ≥ 1``, the encoder-only per-element scale.
 
-    def __init__(self, z_channels: int, y_channels: int, width: int) -> None:
+    ``max_scale`` > 1 bounds m to ``[1, max_scale]`` (a sigmoid instead of
+    ``1 + softplus``): an unbounded m can grow until it cancels the λ gain,
+    which leaves the rate nearly independent of λ.
+    """
+
+    def __init__(self, z_channels: int, y_channels: int, width: int, max_scale: float = 0.0) -> None:
         super().__init__()
         # z and y may differ in channel count; the paper's UP is spatial only, so match channels first.
         self.z_proj = nn.Identity() if z_channels == y_channels else nn.Conv2d(z_channels, y_channels, 1)
         self.f_u = nn.Sequential(conv(y_channels, width, 3), nn.GELU(), conv(width, y_channels, 3))
+        self.max_scale = float(max_scale)
 
     def forward(self, y: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
         z_bar = F.interpolate(self.z_proj(z_hat), size=y.shape[-2:], mode="bilinear", align_corners=False)
-        return 1.0 + F.softplus(self.f_u(y - z_bar))
+        u = self.f_u(y - z_bar)
+        if self.max_scale > 1.0:
+            return 1.0 + (self.max_scale - 1.0) * torch.sigmoid(u)
+        return 1.0 + F.softplus(u)
 
 
 class QuadtreeContext(nn.Module):
     """Mean/scale of ŷ for the 4 quadtree steps.
 
-    Step 0 sees only the hyper features; step k > 0 also sees the ŷ of the
-    groups decoded before it (zeros elsewhere) through a 5x5 conv.
+    Step 0 sees only the hyper features; step k > 0 also sees the ŷ decoded
+    before it (zeros elsewhere) through a ``kernel``-sized conv.  Which
+    elements a step decodes is :func:`gateway.codec.cadc.model.quadtree_masks`.
     """
 
-    def __init__(self, y_channels: int, width: int) -> None:
+    def __init__(self, y_channels: int, width: int, kernel: int = 5) -> None:
         super().__init__()
         n = y_channels
-        self.ctx = nn.ModuleList([conv(n, width, 5) for _ in range(3)])
+        self.ctx = nn.ModuleList([conv(n, width, kernel) for _ in range(3)])
         self.params = nn.ModuleList(
             [nn.Sequential(conv(2 * n + (width if k else 0), width, 1), nn.GELU(), conv(width, 2 * n, 1)) for k in range(4)]
         )
@@ -114,26 +146,37 @@ class QuadtreeContext(nn.Module):
 
 
 class SynthesisTransform(nn.Module):
-    """``g_s``: ŷ -> l_T with C channels at 1/8 of the image side."""
+    """``g_s``: ŷ -> l_T with C channels at 1/8 of the image side.
 
-    def __init__(self, y_channels: int, width: int, latent_channels: int, n_up: int) -> None:
+    With ``blocks`` > 0, residual blocks run at ŷ's size (cheap: 1/32 of the
+    side) before the upsampling and at l_T's size before the output conv.
+    """
+
+    def __init__(self, y_channels: int, width: int, latent_channels: int, n_up: int, blocks: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = [conv(y_channels, width, 3), nn.GELU()]
         for _ in range(n_up):
             layers += [Upsample2x(width, width), nn.GELU()]
         layers += [conv(width, width, 3), nn.GELU(), conv(width, latent_channels, 3)]
         self.net = nn.Sequential(*layers)
+        # Outside ``net`` so the first bundles' parameter names still match (warm starts).
+        self.low = residual_stack(width, blocks)
+        self.high = residual_stack(width, blocks)
 
     def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self.net(y_hat)
+        net = self.net
+        h = self.low(net[1](net[0](y_hat)))
+        for layer in net[2:-1]:
+            h = layer(h)
+        return net[-1](self.high(h))
 
 
 class AuxDecoder(nn.Module):
-    """ADGIC [4.2]: light decoder from l_T[:4] to pixels (x8), output nominally in [0, 1]."""
+    """ADGIC [4.2]: light decoder from l_T[:k] (the VAE-latent part) to pixels (x8), output nominally in [0, 1]."""
 
-    def __init__(self, widths: list[int]) -> None:
+    def __init__(self, widths: list[int], in_channels: int = 4) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv(4, widths[0], 3), nn.GELU()]
+        layers: list[nn.Module] = [conv(in_channels, widths[0], 3), nn.GELU()]
         chans = [widths[0], *widths]
         for i in range(3):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv(chans[i], chans[i + 1], 3), nn.GELU()]

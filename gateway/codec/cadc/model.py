@@ -40,16 +40,42 @@ CODEC_MODULES = ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "
 CODEC_PARAMS = ("log_gain", "log_inv_gain", "text.null_embedding")
 
 
-def quadtree_masks(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """[4, 1, 1, H, W] float masks of the 4 quadtree groups, in decoding order.
+#: Spatial phases (row % 2, col % 2) in decoding order for channel group 0: the second step already
+#: has all four diagonal neighbours of the first.
+PHASE_ORDER = ((0, 0), (1, 1), (0, 1), (1, 0))
+#: Per channel-group count, where each group starts: group g's phase at step s is PHASE_ORDER[s] XOR offset[g].
+GROUP_OFFSETS = {1: ((0, 0),), 2: ((0, 0), (1, 1)), 4: ((0, 0), (0, 1), (1, 0), (1, 1))}
 
-    Group order (row%2, col%2): (0,0), (1,1), (0,1), (1,0) — the second step
-    already has all four diagonal neighbours of the first.
+
+def step_phase(step: int, group: int, groups: int) -> tuple[int, int]:
+    """(row % 2, col % 2) of the ŷ elements that channel ``group`` decodes in quadtree ``step``.
+
+    With 4 groups the phases rotate across channel groups as in DCVC-DC's
+    quadtree partition [35]: in every step each group decodes a different
+    phase, so from the second step on every position already has some
+    channels decoded (cross-channel context) besides its decoded neighbours.
+    With 1 group all channels share :data:`PHASE_ORDER` (spatial-only split).
     """
+    r, c = PHASE_ORDER[step]
+    a, b = GROUP_OFFSETS[groups][group]
+    return r ^ a, c ^ b
+
+
+def quadtree_masks(
+    height: int, width: int, channels: int = 1, groups: int = 1, device: torch.device | None = None
+) -> torch.Tensor:
+    """[4, 1, channels, H, W] float masks of the 4 quadtree steps, in decoding order (see :func:`step_phase`)."""
     rows = torch.arange(height, device=device).view(-1, 1) % 2
     cols = torch.arange(width, device=device).view(1, -1) % 2
-    order = ((0, 0), (1, 1), (0, 1), (1, 0))
-    return torch.stack([((rows == r) & (cols == c)).float() for r, c in order]).view(4, 1, 1, height, width)
+    per_group = channels // groups
+    steps = []
+    for step in range(4):
+        chans = []
+        for g in range(groups):
+            r, c = step_phase(step, g, groups)
+            chans.append(((rows == r) & (cols == c)).float().expand(per_group, height, width))
+        steps.append(torch.cat(chans, dim=0))
+    return torch.stack(steps).view(4, 1, channels, height, width)
 
 
 def build_unet(config: CADCConfig) -> nn.Module:
@@ -103,17 +129,21 @@ class CADCModel(nn.Module):
         c = config.codec
         parts = dict(parts or {})
         n = c.y_channels
-        self.g_a = AnalysisTransform(c.analysis_widths, n)
+        k = config.vae_latent_channels
+        self.g_a = AnalysisTransform(c.analysis_widths, n, c.transform_blocks)
         self.h_a = HyperAnalysis(n, c.hyper_width, c.z_channels)
         self.h_s = HyperSynthesis(c.z_channels, c.hyper_width, n)
         self.entropy_bottleneck = EntropyBottleneck(c.z_channels)
-        self.ugaq = UGAQScale(c.z_channels, n, c.ugaq_width) if c.ugaq else None
-        self.context = QuadtreeContext(n, c.context_width)
-        self.g_s = SynthesisTransform(n, c.synthesis_width, c.latent_channels, n_up=c.n_down - 3)
-        self.aux_decoder = AuxDecoder(c.aux_widths) if c.adgic else None
+        self.ugaq = UGAQScale(c.z_channels, n, c.ugaq_width, c.ugaq_max_scale) if c.ugaq else None
+        self.context = QuadtreeContext(n, c.context_width, c.context_kernel)
+        self.g_s = SynthesisTransform(n, c.synthesis_width, c.latent_channels, n_up=c.n_down - 3, blocks=c.transform_blocks)
+        self.aux_decoder = AuxDecoder(c.aux_widths, k) if c.adgic else None
+        #: k: channels of the VAE latent, i.e. of l_T's primary part l_T[:k] and of the UNet's output.
+        self.latent_primary = k
         # Gain vectors at K λ levels, stored as logs so interpolation between levels is exponential.
-        k = c.lam_levels
-        ramp = torch.linspace(1.0, -1.0, k).view(k, 1) * math.log(2.0)  # small λ (more bits) -> larger gain
+        levels = c.lam_levels
+        # Small λ (more bits) -> larger gain.
+        ramp = torch.linspace(1.0, -1.0, levels).view(levels, 1) * math.log(c.gain_init_span)
         self.log_gain = nn.Parameter(ramp.repeat(1, n).clone())
         self.log_inv_gain = nn.Parameter((-ramp).repeat(1, n).clone())
 
@@ -137,8 +167,12 @@ class CADCModel(nn.Module):
             caption_processor=parts.get("caption_processor"),
         )
         with torch.device("cpu"):
-            self.scheduler.set_timesteps(1)
-        self.timestep = int(c.timestep if c.timestep is not None else self.scheduler.timesteps[0])
+            # One step: the scheduler's own trailing pick (999), or the configured t as a custom schedule.
+            if c.timestep is None:
+                self.scheduler.set_timesteps(1)
+            else:
+                self.scheduler.set_timesteps(timesteps=[int(c.timestep)])
+        self.timestep = int(self.scheduler.timesteps[0])
         alpha_bar = float(self.scheduler.alphas_cumprod[self.timestep])
         self.sqrt_alpha_bar, self.sqrt_one_minus_alpha_bar = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
         self.model_id = 0  # set by the bundle loader: 16-bit hash of the weight files
@@ -180,15 +214,20 @@ class CADCModel(nn.Module):
         """y = g_a(x) for x in [0, 1] (padded inside)."""
         return self.g_a(self.pad(x) * 2.0 - 1.0)
 
-    def ugaq_scale(self, y_gained: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
-        """UGAQ's m ≥ 1 (ones when UGAQ is off)."""
+    def ugaq_scale(self, y: torch.Tensor, y_gained: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
+        """UGAQ's m ≥ 1 for ``y`` (λ gain applied: ``y_gained``) and ẑ (ones when UGAQ is off)."""
         if self.ugaq is None:
             return torch.ones_like(y_gained)
-        return self.ugaq(y_gained, z_hat)
+        return self.ugaq(y_gained if self.config.codec.ugaq_gained_input else y, z_hat)
+
+    def quadtree_masks(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """[4, 1, N, h, w] masks of the elements each quadtree step decodes (this model's channel groups)."""
+        c = self.config.codec
+        return quadtree_masks(*y_hat.shape[-2:], c.y_channels, c.context_groups, device=y_hat.device).to(y_hat.dtype)
 
     def entropy_parameters(self, hyper: torch.Tensor, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean/scale (y units) of every element, each from its own quadtree step (training: all at once)."""
-        masks = quadtree_masks(*y_hat.shape[-2:], device=y_hat.device).to(y_hat.dtype)
+        masks = self.quadtree_masks(y_hat)
         mean = torch.zeros_like(y_hat)
         scale = torch.zeros_like(y_hat)
         known = torch.zeros_like(masks[0])
@@ -199,19 +238,46 @@ class CADCModel(nn.Module):
             known = known + masks[step]
         return mean, scale
 
+    def complete_latent(self, hyper: torch.Tensor, y_hat: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """ŷ with the quadtree steps a decoder did not receive filled in by the entropy model's means.
+
+        ``received`` [B] (int) is how many of the 4 steps each sample has
+        (0: only ẑ).  Steps from there on take the context model's μ given
+        everything before them, the missing ones included as their own μ —
+        what a decoder of a truncated bitstream can compute, and what the
+        training pass feeds ``g_s`` for samples it truncates.
+        """
+        masks = self.quadtree_masks(y_hat)
+        received = received.to(y_hat.device).view(-1, 1, 1, 1)
+        first = int(received.min())
+        if first >= 4:
+            return y_hat
+        known_steps = masks[:first].sum(0) if first else torch.zeros_like(masks[0])
+        filled = y_hat * known_steps
+        for step in range(first, 4):
+            mu, _ = self.context(step, hyper, filled if step else None)
+            # Samples that received this step keep their symbols; the others take μ.
+            keep = (received > step).to(y_hat.dtype)
+            filled = filled + masks[step] * (keep * y_hat + (1 - keep) * mu)
+        return filled
+
     def synthesize_latent(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
         """l_T = g_s(ŷ / gain) (the decoder's inverse gain)."""
         return self.g_s(y_hat * inv_gain[:, :, None, None])
 
     def denoise(self, l_t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """One-step diffusion [4.4]: the UNet sees all of l_T; l_0 from l_T[:4] in one DDPM step.
+        """One-step diffusion [4.4]: the UNet sees all of l_T; l_0 from l_T[:k] in one DDPM step.
 
-        Equals ``DDPMScheduler.step(eps, t, l_T[:4]).pred_original_sample``
+        Equals ``DDPMScheduler.step(eps, t, l_T[:k]).pred_original_sample``
         (ε-prediction, no clipping) without the step's random variance term.
         """
         t = torch.full((l_t.shape[0],), self.timestep, device=l_t.device, dtype=torch.long)
         eps = self.unet(l_t, t, encoder_hidden_states=text).sample
-        return (l_t[:, :4] - self.sqrt_one_minus_alpha_bar * eps) / self.sqrt_alpha_bar
+        return (l_t[:, : self.latent_primary] - self.sqrt_one_minus_alpha_bar * eps) / self.sqrt_alpha_bar
+
+    def aux_reconstruction(self, l_t: torch.Tensor) -> torch.Tensor:
+        """ADGIC's x̂_aux from l_T[:k] (call only when ADGIC is on)."""
+        return self.aux_decoder(l_t[:, : self.latent_primary])
 
     def vae_decode(self, l0: torch.Tensor) -> torch.Tensor:
         """Pixels (nominally [0, 1]) from a scaled VAE latent."""
@@ -226,27 +292,33 @@ class CADCModel(nn.Module):
         cfg = self.vae.config
         return (latent - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
 
-    def decode_latent(self, l_t: torch.Tensor, size: tuple[int, int]) -> dict[str, Any]:
-        """Everything after g_s: x_aux, text, one-step UNet, VAE; outputs cropped to ``size`` (H, W)."""
-        h, w = size
-        x_aux = self.aux_decoder(l_t[:, :4]) if self.aux_decoder is not None else None
-        x_aux_c = x_aux[..., :h, :w] if x_aux is not None else None
-        text, captions = self.text(x_aux_c, l_t.shape[0], l_t.device, l_t.dtype)
-        l0 = self.denoise(l_t, text)
-        x_hat = self.vae_decode(l0)[..., :h, :w]
-        return {"x_aux": x_aux_c, "l0": l0, "x_hat": x_hat, "captions": captions}
-
     # -- training ------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, lam: torch.Tensor, delta: torch.Tensor | None = None) -> dict[str, Any]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        lam: torch.Tensor,
+        delta: torch.Tensor | None = None,
+        window: int | None = None,
+        received: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
         """Training pass.
 
         Args:
             x: images [B, 3, H, W] in [0, 1] (any H, W).
             lam: λ per sample [B], within :attr:`lam_range`.
             delta: Δ per sample [B] (default 1.0), within :attr:`delta_range`.
+            window: when set (pixels, a multiple of 8 below H and W), the VAE
+                decodes only a random ``window``² part of l0 — the VAE decoder
+                is most of a training step — and ``x_hat`` / ``x_target`` are
+                that part of the picture; rate, l0 and x̂_aux still cover it all.
+            received: quadtree steps each sample keeps ([B] ints, 4 = all): the
+                rest is filled by :meth:`complete_latent` before ``g_s``, so the
+                decoder learns to make a picture of a truncated bitstream.  The
+                rate still counts every step.
 
-        Returns a dict: ``x_hat`` (final reconstruction, values in [0, 1] with a
-        straight-through clamp), ``x_aux`` (ADGIC output or None), ``bits_y``,
+        Returns a dict: ``x_hat`` (reconstruction, values in [0, 1] with a
+        straight-through clamp), ``x_target`` (the pixels ``x_hat`` stands for:
+        ``x`` or its window), ``x_aux`` (ADGIC output or None), ``bits_y``,
         ``bits_z`` ([B] estimated bits, differentiable), ``l0`` (recovered VAE
         latent), ``l_t``, ``y``, ``y_hat``, ``m`` (UGAQ scale), ``captions``.
         """
@@ -261,14 +333,28 @@ class CADCModel(nn.Module):
         bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(noisy(z)))
         z_hat = round_ste(z)
         hyper = self.h_s(z_hat)
-        m = self.ugaq_scale(y_g, z_hat)
+        m = self.ugaq_scale(y, y_g, z_hat)
         v = (y_g / m) / d
         y_hat = round_ste(v) * d
         mean, scale = self.entropy_parameters(hyper, y_hat)
         bits_y = bits_from_likelihood(gaussian_likelihood(noisy(v), mean / d, scale / d))
+        if received is not None:
+            y_hat = self.complete_latent(hyper, y_hat, received)
         l_t = self.synthesize_latent(y_hat, inv_gain)
-        out = self.decode_latent(l_t, (h, w))
-        x_hat = out["x_hat"]
-        out["x_hat"] = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
-        out.update(bits_y=bits_y, bits_z=bits_z, l_t=l_t, y=y, y_hat=y_hat, m=m)
-        return out
+        x_aux = self.aux_reconstruction(l_t)[..., :h, :w] if self.aux_decoder is not None else None
+        text, captions = self.text(x_aux, b, l_t.device, l_t.dtype)
+        l0 = self.denoise(l_t, text)
+        target = x
+        if window is not None and window < min(h, w):
+            s = window // 8
+            i = int(torch.randint(0, h // 8 - s + 1, (1,)))
+            j = int(torch.randint(0, w // 8 - s + 1, (1,)))
+            x_hat = self.vae_decode(l0[..., i : i + s, j : j + s])
+            target = x[..., 8 * i : 8 * (i + s), 8 * j : 8 * (j + s)]
+        else:
+            x_hat = self.vae_decode(l0)[..., :h, :w]
+        x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
+        return {
+            "x_hat": x_hat, "x_target": target, "x_aux": x_aux, "l0": l0, "captions": captions,
+            "bits_y": bits_y, "bits_z": bits_z, "l_t": l_t, "y": y, "y_hat": y_hat, "m": m,
+        }
