@@ -25,9 +25,10 @@ from typing import Any
 
 import yaml
 
-from link_sim.availability import AlwaysUp, Availability, PeriodicPasses, Windows
+from gateway.transport.contact_plan import AlwaysUp, Availability, PeriodicPasses, Windows
 from link_sim.errors import ConfigError
-from link_sim.transport import CurveKeys, load_key
+from link_sim.presets import link_preset
+from gateway.transport.curve import CurveKeys, load_key
 
 MAX_CONFIG_BYTES = 1 << 20  # a link preset is a few hundred bytes; refuse anything absurd unread
 DEFAULT_FRAME_SIZE = 450
@@ -387,8 +388,6 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
 
 def load_link_config(path: str | os.PathLike) -> LinkConfig:
     """Read and validate a link preset: a YAML file path, or a preset name (``clean``, ``geo``, ``leo``, ``harsh``)."""
-    from gateway.paths import link_preset
-
     p = link_preset(str(path))
     try:
         size = p.stat().st_size

@@ -2,7 +2,7 @@
 
 ``satgw link --config configs/links/geo.yaml`` binds two ROUTER sockets (the
 sender side and the ground side) and a REP control socket; the protocol is in
-:mod:`link_sim.transport`.  Frames from the sender side go through the forward
+:mod:`gateway.transport.link_peer`.  Frames from the sender side go through the forward
 channel to the ground-side peer heard from last; frames from the ground side
 (acks) go through the return channel to the sender-side peer heard from last.
 A frame with nowhere to go is dropped as ``no_peer``; one the peer cannot take
@@ -44,7 +44,9 @@ from link_sim.errors import ConfigError, LinkSimError
 from link_sim.link import FORWARD, RETURN, Link
 from link_sim.stages import Packet
 from link_sim.trace import TraceWriter
-from link_sim.transport import FRAME, HELLO, CurveKeys, make_socket
+from gateway.transport.curve import CurveKeys
+from gateway.transport.link_peer import FRAME, HELLO
+from gateway.transport.sockets import make_socket
 
 MAX_CONTROL_BYTES = 64 * 1024  # control requests are tiny maps; bigger ones are refused by ZMQ unread
 DRAIN_BATCH = 2048  # messages read from one socket before looking at the others again

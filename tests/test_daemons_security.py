@@ -9,7 +9,8 @@ import time
 
 import zmq
 
-from link_sim.transport import CurveKeys, LinkPeer, generate_keypair, load_key
+from gateway.transport.curve import CurveKeys, generate_keypair, load_key
+from gateway.transport.link_peer import LinkPeer
 from packetizer.frame import Frame, FrameCodec, FrameType
 from test_daemons import PY, check_outputs, make_images, request, rig_factory, wait_for  # noqa: F401  (fixture)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.scheduler import META_INDEX, LinkWindow, Pacer, RtoEstimator, TransmitScheduler
+from gateway.protocol.link_window import LinkWindow
+from gateway.protocol.pacer import Pacer
+from gateway.protocol.rto import RtoEstimator
+from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
 
 
 def drain(s: TransmitScheduler, now: float, limit: int = 100) -> list[tuple[int, int]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import SpoolError
-from gateway.framestore import FrameStore
-from gateway.spool import Spool
+from gateway.store.framestore import FrameStore
+from gateway.store.spool import Spool
 from packetizer.frame import Frame, FrameCodec, FrameType
 from packetizer.segment import assemble, split_message
 

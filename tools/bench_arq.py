@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.launcher import Daemons, png_bytes, request
+from gateway.eval.launcher import Daemons, png_bytes, request
 
 
 def _images(n: int, size: int = 160) -> list[tuple[str, bytes]]:

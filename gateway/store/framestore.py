@@ -29,7 +29,7 @@ from typing import Any
 
 from packetizer.frame import Frame, FrameType
 
-from gateway.durable_db import open_durable_db
+from gateway.store.sqlite import open_durable_db
 from gateway.errors import SpoolError
 
 _SCHEMA = """

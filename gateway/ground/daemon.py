@@ -7,7 +7,7 @@ Order of operations for every batch of frames: verify (CRC, HMAC) -> commit to
 the frame store -> only then acknowledge. ACK frames are paced at the return
 link's rate; between two ACK frames the set of messages to acknowledge grows,
 so ACKs batch by themselves under load and go out at once when idle.
-Decoding runs in a :class:`gateway.decode_worker.DecodeWorker`.
+Decoding runs in a :class:`gateway.ground.decode_worker.DecodeWorker`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 
 import zmq
 
-from gateway.daemon_config import DaemonConfig, load_receiver_config, read_auth_key
-from gateway.decode_worker import DecodeJob, DecodeWorker
-from gateway.framestore import FrameStore
-from gateway.daemon_main import add_link_options, link_overrides, run_daemon
-from gateway.link_side import LinkAttachedDaemon
-from gateway.logging_util import EventLog
-from gateway.scheduler import Pacer
-from link_sim.transport import HEARTBEAT_S
+from gateway.daemon.config import DaemonConfig, load_receiver_config, read_auth_key
+from gateway.ground.decode_worker import DecodeJob, DecodeWorker
+from gateway.store.framestore import FrameStore
+from gateway.daemon.startup import add_link_options, link_overrides, run_daemon
+from gateway.daemon.link_attached import LinkAttachedDaemon
+from gateway.transport.eventlog import EventLog
+from gateway.protocol.pacer import Pacer
+from gateway.transport.link_peer import HEARTBEAT_S
 from packetizer.ack import AckEntry, pack_acks
 from packetizer.errors import PacketizerError
 from packetizer.frame import FrameCodec

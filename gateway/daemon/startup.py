@@ -7,7 +7,7 @@ import signal
 from typing import Any, Callable
 
 from gateway.errors import ConfigError, SatgwError
-from gateway.logging_util import EventLog
+from gateway.transport.eventlog import EventLog
 from packetizer.errors import PacketizerError
 
 

@@ -115,7 +115,7 @@ def request(endpoint: str, req: dict[str, Any], timeout: float = 30.0) -> dict[s
     """One msgpack request to a daemon's control socket (lazy pirate: retries, then DaemonError)."""
     import zmq
 
-    from gateway.client import LazyPirate
+    from gateway.transport.lazy_pirate import LazyPirate
 
     ctx = zmq.Context.instance()
     client = LazyPirate(ctx, endpoint, timeout_s=timeout, retries=3)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from gateway.durable_db import open_durable_db
+from gateway.store.sqlite import open_durable_db
 from gateway.errors import SpoolError
 
 STATES = ("accepted", "encoded", "in_flight", "delivered", "failed", "expired")

@@ -1,162 +1,23 @@
-"""Transmit scheduling and selective-repeat ARQ for the sender (pure logic, no sockets, no clock).
+"""Selective-repeat ARQ for the sender: which frame goes next, and what an ACK changed (pure logic).
 
 Every method takes ``now`` (wall-clock seconds) explicitly so the logic is
-unit-testable and deterministic. The daemon glues it to sockets and the spool.
-
-* :class:`Pacer` keeps the link busy at its rate and no faster: one frame per
-  ``frame_size * 8 / rate_bps / time_scale`` wall seconds, with at most
-  ``burst`` frames of catch-up credit when the event loop ran late.
-* :class:`RtoEstimator` is RFC 6298 (SRTT/RTTVAR, Karn's rule: only frames sent
-  once give samples), clamped to configured bounds.
-* :class:`LinkWindow` tracks link availability from the link's ``schedule``
-  replies (or a preset's availability model) and says whether a frame may start
-  now: never when the link is down or goes down before the frame is through.
-* :class:`TransmitScheduler` picks the next frame: messages by priority (higher
-  first) then age; within a message its META frame first, then frames known
-  lost (a later-sent frame of the same message was acknowledged, or the
-  retransmit timeout passed), then frames never sent. ACK bitmaps mark frames
-  acknowledged; a ``complete`` ACK retires the message.
+unit-testable and deterministic; the sender daemon glues it to sockets and
+the spool. :class:`TransmitScheduler` picks the next frame: messages by
+priority (higher first) then age; within a message its META frame first,
+then frames known lost (a later-sent frame of the same message was
+acknowledged, or the retransmit timeout passed), then frames never sent. ACK
+bitmaps mark frames acknowledged; a ``complete`` ACK retires the message.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Iterable
+
+from gateway.protocol.rto import RtoEstimator
 
 META_INDEX = -1  #: pseudo-index of a message's META frame in this module
-
-
-class Pacer:
-    """Paces frames at a fixed interval with bounded catch-up credit."""
-
-    def __init__(self, interval_s: float, burst: int = 1) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"pacing interval must be positive, got {interval_s}")
-        self.interval = interval_s
-        self.burst = max(0, burst)
-        self._next: float | None = None
-
-    def set_interval(self, interval_s: float) -> None:
-        """Change the rate (e.g. when the link reports a new rate or time scale)."""
-        if interval_s > 0:
-            self.interval = interval_s
-
-    def wait(self, now: float) -> float:
-        """Seconds until the next frame may go (0 if it may go now)."""
-        if self._next is None:
-            return 0.0
-        return max(0.0, self._next - now)
-
-    def ready(self, now: float) -> bool:
-        """Whether a frame may be sent at ``now``."""
-        return self.wait(now) <= 0.0
-
-    def sent(self, now: float) -> None:
-        """Account for one frame sent at ``now``."""
-        base = now if self._next is None else max(self._next, now - self.burst * self.interval)
-        self._next = base + self.interval
-
-    def reset(self) -> None:
-        """Forget accumulated state (after the link was down: no credit for idle time)."""
-        self._next = None
-
-
-class RtoEstimator:
-    """Retransmit timeout from measured round trips (RFC 6298), in wall seconds."""
-
-    def __init__(self, initial_s: float, min_s: float, max_s: float, granularity_s: float = 0.001) -> None:
-        self.min, self.max, self.g = min_s, max_s, granularity_s
-        self.rto = min(max(initial_s, min_s), max_s)
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        self.samples = 0
-
-    def sample(self, rtt: float) -> None:
-        """Fold in one round-trip measurement."""
-        if rtt < 0:
-            return
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.samples += 1
-        self.rto = min(max(self.srtt + max(self.g, 4 * self.rttvar), self.min), self.max)
-
-    def set_bounds(self, min_s: float, max_s: float) -> None:
-        """New clamp (the link's time scale changed)."""
-        self.min, self.max = min_s, max_s
-        self.rto = min(max(self.rto, min_s), max_s)
-
-
-class LinkWindow:
-    """Link availability as seen from the sender, in wall time.
-
-    Fed either by :meth:`update_from_schedule` (the link daemon's ``schedule``
-    reply: ``up``, ``next_change_in`` in link seconds, ``time_scale``) or by
-    :meth:`update_from_model` (a preset's availability model and a mapping
-    from wall to link time).
-    """
-
-    def __init__(self) -> None:
-        self.known = False
-        self.up = False
-        self.until = 0.0  # wall time of the next change
-        self.time_scale = 1.0
-        self.forward_rate_bps: float | None = None
-        self.return_rate_bps: float | None = None
-        self.frame_size: int | None = None
-
-    def update_from_schedule(self, reply: dict[str, Any], now: float) -> None:
-        """Adopt a ``schedule`` reply; ``now`` is the wall time the request was *sent*.
-
-        The link computed ``next_change_in`` somewhere between request and reply;
-        counting from the request errs on the safe side (an early stop).
-        """
-        ts = float(reply.get("time_scale") or 1.0)
-        self.time_scale = ts if ts > 0 else 1.0
-        self.up = bool(reply.get("up"))
-        nci = reply.get("next_change_in")
-        self.until = float("inf") if nci is None else now + max(0.0, float(nci)) / self.time_scale
-        for key in ("forward_rate_bps", "return_rate_bps"):
-            v = reply.get(key)
-            if isinstance(v, (int, float)) and v > 0:
-                setattr(self, key, float(v))
-        fs = reply.get("frame_size")
-        if isinstance(fs, int) and fs > 0:
-            self.frame_size = fs
-        self.known = True
-
-    def update_from_model(
-        self, is_up: Callable[[float], bool], next_change: Callable[[float], float | None], link_now: float, now: float
-    ) -> None:
-        """Adopt an availability model evaluated at link time ``link_now`` (wall ``now``)."""
-        self.up = bool(is_up(link_now))
-        nxt = next_change(link_now)
-        self.until = float("inf") if nxt is None else now + max(0.0, nxt - link_now) / self.time_scale
-        self.known = True
-
-    def mark_unknown(self) -> None:
-        """The link could not be asked: send nothing until it answers again."""
-        self.known = False
-
-    def can_send(self, now: float, frame_wall_s: float, guard_s: float = 0.005) -> bool:
-        """True if the link is up now and stays up while a frame started now is on the air.
-
-        Two frame times are reserved (the frame before may still be on the air,
-        pacing allows one frame of credit) plus ``guard_s`` for clock jitter.
-        """
-        if not self.known or not self.up:
-            return False
-        return now + 2 * frame_wall_s + guard_s < self.until
-
-    def frame_interval(self, frame_size: int, rate_bps: float | None = None) -> float | None:
-        """Wall seconds per frame at the forward rate (None while the rate is unknown)."""
-        rate = rate_bps or self.forward_rate_bps
-        if not rate:
-            return None
-        return frame_size * 8.0 / rate / self.time_scale
 
 
 @dataclass

@@ -12,16 +12,16 @@ import sys
 
 # name -> (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sender": ("gateway.sender:main", "run the sender daemon (spool, encoder, transmit scheduler)"),
-    "receiver": ("gateway.receiver:main", "run the ground-station daemon (frame store, reassembly, decode)"),
+    "sender": ("gateway.sender.daemon:main", "run the sender daemon (spool, encoder, transmit scheduler)"),
+    "receiver": ("gateway.ground.daemon:main", "run the ground-station daemon (frame store, reassembly, decode)"),
     "link": ("link_sim.daemon:main", "run the link simulator daemon between sender and ground station"),
-    "send": ("gateway.client:send_main", "submit an image to a running sender; prints its message id"),
-    "status": ("gateway.client:status_main", "print queue, per-message progress and link counters"),
-    "keys": ("gateway.client:keys_main", "make CURVE key pairs for the daemons"),
-    "encode": ("gateway.codec_cli:encode_main", "encode an image into a packet budget (rate controlled)"),
-    "decode": ("gateway.codec_cli:decode_main", "decode a bitstream file to PNG"),
+    "send": ("gateway.cli.daemons:send_main", "submit an image to a running sender; prints its message id"),
+    "status": ("gateway.cli.daemons:status_main", "print queue, per-message progress and link counters"),
+    "keys": ("gateway.cli.daemons:keys_main", "make CURVE key pairs for the daemons"),
+    "encode": ("gateway.cli.images:encode_main", "encode an image into a packet budget (rate controlled)"),
+    "decode": ("gateway.cli.images:decode_main", "decode a bitstream file to PNG"),
     "bundle": ("gateway.codec.cadc.bundle_cli:main", "inspect model bundles (satgw bundle check PATH)"),
-    "demo": ("gateway.demo:main", "run the whole chain on sample photos and write demo-out/"),
+    "demo": ("gateway.eval.demo:main", "run the whole chain on sample photos and write demo-out/"),
 }
 
 
@@ -53,6 +53,3 @@ def main(argv: list[str] | None = None) -> int:
     result = func(rest)
     return int(result or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

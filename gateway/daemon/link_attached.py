@@ -1,7 +1,7 @@
 """What the sender and the ground station share: their attachment to the link.
 
 Both daemons bind a control REP socket for ``satgw send/status``, connect a
-:class:`~link_sim.transport.LinkPeer` to their side of the link, and follow
+:class:`~gateway.transport.link_peer.LinkPeer` to their side of the link, and follow
 the link's availability and rates, either by asking the link's control socket
 for its ``schedule`` (lazy pirate) or, without one, by evaluating a link
 preset on their own clock.
@@ -15,10 +15,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from gateway.client import LazyPirate, curve_client_keys
+from gateway.transport.curve import curve_client_keys
 from gateway.errors import ConfigError
-from gateway.scheduler import LinkWindow
-from link_sim.transport import LinkPeer, make_socket
+from gateway.protocol.link_window import LinkWindow
+from gateway.transport.lazy_pirate import LazyPirate
+from gateway.transport.link_peer import LinkPeer
+from gateway.transport.sockets import make_socket
 
 
 class LinkAttachedDaemon:

@@ -24,14 +24,16 @@ from typing import Any
 import msgpack
 import zmq
 
-from gateway.daemon_config import DaemonConfig, load_sender_config, read_auth_key
+from gateway.daemon.config import DaemonConfig, load_sender_config, read_auth_key
 from gateway.errors import ConfigError, SatgwError, SpoolError
-from gateway.daemon_main import add_link_options, link_overrides, run_daemon
-from gateway.link_side import LinkAttachedDaemon
-from gateway.logging_util import EventLog
-from gateway.scheduler import META_INDEX, Pacer, RtoEstimator, TransmitScheduler
-from gateway.spool import Spool
-from link_sim.transport import HEARTBEAT_S
+from gateway.daemon.startup import add_link_options, link_overrides, run_daemon
+from gateway.daemon.link_attached import LinkAttachedDaemon
+from gateway.transport.eventlog import EventLog
+from gateway.protocol.pacer import Pacer
+from gateway.protocol.rto import RtoEstimator
+from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
+from gateway.store.spool import Spool
+from gateway.transport.link_peer import HEARTBEAT_S
 from packetizer.ack import unpack_acks
 from packetizer.errors import FrameError, PacketizerError
 from packetizer.frame import Frame, FrameCodec, FrameType

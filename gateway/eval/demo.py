@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gateway.demo_report import COLUMNS, DemoRow, contact_sheet, table_cells, write_index
+from gateway.eval.report import COLUMNS, DemoRow, contact_sheet, table_cells, write_index
 from gateway.errors import BudgetError, SatgwError
-from gateway.launcher import Daemons, link_stats, png_bytes, request
+from gateway.eval.launcher import Daemons, link_stats, png_bytes, request
 
 CLASSICAL = ("avif", "jxl", "webp", "jpeg")
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -67,7 +67,7 @@ def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, fr
     what goes on the air is exactly what was measured here.
     """
     from gateway.codec.registry import make_codec
-    from gateway.metrics import ms_ssim
+    from gateway.eval.metrics import ms_ssim
     from gateway.ratecontrol import fit
 
     classical = {name: make_codec(name) for name in CLASSICAL}
@@ -153,7 +153,7 @@ def run_transfers(daemons: Daemons, rows: list[DemoRow], images: dict[str, np.nd
 
 
 def _finish_rows(rows: list[DemoRow], images: dict[str, np.ndarray], outbox: Path, out: Path) -> None:
-    from gateway.metrics import ms_ssim, psnr
+    from gateway.eval.metrics import ms_ssim, psnr
 
     rec_dir = out / "reconstructions"
     rec_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     frame_size = 450
 
     from gateway.codec.registry import make_codec
-    from gateway.paths import link_preset
+    from link_sim.presets import link_preset
 
     images = load_images(a.images, a.limit)
     try:
