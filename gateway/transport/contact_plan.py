@@ -1,17 +1,36 @@
-"""When the link is up: always, in explicit windows, or in periodic passes.
+"""When the link is up: the availability models, and the contact plan a daemon plans its sending by.
 
-All times are simulation seconds.  An availability object answers two
-questions: :meth:`is_up` (is the link up at ``t``?) and :meth:`next_change`
-(when does that answer next change?).  Up intervals are half open,
-``[start, end)``.
+All times are link seconds.  An availability object answers two questions:
+:meth:`is_up` (is the link up at ``t``?) and :meth:`next_change` (when does
+that answer next change?).  Up intervals are half open, ``[start, end)``.
+
+A *contact plan* is a small YAML file (format in ``docs/daemons.md``) that
+says when the link is up and at what rates; the sender and the ground
+station follow it when they cannot ask the link for its schedule, and the
+link simulator can build its windows from the same file
+(``availability: {contact_plan: FILE}`` in a link preset)::
+
+    version: 1
+    time_scale: 1.0            # link seconds per wall second (1 outside simulation)
+    forward_rate_bps: 9600
+    return_rate_bps: 9600
+    availability:              # one of always / windows / periodic, as in a link preset
+      periodic: {period_s: 5700, duration_s: 600, offset_s: 0}
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence
+
+from gateway.errors import ConfigError
+from gateway.transport.config_reader import Section, read_yaml, show
+
+CONTACT_PLAN_VERSION = 1
 
 
 class Availability(Protocol):
@@ -121,3 +140,87 @@ def up_until(availability: Availability, t: float) -> float:
     """
     change = availability.next_change(t)
     return math.inf if change is None else change
+
+
+def parse_availability(s: Section, base_dir: str | os.PathLike = ".", *, allow_contact_plan: bool = True) -> Availability:
+    """The availability described by section ``s``: one of ``always``, ``windows``, ``periodic`` or
+    ``contact_plan`` (a contact-plan file, relative to ``base_dir``, whose availability is used)."""
+    modes = [k for k in ("always", "windows", "periodic", "contact_plan") if s.has(k)]
+    if "contact_plan" in modes and not allow_contact_plan:
+        s.fail(s.key_path("contact_plan"), "a contact plan cannot refer to another one")
+    if len(modes) > 1:
+        s.fail(s.path, f"give one of always, windows, periodic, contact_plan; got {', '.join(modes)}")
+    mode = modes[0] if modes else "always"
+    if mode == "always":
+        if s.raw("always") is not None and s.raw("always") is not True:
+            s.fail(s.key_path("always"), "must be true (leave availability out for an always-up link)")
+        s.done()
+        return AlwaysUp()
+    if mode == "contact_plan":
+        ref = s.path_value("contact_plan", None, "a contact-plan file")
+        assert ref is not None
+        s.done()
+        p = Path(ref) if Path(ref).is_absolute() else Path(base_dir) / ref
+        try:
+            return load_contact_plan(p).availability
+        except ConfigError as e:
+            s.fail(s.key_path("contact_plan"), str(e))
+    if mode == "windows":
+        raw, path = s.raw("windows"), s.key_path("windows")
+        if not isinstance(raw, list) or len(raw) > 100_000:
+            s.fail(path, "must be a list of [start_s, end_s] pairs")
+        pairs = []
+        for i, w in enumerate(raw):
+            if not (isinstance(w, list) and len(w) == 2):
+                s.fail(f"{path}[{i}]", f"must be a [start_s, end_s] pair, got {show(w)}")
+            ws = Section({"start": w[0], "end": w[1]}, f"{path}[{i}]", s.source, error=s.error)
+            start = ws.number("start", None, lo=-1e12, hi=1e12, required=True)
+            end = ws.number("end", None, lo=-1e12, hi=1e12, required=True)
+            assert start is not None and end is not None
+            if end <= start:
+                s.fail(f"{path}[{i}]", f"end ({end:g}) must be after start ({start:g})")
+            pairs.append((start, end))
+        s.done()
+        return Windows(pairs)
+    p = s.section("periodic")
+    period = p.number("period_s", None, lo=0.0, hi=1e9, lo_open=True, required=True)
+    assert period is not None
+    duration = p.number("duration_s", None, lo=0.0, hi=period, lo_open=True, required=True)
+    offset = p.number("offset_s", 0.0, lo=-1e12, hi=1e12)
+    assert duration is not None and offset is not None
+    p.done()
+    s.done()
+    return PeriodicPasses(period, duration, offset)
+
+
+@dataclass(frozen=True)
+class ContactPlan:
+    """When the link is up and how fast it is, as a daemon plans it (link seconds, bit/s)."""
+
+    forward_rate_bps: float
+    return_rate_bps: float
+    availability: Availability = field(default_factory=AlwaysUp)
+    time_scale: float = 1.0  # link seconds per wall second
+    source: str = ""
+
+
+def parse_contact_plan(data: object, source: str = "<contact plan>", base_dir: str | os.PathLike = ".") -> ContactPlan:
+    """Validate a parsed contact-plan document (unknown keys and bad values name their key path)."""
+    top = Section(data, "", source)
+    version = top.integer("version", None, lo=0, hi=255)
+    if version != CONTACT_PLAN_VERSION:
+        top.fail("version", f"must be {CONTACT_PLAN_VERSION} (this build reads contact plans of version "
+                            f"{CONTACT_PLAN_VERSION}), got {show(version)}")
+    time_scale = top.number("time_scale", 1.0, lo=0.0, hi=1e6, lo_open=True)
+    fwd = top.number("forward_rate_bps", None, lo=0.0, hi=1e12, lo_open=True, required=True)
+    ret = top.number("return_rate_bps", fwd, lo=0.0, hi=1e12, lo_open=True)
+    availability = parse_availability(top.section("availability"), base_dir, allow_contact_plan=False)
+    top.done()
+    assert time_scale is not None and fwd is not None and ret is not None
+    return ContactPlan(fwd, ret, availability, time_scale, source)
+
+
+def load_contact_plan(path: str | os.PathLike) -> ContactPlan:
+    """Read and validate a contact-plan YAML file."""
+    p = Path(path)
+    return parse_contact_plan(read_yaml(p, "contact plan"), source=str(p), base_dir=p.parent)
