@@ -47,6 +47,14 @@ class BudgetError(SatgwError):
         self.frames_needed = frames_needed
 
 
+class RequestError(SatgwError):
+    """A job or request is refused: an empty, oversized or unreadable image, a bad option, a full queue.
+
+    The reason goes back to whoever asked (``satgw send``, the inbox's
+    ``.rejected`` folder, a failed job's ``reason``); the daemon goes on.
+    """
+
+
 class SpoolError(SatgwError):
     """The durable spool refused an operation (corrupt, locked, unknown id)."""
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.eval.launcher import Daemons, png_bytes, request
+from gateway.codec.image_io import png_bytes
+from gateway.eval.launcher import Daemons, request
 
 
 def _images(n: int, size: int = 160) -> list[tuple[str, bytes]]:

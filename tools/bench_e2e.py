@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gateway.eval.launcher import Daemons, png_bytes, request
+from gateway.codec.image_io import png_bytes
+from gateway.eval.launcher import Daemons, request
 from link_sim.config import load_link_config
 from link_sim.presets import link_preset
 

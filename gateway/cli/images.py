@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gateway.codec import bitstream
+from gateway.codec.image_io import png_bytes, read_rgb, write_atomic
 from gateway.codec.registry import CODEC_NAMES, decode_any, make_codec
 from gateway.errors import BudgetError, SatgwError
 
@@ -32,22 +31,6 @@ EXIT_BUDGET = 3
 def _fail(prog: str, message: str, code: int = EXIT_ERROR) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
-
-
-def _write_atomic(path: Path, data: bytes | None = None, image: np.ndarray | None = None) -> None:
-    """Write ``data`` (or ``image`` as PNG) to a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if image is not None:
-                Image.fromarray(image).save(f, "PNG")
-            else:
-                f.write(data or b"")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_codec(name: str | None, bundle: str | None) -> tuple[Any, str]:
@@ -80,26 +63,18 @@ def encode_main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args(argv)
 
-    from gateway.ratecontrol import fit  # after parsing, so --help stays fast
+    from gateway.ratecontrol import Budget, fit  # after parsing, so --help stays fast
 
     out_path = args.output or args.image.with_suffix(".sgw")
     try:
-        with Image.open(args.image) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = read_rgb(args.image.read_bytes())
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         return _fail(prog, f"cannot read image {args.image}: {exc}")
     try:
+        budget = Budget(args.packets, args.frame_size, args.auth_tag_len, args.parity)
         codec, how = _load_codec(args.codec, args.bundle)
-        result = fit(
-            codec,
-            image,
-            args.packets,
-            frame_size=args.frame_size,
-            parity=args.parity,
-            auth_tag_len=args.auth_tag_len,
-            label=args.image.name,
-        )
-        _write_atomic(out_path, result.bitstream)
+        result = fit(codec, image, budget, label=args.image.name)
+        write_atomic(out_path, result.bitstream)
     except BudgetError as exc:
         return _fail(prog, str(exc), EXIT_BUDGET)
     except (SatgwError, ImportError, OSError) as exc:
@@ -138,7 +113,7 @@ def decode_main(argv: list[str]) -> int:
         data = args.bitstream.read_bytes()
         header, _ = bitstream.unpack(data)
         image = decode_any(data, {}, bundle=args.bundle)
-        _write_atomic(out_path, image=image)
+        write_atomic(out_path, png_bytes(image))
     except (SatgwError, ImportError, OSError) as exc:
         return _fail(prog, f"{args.bitstream}: {exc}")
     cw, ch = header.coded_size

@@ -23,7 +23,8 @@ from PIL import Image
 
 from gateway.eval.report import COLUMNS, DemoRow, contact_sheet, table_cells, write_index
 from gateway.errors import BudgetError, SatgwError
-from gateway.eval.launcher import Daemons, link_stats, png_bytes, request
+from gateway.codec.image_io import png_bytes
+from gateway.eval.launcher import Daemons, link_stats, request
 
 CLASSICAL = ("avif", "jxl", "webp", "jpeg")
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -68,7 +69,7 @@ def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, fr
     """
     from gateway.codec.registry import make_codec
     from gateway.eval.metrics import ms_ssim
-    from gateway.ratecontrol import fit
+    from gateway.ratecontrol import Budget, fit
 
     classical = {name: make_codec(name) for name in CLASSICAL}
     rows: list[DemoRow] = []
@@ -78,7 +79,7 @@ def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, fr
             best: tuple[float, DemoRow] | None = None
             for cname, codec in classical.items():
                 try:
-                    res = fit(codec, img, frames, frame_size=frame_size)
+                    res = fit(codec, img, Budget(frames, frame_size))
                 except BudgetError:
                     continue
                 rec = codec.decode(res.bitstream)
@@ -91,7 +92,7 @@ def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, fr
             cadc_row = None
             if cadc is not None:
                 try:
-                    res = fit(cadc, img, frames, frame_size=frame_size)
+                    res = fit(cadc, img, Budget(frames, frame_size))
                     cadc_row = DemoRow(name, frames, "cadc", bytes=res.bytes,
                                        setting=_setting_text(cadc, res.knobs), encode_ms=res.seconds * 1000)
                 except BudgetError as e:

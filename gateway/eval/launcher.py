@@ -7,7 +7,6 @@ daemons' control sockets.
 
 from __future__ import annotations
 
-import io
 import signal
 import socket
 import subprocess
@@ -15,9 +14,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from gateway.errors import SatgwError
 from gateway.paths import config_dir
@@ -102,13 +98,6 @@ class Daemons:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    """An RGB array as PNG file bytes (what ``satgw send`` submits)."""
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def request(endpoint: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gateway.codec.image_io import resize_rgb
+
 
 @dataclass
 class DemoRow:
@@ -47,11 +49,9 @@ def _label_font() -> ImageFont.ImageFont:
 
 def _tile(img: np.ndarray, label: str, height: int) -> Image.Image:
     """An image scaled to ``height`` with a caption strip under it."""
-    pil = Image.fromarray(img)
-    w = max(1, round(pil.width * height / pil.height))
-    pil = pil.resize((w, height), Image.Resampling.LANCZOS)
+    w = max(1, round(img.shape[1] * height / img.shape[0]))
     tile = Image.new("RGB", (w, height + 22), "white")
-    tile.paste(pil, (0, 0))
+    tile.paste(Image.fromarray(resize_rgb(img, (w, height))), (0, 0))
     ImageDraw.Draw(tile).text((4, height + 4), label, fill="black", font=_label_font())
     return tile
 

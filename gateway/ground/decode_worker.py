@@ -12,7 +12,6 @@ same two files: the outbox never holds a second copy of a message.
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing as mp
 import os
@@ -37,28 +36,6 @@ class DecodeJob:
     bundle: str | None = None  # CADC model bundle folder (None: the embedded cadc-tiny)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _meta(raw: bytes | None) -> dict[str, Any]:
     if not raw:
         return {}
@@ -77,20 +54,16 @@ def decode_message(job: DecodeJob) -> dict[str, Any]:
     bad bitstream; nothing is written then.
     """
     import numpy as np
-    from PIL import Image
 
     from gateway.codec import bitstream as bs
     from gateway.codec.base import Knobs
+    from gateway.codec.image_io import png_bytes, write_atomic
     from gateway.codec.registry import get_codec
 
     header, _ = bs.unpack(job.bitstream)
     codec = get_codec(header.codec_name, job.bundle)  # loaded once per worker; not part of the decode time
     t0 = time.perf_counter()
-    decode_info: dict[str, Any] = {}
-    if hasattr(codec, "decode_with_info"):
-        image, decode_info = codec.decode_with_info(job.bitstream)
-    else:
-        image = codec.decode(job.bitstream)
+    image, decode_info = codec.decode_with_info(job.bitstream)
     decode_s = time.perf_counter() - t0
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3):
         from gateway.errors import CodecError
@@ -98,9 +71,7 @@ def decode_message(job: DecodeJob) -> dict[str, Any]:
         raise CodecError(f"decoder returned {type(image).__name__}, not an HxWx3 uint8 image")
     out = Path(job.outbox)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    png = buf.getvalue()
+    png = png_bytes(image)
     info = job.info
     meta = _meta(info.get("meta"))
     h, w = image.shape[:2]
@@ -139,8 +110,8 @@ def decode_message(job: DecodeJob) -> dict[str, Any]:
         },
         "png": f"{job.message_id}.png",
     }
-    _atomic_write(out / f"{job.message_id}.png", png)
-    _atomic_write(out / f"{job.message_id}.json", (json.dumps(record, indent=1, default=str) + "\n").encode())
+    write_atomic(out / f"{job.message_id}.png", png)
+    write_atomic(out / f"{job.message_id}.json", (json.dumps(record, indent=1, default=str) + "\n").encode())
     return record
 
 

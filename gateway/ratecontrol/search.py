@@ -1,4 +1,4 @@
-"""Rate control: the best codec setting whose whole bitstream fits N frames.
+"""The rate controller's search: the best setting of one codec for one image within a byte budget.
 
 One controller drives every codec (classical and CADC) through the
 :class:`gateway.codec.base.Codec` interface, so all of them are compared at
@@ -9,11 +9,11 @@ point, in ``docs/ratecontrol.md``.  In short:
    (bisection over the scale codes; ``analyze`` runs at most once per scale).
 2. At a scale, bisect the λ codes (with the largest Δ) for the best λ that can
    fit, then for each λ from there down bisect Δ for the smallest Δ that fits;
-   rank those candidates with the codec's ``estimate_distortion`` if it has
-   one, else take the highest λ.  Stop once the smallest Δ fits (a lower λ can
-   only be worse).  Codecs with a ``rate_anchor_delta_code`` (CADC) instead
-   hold Δ at that code while λ sets the rate, search on the codec's
-   ``estimate_bytes`` predictions and encode only the pick
+   rank those candidates with the codec's ``estimate_distortion`` if it
+   declares ``estimates_distortion``, else take the highest λ.  Stop once the smallest Δ fits (a lower λ can
+   only be worse).  Codecs that declare a ``rate_anchor_delta_code`` (CADC)
+   instead hold Δ at that code while λ sets the rate, search on the codec's
+   ``estimate_bytes`` predictions (``predicts_bytes``) and encode only the pick
    (:meth:`_Search.best_at_scale_anchored`).
 3. Codecs that decode cheaply (``fast_decode``, the classical ones) also try
    the next smaller scales and keep the one whose decoded image is closest to
@@ -24,20 +24,15 @@ point, in ``docs/ratecontrol.md``.  In short:
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs
-from gateway.codec.classical import as_rgb_array
-from gateway.errors import BudgetError, CodecError, ConfigError
-from packetizer.errors import PacketizerError
-from packetizer.frame import FrameCodec
-from packetizer.segment import frames_for, message_capacity
+from gateway.codec.image_io import box_downscale, resize_rgb
+from gateway.errors import ConfigError
 
 #: Smaller scales tried after the largest one that fits (fast-decode codecs only).
 MAX_SCALES = 4
@@ -53,57 +48,13 @@ _PREDICTION_MARGIN = 16
 
 
 @dataclass
-class RateResult:
-    """What the rate controller chose, and what it cost."""
-
-    bitstream: bytes
-    knobs: Knobs
-    codec: str
-    budget_frames: int
-    parity: int
-    budget_bytes: int
-    bytes: int
-    utilization: float
-    scale: float
-    downscaled: bool
-    candidates: int
-    seconds: float
-    budget_counting: str
-    setting: dict[str, Any] = field(default_factory=dict)
-    distortion: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (the bitstream itself is left out; ``bytes`` is its length)."""
-        return {
-            "codec": self.codec,
-            "knobs": {
-                "lam_code": self.knobs.lam_code,
-                "delta_code": self.knobs.delta_code,
-                "scale_code": self.knobs.scale_code,
-            },
-            "setting": dict(self.setting),
-            "budget_frames": self.budget_frames,
-            "parity": self.parity,
-            "budget_bytes": self.budget_bytes,
-            "budget_counting": self.budget_counting,
-            "bytes": self.bytes,
-            "utilization": round(self.utilization, 4),
-            "scale": self.scale,
-            "downscaled": self.downscaled,
-            "candidates": self.candidates,
-            "seconds": round(self.seconds, 4),
-            "distortion_mse": None if self.distortion is None else round(self.distortion, 3),
-        }
-
-
-@dataclass
-class _Candidate:
+class Candidate:
     knobs: Knobs
     data: bytes
     distortion: float | None = None
 
 
-def _boundary(
+def boundary(
     size_at: Callable[[int], int],
     budget: int,
     lo: int,
@@ -158,14 +109,7 @@ def _boundary(
     return lo
 
 
-def _downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (image.shape[1], image.shape[0]) == size:
-        return image
-    # reducing_gap box-reduces first: same look as plain Lanczos, far faster on big photos.
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
-
-
-class _Search:
+class Search:
     """One rate-control search of one image at one byte budget."""
 
     def __init__(self, codec: Codec, image: np.ndarray, budget: int) -> None:
@@ -191,11 +135,11 @@ class _Search:
         self.estimated: dict[Knobs, float] = {}
         # Codecs with a preferred Δ (CADC: the Δ it was mostly trained at) get the anchored search;
         # those that can predict their size without coding (CADC) search on predictions.
-        self.anchor = getattr(codec, "rate_anchor_delta_code", None)
-        self.estimate_bytes = getattr(codec, "estimate_bytes", None)
+        self.anchor = codec.rate_anchor_delta_code
+        self.predicts_bytes = codec.predicts_bytes
         self.smallest: int | None = None
-        self.estimate = getattr(codec, "estimate_distortion", None)
-        self.fast_decode = bool(getattr(codec, "fast_decode", False))
+        self.estimates_distortion = codec.estimates_distortion
+        self.fast_decode = codec.fast_decode
         self._reference: np.ndarray | None = None
         self.last_lam_index: int | None = None
         # Prior for the secant search: across a codec's range bytes grow by roughly 2**7.
@@ -205,7 +149,7 @@ class _Search:
     def analysis(self, scale_code: int) -> Any:
         if scale_code not in self.analyses:
             coded = bitstream.scaled_size(*self.size, scale_code)
-            self.analyses[scale_code] = self.codec.analyze(_downscale(self.image, coded))
+            self.analyses[scale_code] = self.codec.analyze(resize_rgb(self.image, coded, reducing_gap=3.0))
         return self.analyses[scale_code]
 
     def encode(self, knobs: Knobs) -> bytes:
@@ -222,10 +166,10 @@ class _Search:
     def predicted_bytes(self, knobs: Knobs, *, measured: bool = True) -> float:
         """The codec's size prediction for ``knobs``: the real size where one is known (``measured``)
         or the codec cannot predict."""
-        if (measured and knobs in self.encoded) or self.estimate_bytes is None:
+        if (measured and knobs in self.encoded) or not self.predicts_bytes:
             return float(self.nbytes(knobs))
         if knobs not in self.estimated:
-            self.estimated[knobs] = float(self.estimate_bytes(self.analysis(knobs.scale_code), knobs))
+            self.estimated[knobs] = float(self.codec.estimate_bytes(self.analysis(knobs.scale_code), knobs))
         return self.estimated[knobs]
 
     def measured_distortion(self, data: bytes) -> float:
@@ -234,12 +178,12 @@ class _Search:
         f = min(1.0, math.sqrt(_MEASURE_PIXELS / (w * h)))
         ref_size = (max(1, round(w * f)), max(1, round(h * f)))
         if self._reference is None:
-            self._reference = _box(self.image, ref_size).astype(np.float32)
-        decoded = _box(self.codec.decode(data), ref_size).astype(np.float32)
+            self._reference = box_downscale(self.image, ref_size).astype(np.float32)
+        decoded = box_downscale(self.codec.decode(data), ref_size).astype(np.float32)
         return float(np.mean((decoded - self._reference) ** 2))
 
     # --- the search -------------------------------------------------------
-    def best_at_scale_anchored(self, s: int) -> _Candidate | None:
+    def best_at_scale_anchored(self, s: int) -> Candidate | None:
         """Anchored search (codecs with ``rate_anchor_delta_code``, i.e. CADC) at scale ``s``.
 
         Δ stays at the anchor (the bin width the model was trained at most)
@@ -263,7 +207,7 @@ class _Search:
         delta_prior = max(1.0, len(deltas) / 7)
 
         def smallest_delta(i: int, lo: int, hi: int) -> int:
-            return _boundary(lambda j: size(i, j), budget, lo, hi, per_doubling=delta_prior)
+            return boundary(lambda j: size(i, j), budget, lo, hi, per_doubling=delta_prior)
 
         # The lowest λ is probed first: its state is already cached by the smallest-setting check, and
         # small budgets (where time is tightest) usually end in the third case after this one probe.
@@ -272,7 +216,7 @@ class _Search:
         elif size(0, j1) <= budget:
             i, j = 0, smallest_delta(0, 0, j1)
         else:
-            i = _boundary(lambda i: size(i, j1), budget, 0, last_i, per_doubling=lam_prior)
+            i = boundary(lambda i: size(i, j1), budget, 0, last_i, per_doubling=lam_prior)
             j = smallest_delta(i, 0, j1)
         knobs = lambda: Knobs(lams[i], deltas[j], s)  # noqa: E731
         while self.nbytes(knobs()) > budget:
@@ -291,16 +235,16 @@ class _Search:
                 break
             j -= 1
         self.last_lam_index = i
-        return _Candidate(knobs(), self.encode(knobs()))
+        return Candidate(knobs(), self.encode(knobs()))
 
-    def best_at_scale(self, s: int, guess: int | None = None) -> _Candidate:
+    def best_at_scale(self, s: int, guess: int | None = None) -> Candidate:
         """Best fitting (λ, Δ) at scale ``s``; the smallest setting there is known to fit."""
         lams, deltas = self.lams, self.deltas
         if self.anchor is not None and len(deltas) > 1:
             cand = self.best_at_scale_anchored(s)
             if cand is not None:
                 return cand
-        i0 = _boundary(
+        i0 = boundary(
             lambda i: self.nbytes(Knobs(lams[i], deltas[-1], s)),
             self.budget,
             0,
@@ -311,11 +255,11 @@ class _Search:
         self.last_lam_index = i0
         if len(deltas) == 1:
             k = Knobs(lams[i0], deltas[0], s)
-            return _Candidate(k, self.encode(k))
+            return Candidate(k, self.encode(k))
 
         def smallest_delta(i: int, j_hi: int) -> int:
             # Bytes fall as λ falls, so the smallest fitting Δ can only shrink: search at or below j_hi.
-            return _boundary(
+            return boundary(
                 lambda j: self.nbytes(Knobs(lams[i], deltas[j], s)),
                 self.budget,
                 0,
@@ -325,7 +269,7 @@ class _Search:
 
         j_hi = smallest_delta(i0, len(deltas) - 1)
         cands = [Knobs(lams[i0], deltas[j_hi], s)]
-        if self.estimate is not None:
+        if self.estimates_distortion:
             # A lower λ is only worth having with a smaller Δ (at the same Δ it is worse on both
             # knobs), so each step costs one encode unless it opens a new candidate.
             for i in range(i0 + 1, min(len(lams), i0 + 1 + MAX_LAM_STEPS)):
@@ -336,21 +280,21 @@ class _Search:
                 j_hi = smallest_delta(i, j_hi - 1)
                 cands.append(Knobs(lams[i], deltas[j_hi], s))
         if len(cands) == 1:
-            return _Candidate(cands[0], self.encode(cands[0]))
-        scored = [(float(self.estimate(self.analysis(s), k)), k) for k in cands]  # type: ignore[misc]
+            return Candidate(cands[0], self.encode(cands[0]))
+        scored = [(float(self.codec.estimate_distortion(self.analysis(s), k)), k) for k in cands]
         if not all(math.isfinite(d) for d, _ in scored):
-            return _Candidate(cands[0], self.encode(cands[0]))  # no usable estimate: highest λ wins
+            return Candidate(cands[0], self.encode(cands[0]))  # no usable estimate: highest λ wins
         # The estimate only ranks (λ, Δ) here; RateResult.distortion stays a measured pixel MSE.
         _, k = min(scored, key=lambda t: t[0])
-        return _Candidate(k, self.encode(k))
+        return Candidate(k, self.encode(k))
 
-    def run(self) -> _Candidate | None:
+    def run(self) -> Candidate | None:
         scales = self.scales
         smallest_setting = lambda idx: Knobs(self.lams[-1], self.deltas[-1], scales[idx])  # noqa: E731
         if not self.fast_decode:
             # Codecs without fast_decode (CADC) use the largest scale that fits, and their smallest
             # setting usually fits at full size: one analyze, no probe at the smallest scale.
-            if self.anchor is not None and self.estimate_bytes is not None:
+            if self.anchor is not None and self.predicts_bytes:
                 if self.predicted_bytes(smallest_setting(0)) <= self.budget - _PREDICTION_MARGIN:
                     cand = self.best_at_scale_anchored(scales[0])
                     if cand is not None:
@@ -361,7 +305,7 @@ class _Search:
             return None
         # Codecs without fast_decode (CADC) pay mostly for analyze, and their smallest setting
         # usually fits at full size: probe that first rather than analyze at several scales.
-        first = _boundary(
+        first = boundary(
             lambda idx: self.nbytes(smallest_setting(idx)),
             self.budget,
             0,
@@ -371,7 +315,7 @@ class _Search:
         if not self.fast_decode:
             return self.best_at_scale(scales[first])
         top = (self.lams[0], self.deltas[0])
-        best: _Candidate | None = None
+        best: Candidate | None = None
         for idx in range(first, min(len(scales), first + MAX_SCALES)):
             # A smaller image affords a higher quality than the larger one got (about one size
             # doubling for a halved area): try that first.
@@ -389,118 +333,3 @@ class _Search:
             if (cand.knobs.lam_code, cand.knobs.delta_code) == top:
                 break  # the best setting fits; smaller images only lose detail
         return best
-
-
-def _box(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (image.shape[1], image.shape[0]) == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
-
-
-def _result(search: _Search, cand: _Candidate, t0: float, **budget: Any) -> RateResult:
-    k = cand.knobs
-    if len(cand.data) > search.budget:  # the search only keeps measured fits; this guards the contract
-        raise CodecError(f"rate control chose {len(cand.data)} B for a {search.budget} B budget; please report this")
-    return RateResult(
-        bitstream=cand.data,
-        knobs=k,
-        codec=search.codec.name,
-        bytes=len(cand.data),
-        utilization=len(cand.data) / budget["budget_bytes"],
-        scale=2.0 ** (-k.scale_code / 8.0),
-        downscaled=k.scale_code > 0,
-        candidates=len(search.encoded),
-        seconds=time.perf_counter() - t0,
-        setting=search.codec.describe(k),
-        distortion=cand.distortion,
-        **budget,
-    )
-
-
-def fit_bytes(codec: Codec, image: np.ndarray, budget_bytes: int, *, label: str = "the image") -> RateResult:
-    """Best setting of ``codec`` for ``image`` whose whole bitstream is at most ``budget_bytes``.
-
-    Raises :class:`BudgetError` (``frames_needed=None``) when even the
-    smallest bitstream is larger; the message gives the bytes it needs.
-    """
-    t0 = time.perf_counter()
-    image = as_rgb_array(image)
-    search = _Search(codec, image, int(budget_bytes))
-    cand = search.run()
-    if cand is None:
-        raise BudgetError(
-            f"{label} needs at least {search.smallest} B with {codec.name}; budget was {budget_bytes} B",
-            None,
-        )
-    return _result(
-        search,
-        cand,
-        t0,
-        budget_frames=0,
-        parity=0,
-        budget_bytes=int(budget_bytes),
-        budget_counting=f"{budget_bytes} B",
-    )
-
-
-def fit(
-    codec: Codec,
-    image: np.ndarray,
-    frames: int,
-    *,
-    frame_size: int = 450,
-    parity: int = 0,
-    auth_tag_len: int = 0,
-    label: str = "the image",
-) -> RateResult:
-    """Best setting of ``codec`` for ``image`` whose whole bitstream fits ``frames`` frames.
-
-    The byte budget is what the packetizer carries in ``frames`` frames of
-    ``frame_size`` bytes when ``parity`` of them are erasure-coding parity and
-    each frame has an ``auth_tag_len``-byte HMAC tag (0 = no authentication).
-    Raises :class:`BudgetError` with ``frames_needed`` (the smallest frame
-    count that fits the smallest bitstream) when nothing fits.
-    """
-    t0 = time.perf_counter()
-    if not isinstance(frames, int) or frames < 1:
-        raise ConfigError(f"frame budget must be a positive integer, got {frames!r}")
-    try:
-        # The key only matters for computing tags; the capacity depends on tag_len alone.
-        frame_codec = FrameCodec(
-            frame_size=frame_size,
-            auth_key=b"capacity-only" if auth_tag_len else None,
-            tag_len=auth_tag_len or 8,
-        )
-        budget_bytes = message_capacity(frames, frame_codec, parity)
-    except PacketizerError as exc:
-        raise ConfigError(f"bad frame budget: {exc}") from exc
-    image = as_rgb_array(image)
-    search = _Search(codec, image, budget_bytes)
-    cand = search.run()
-    if cand is None:
-        smallest = search.smallest or 0
-        parity_note = f" ({parity} of them parity)" if parity else ""
-        try:
-            needed: int | None = frames_for(smallest, frame_codec, parity)
-        except PacketizerError:
-            needed = None
-        if needed is None:
-            msg = (
-                f"{label} cannot fit any budget of {frame_size} B frames with {codec.name}{parity_note}: "
-                f"its smallest bitstream is {smallest} B; use a larger frame size or fewer parity frames"
-            )
-        else:
-            msg = (
-                f"{label} needs at least {needed} frames of {frame_size} B with {codec.name}{parity_note}; "
-                f"budget was {frames}"
-            )
-        raise BudgetError(msg, needed)
-    return _result(
-        search,
-        cand,
-        t0,
-        budget_frames=frames,
-        parity=parity,
-        budget_bytes=budget_bytes,
-        budget_counting=f"{frames} frames x {frame_codec.payload_capacity} B payload, {parity} parity",
-    )

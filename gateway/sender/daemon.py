@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import math
 import queue
 import sys
@@ -42,18 +41,6 @@ MAX_META_NAME = 120  # characters of the source file name carried in the META fr
 ACK_DRAIN = 256  # ACK frames read per loop turn before looking at the other sockets
 
 
-def _image_array(data: bytes, max_pixels: int) -> Any:
-    """Decode image bytes to an RGB uint8 array, refusing oversized images before decoding pixels."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        if w * h > max_pixels:
-            raise SpoolError(f"image is {w}x{h} = {w * h} pixels, above limits.max_pixels = {max_pixels}")
-        return np.asarray(im.convert("RGB"))
-
-
 class Encoder(threading.Thread):
     """Encodes accepted jobs (rate control + packetizer) and hands their ids to the event loop."""
 
@@ -79,22 +66,16 @@ class Encoder(threading.Thread):
             spool.close()
 
     def _encode(self, spool: Spool, row: Any) -> None:
+        from gateway.codec.image_io import read_rgb
         from gateway.codec.registry import get_codec
-        from gateway.ratecontrol import fit
+        from gateway.ratecontrol import Budget, fit
         from packetizer.segment import split_message
 
         t0 = time.perf_counter()
         try:
-            arr = _image_array(spool.image(row.id), self.cfg["limits"]["max_pixels"])
-            result = fit(
-                get_codec(row.codec, self.cfg["bundle"]),
-                arr,
-                row.packets,
-                frame_size=self.codec.frame_size,
-                parity=row.parity,
-                auth_tag_len=self.codec.tag_len,
-                label=row.source_name,
-            )
+            arr = read_rgb(spool.image(row.id), self.cfg["limits"]["max_pixels"])
+            budget = Budget.for_frames(row.packets, self.codec, row.parity)
+            result = fit(get_codec(row.codec, self.cfg["bundle"]), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             meta = msgpack.packb(
                 {"name": row.source_name[:MAX_META_NAME], "size": row.image_size, "codec": row.codec},
