@@ -1,7 +1,13 @@
 """The gateway's exception hierarchy.
 
 Every error the gateway raises on purpose derives from :class:`SatgwError`, so a
-daemon can catch that one type around untrusted input and keep running.
+daemon can catch that one type around untrusted input and keep running. Each
+class says what went wrong: a config (:class:`ConfigError`), an image or
+bitstream (:class:`CodecError` and below), a budget (:class:`BudgetError`), a
+job (:class:`RequestError`), storage (:class:`StoreError`), a daemon or peer
+(:class:`DaemonError`). The packetizer keeps its own hierarchy
+(:class:`packetizer.errors.PacketizerError`); the link simulator's derives
+from this one.
 """
 
 from __future__ import annotations
@@ -55,8 +61,12 @@ class RequestError(SatgwError):
     """
 
 
-class SpoolError(SatgwError):
-    """The durable spool refused an operation (corrupt, locked, unknown id)."""
+class StoreError(SatgwError):
+    """Durable storage (the sender's spool, the ground's frame store) refused an operation.
+
+    It cannot be opened, is corrupt or locked, the id is unknown, or the state
+    change is not allowed.
+    """
 
 
 class DaemonError(SatgwError):

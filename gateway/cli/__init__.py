@@ -12,8 +12,8 @@ import sys
 
 # name -> (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sender": ("gateway.sender.daemon:main", "run the sender daemon (spool, encoder, transmit scheduler)"),
-    "receiver": ("gateway.ground.daemon:main", "run the ground-station daemon (frame store, reassembly, decode)"),
+    "sender": ("gateway.sender.main:main", "run the sender daemon (spool, encoder, transmit scheduler)"),
+    "receiver": ("gateway.ground.main:main", "run the ground-station daemon (frame store, reassembly, decode)"),
     "link": ("link_sim.daemon:main", "run the link simulator daemon between sender and ground station"),
     "send": ("gateway.cli.daemons:send_main", "submit an image to a running sender; prints its message id"),
     "status": ("gateway.cli.daemons:status_main", "print queue, per-message progress and link counters"),

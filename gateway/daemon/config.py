@@ -1,12 +1,13 @@
-"""Configuration of the sender and ground-station daemons (YAML), validated at start.
+"""Configuration of the sender and ground-station daemons: YAML in, typed dataclasses out, validated at start.
 
-Every key is checked against a schema before a daemon touches a socket or a
-file: unknown keys, wrong types and out-of-range values raise
-:class:`gateway.errors.ConfigError` naming the dotted key and what to do.
-Durations under ``arq`` and ``ack`` are in *link* seconds (simulated time; they
-are divided by the link's time scale at run time); ``ttl_s``, ``inbox_poll_s``
-and ``decode.timeout_s`` are wall-clock seconds. Relative paths are relative
-to the current directory.
+Every key is read through the one config reader the link simulator also
+uses (:class:`gateway.transport.config_reader.Section`) before a daemon
+touches a socket or a file: unknown keys, wrong types, out-of-range values
+and nulls where a value is needed raise :class:`gateway.errors.ConfigError`
+naming the dotted key and the file. Durations under ``arq`` and ``ack`` are
+in *link* seconds (simulated time; they are divided by the link's time scale
+at run time); ``ttl_s``, ``inbox_poll_s`` and ``decode.timeout_s`` are
+wall-clock seconds. Relative paths are relative to the current directory.
 """
 
 from __future__ import annotations
@@ -14,213 +15,311 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import Any, Callable, TypeVar
 
 from gateway.errors import ConfigError
+from gateway.transport.config_reader import Section, read_yaml, set_dotted
 
-_ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
-
-
-def _endpoint(v: Any) -> bool:
-    return isinstance(v, str) and v.startswith(_ENDPOINT_PREFIXES)
-
-
-def _opt_endpoint(v: Any) -> bool:
-    return v is None or _endpoint(v)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: An override value that sets a key to null (a plain None override means "not given").
+NULL = type("Null", (), {"__repr__": lambda self: "NULL"})()
+SYNCHRONOUS = ("FULL", "NORMAL")
 
 
-def _path(v: Any) -> bool:
-    return isinstance(v, str) and v != ""
+@dataclass(frozen=True)
+class LinkSettings:
+    """How a daemon reaches the link and learns its schedule."""
+
+    endpoint: str  #: the link's side for this daemon
+    control: str | None  #: the link's control endpoint; None: follow ``contact_plan``
+    contact_plan: str | None  #: a contact-plan file, used only when ``control`` is None
+    schedule_poll_s: float
+    control_timeout_s: float
 
 
-def _opt_path(v: Any) -> bool:
-    return v is None or _path(v)
+@dataclass(frozen=True)
+class FrameSettings:
+    """The frame format both daemons and the link agree on."""
+
+    size: int
+    auth_key_file: str | None
+    tag_len: int
 
 
-def _num(lo: float, hi: float) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+@dataclass(frozen=True)
+class SenderDefaults:
+    """Job options for inbox images and ``satgw send`` without options."""
+
+    codec: str
+    packets: int
+    priority: int
+    parity: int
 
 
-def _int(lo: int, hi: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+@dataclass(frozen=True)
+class SenderLimits:
+    """What the sender accepts."""
+
+    max_image_bytes: int
+    max_pixels: int
+    max_queue: int
 
 
-def _one_of(*choices: str) -> Callable[[Any], bool]:
-    return lambda v: v in choices
+@dataclass(frozen=True)
+class ArqSettings:
+    """Selective repeat: retransmit timeouts (link seconds), limits, expiry (wall seconds), pacing credit."""
+
+    initial_rto_s: float
+    min_rto_s: float
+    max_rto_s: float
+    reorder_frames: int
+    max_transmissions: int
+    ttl_s: float
+    burst_frames: int
 
 
-# Schema: key -> (default, validator, description of valid values) or a nested dict.
-_FRAME = {
-    "size": (450, _int(64, 9000), "an integer frame size in bytes, 64..9000 (both daemons and the link must agree)"),
-    "auth_key_file": (None, _opt_path, "a path to the pre-shared HMAC key file, or null for no frame tags"),
-    "tag_len": (8, _int(4, 32), "an HMAC tag length in bytes, 4..32"),
-}
-_CURVE = {
-    "dir": (None, _opt_path, "the folder written by 'satgw keys DIR', or null for no CURVE"),
-}
-_LINK = {
-    "endpoint": (None, _endpoint, "a ZeroMQ endpoint such as tcp://127.0.0.1:5551 (the link's side for this daemon)"),
-    "control": (None, _opt_endpoint, "the link's control endpoint (tcp://...), or null to use link.preset"),
-    "preset": (None, _opt_path, "a link preset name or YAML file, used only when link.control is null"),
-    "schedule_poll_s": (0.5, _num(0.01, 60), "a wall-clock polling period in seconds, 0.01..60"),
-    "control_timeout_s": (0.5, _num(0.01, 30), "a wall-clock request timeout in seconds, 0.01..30"),
-}
+@dataclass(frozen=True)
+class SenderConfig:
+    """The sender daemon's validated configuration."""
 
-SENDER_SCHEMA: dict[str, Any] = {
-    "spool": ("var/sender/spool.db", _path, "a path for the SQLite spool file"),
-    "inbox": (None, _opt_path, "a folder polled for new images, or null for none"),
-    "inbox_poll_s": (1.0, _num(0.05, 3600), "a wall-clock polling period in seconds"),
-    "control": ("tcp://127.0.0.1:5601", _endpoint, "a ZeroMQ endpoint to bind for 'satgw send' and 'satgw status'"),
-    "log_level": ("info", _one_of("debug", "info", "warning", "error"), "one of debug, info, warning, error"),
-    "spool_synchronous": ("FULL", _one_of("FULL", "NORMAL"), "FULL (fsync every commit) or NORMAL"),
-    "bundle": (None, _opt_path, "a CADC model bundle folder, or null for the embedded cadc-tiny"),
-    "link": _LINK,
-    "frame": _FRAME,
-    "curve": _CURVE,
-    "defaults": {
-        "codec": ("webp", lambda v: isinstance(v, str) and v != "", "a codec name: webp, avif, jxl, jpeg or cadc"),
-        "packets": (8, _int(1, 65535), "an image budget in frames, 1..65535"),
-        "priority": (0, _int(-1000, 1000), "an integer priority, -1000..1000 (higher goes first)"),
-        "parity": (0, _int(0, 255), "a number of erasure-coded parity frames, 0..255"),
-    },
-    "limits": {
-        "max_image_bytes": (50_000_000, _int(1, 2**31), "a maximum accepted image file size in bytes"),
-        "max_pixels": (64_000_000, _int(1, 2**31), "a maximum accepted image size in pixels"),
-        "max_queue": (100_000, _int(1, 10_000_000), "a maximum number of undelivered messages in the spool"),
-    },
-    "arq": {
-        "initial_rto_s": (4.0, _num(0.001, 3600), "a first retransmit timeout in link seconds"),
-        "min_rto_s": (0.2, _num(0.0001, 3600), "a lower bound of the retransmit timeout in link seconds"),
-        "max_rto_s": (120.0, _num(0.001, 36000), "an upper bound of the retransmit timeout in link seconds"),
-        "reorder_frames": (2, _int(0, 10000), "how many later frames must be acked before a hole counts as lost"),
-        "max_transmissions": (50, _int(1, 100000), "how often one frame may be sent before its message fails"),
-        "ttl_s": (86400.0, _num(1, 10 * 365 * 86400), "wall-clock seconds a message may wait before it expires"),
-        "burst_frames": (1, _int(0, 64), "how many frames of pacing credit a late loop may catch up"),
-    },
-}
-
-RECEIVER_SCHEMA: dict[str, Any] = {
-    "store": ("var/receiver/frames.db", _path, "a path for the SQLite frame store"),
-    "outbox": ("var/receiver/outbox", _path, "a folder for the decoded PNG and JSON files"),
-    "control": ("tcp://127.0.0.1:5602", _endpoint, "a ZeroMQ endpoint to bind for 'satgw status'"),
-    "log_level": ("info", _one_of("debug", "info", "warning", "error"), "one of debug, info, warning, error"),
-    "store_synchronous": ("FULL", _one_of("FULL", "NORMAL"), "FULL (fsync every commit) or NORMAL"),
-    "bundle": (None, _opt_path, "a CADC model bundle folder, or null for the embedded cadc-tiny"),
-    "link": _LINK,
-    "frame": _FRAME,
-    "curve": _CURVE,
-    "ack": {
-        "interval_s": (1.0, _num(0.001, 3600), "a periodic ACK interval in link seconds"),
-        "active_s": (60.0, _num(0.01, 86400), "link seconds a quiet message keeps being ACKed periodically"),
-        "meta_grace_s": (300.0, _num(0, 3600), "link seconds an assembled message waits for its META frame"),
-    },
-    "decode": {
-        "worker": ("process", _one_of("process", "thread"), "process or thread"),
-        "timeout_s": (600.0, _num(1, 86400), "wall-clock seconds one decode may take before it is failed"),
-        "max_attempts": (3, _int(1, 100), "how often a decode is retried after its worker died"),
-    },
-    "limits": {
-        "max_pending_messages": (2000, _int(1, 10_000_000), "how many incomplete messages the store keeps"),
-        "max_frames_per_message": (4096, _int(1, 65535), "the largest n (frames per message) accepted"),
-        "max_batch_frames": (256, _int(1, 100000), "how many frames are stored per commit"),
-    },
-}
+    spool: str
+    inbox: str | None
+    inbox_poll_s: float
+    control: str
+    log_level: str
+    spool_synchronous: str
+    bundle: str | None
+    link: LinkSettings
+    frame: FrameSettings
+    curve_dir: str | None
+    defaults: SenderDefaults
+    limits: SenderLimits
+    arq: ArqSettings
+    source: str = "<defaults>"
 
 
-@dataclass
-class DaemonConfig:
-    """A validated configuration: ``cfg["link"]["endpoint"]`` style access, plus the file it came from."""
+@dataclass(frozen=True)
+class AckSettings:
+    """When the ground station acknowledges (link seconds)."""
 
-    data: dict[str, Any]
-    source: str
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
+    interval_s: float
+    active_s: float
+    meta_grace_s: float
 
 
-def _validate(raw: Any, schema: dict[str, Any], prefix: str, source: str) -> dict[str, Any]:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{prefix or 'top level'}' must be a mapping, found {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(schema))
-    if unknown:
-        key = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"{source}: unknown key '{key}'; valid keys here: {', '.join(sorted(schema))}")
-    out: dict[str, Any] = {}
-    for key, spec in schema.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(spec, dict):
-            out[key] = _validate(raw.get(key), spec, dotted + ".", source)
-            continue
-        default, check, what = spec
-        value = raw.get(key, copy.deepcopy(default))
-        if value is None and default is not None:
-            raise ConfigError(f"{source}: key '{dotted}' is required: set it to {what}")
-        if value is None and not check(None):
-            raise ConfigError(f"{source}: key '{dotted}' is required: set it to {what}")
-        if not check(value):
-            raise ConfigError(f"{source}: key '{dotted}' = {value!r} is invalid: use {what}")
-        out[key] = value
-    return out
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Where and how long decoding may run."""
+
+    worker: str
+    timeout_s: float
+    max_attempts: int
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
-    node[parts[-1]] = value
+@dataclass(frozen=True)
+class ReceiverLimits:
+    """What the ground station keeps."""
+
+    max_pending_messages: int
+    max_frames_per_message: int
+    max_batch_frames: int
 
 
-def load_config(
-    path: str | Path | None, schema: dict[str, Any], overrides: dict[str, Any] | None = None
-) -> DaemonConfig:
-    """Read ``path`` (YAML; None for defaults only), apply dotted ``overrides``, validate everything.
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """The ground-station daemon's validated configuration."""
 
-    Overrides whose value is None are ignored (an unset CLI option).
+    store: str
+    outbox: str
+    control: str
+    log_level: str
+    store_synchronous: str
+    bundle: str | None
+    link: LinkSettings
+    frame: FrameSettings
+    curve_dir: str | None
+    ack: AckSettings
+    decode: DecodeSettings
+    limits: ReceiverLimits
+    source: str = "<defaults>"
+
+
+def _link(s: Section) -> LinkSettings:
+    endpoint = s.endpoint("endpoint", None)
+    if endpoint is None:
+        s.fail(s.key_path("endpoint"), "is required: the link's side for this daemon, e.g. tcp://127.0.0.1:5551")
+    link = LinkSettings(
+        endpoint=endpoint or "",
+        control=s.endpoint("control", None),
+        contact_plan=s.path_value("contact_plan", None, "a contact-plan file"),
+        schedule_poll_s=_num(s, "schedule_poll_s", 0.5, 0.01, 60),
+        control_timeout_s=_num(s, "control_timeout_s", 0.5, 0.01, 30),
+    )
+    if link.control is None and link.contact_plan is None:
+        s.fail(
+            s.key_path("control"),
+            "is null and link.contact_plan is not set: give the link's control endpoint (preferred) or a "
+            "contact plan so the daemon knows the link's rates and outages",
+        )
+    s.done()
+    return link
+
+
+def _frame(s: Section) -> FrameSettings:
+    frame = FrameSettings(
+        size=_int(s, "size", 450, 64, 9000),
+        auth_key_file=s.path_value("auth_key_file", None, "a pre-shared HMAC key file"),
+        tag_len=_int(s, "tag_len", 8, 4, 32),
+    )
+    s.done()
+    return frame
+
+
+def _curve_dir(s: Section) -> str | None:
+    d = s.path_value("dir", None, "the folder written by 'satgw keys DIR'")
+    s.done()
+    return d
+
+
+def _num(s: Section, key: str, default: float, lo: float, hi: float) -> float:
+    v = s.number(key, default, lo=lo, hi=hi)
+    assert v is not None
+    return v
+
+
+def _int(s: Section, key: str, default: int, lo: int, hi: int) -> int:
+    v = s.integer(key, default, lo=lo, hi=hi)
+    assert v is not None
+    return v
+
+
+def _path(s: Section, key: str, default: str) -> str:
+    v = s.path_value(key, default)
+    assert v is not None
+    return v
+
+
+def _sender(top: Section) -> SenderConfig:
+    d = top.section("defaults")
+    defaults = SenderDefaults(
+        codec=_path(d, "codec", "webp"),
+        packets=_int(d, "packets", 8, 1, 65535),
+        priority=_int(d, "priority", 0, -1000, 1000),
+        parity=_int(d, "parity", 0, 0, 255),
+    )
+    d.done()
+    lim = top.section("limits")
+    limits = SenderLimits(
+        max_image_bytes=_int(lim, "max_image_bytes", 50_000_000, 1, 2**31),
+        max_pixels=_int(lim, "max_pixels", 64_000_000, 1, 2**31),
+        max_queue=_int(lim, "max_queue", 100_000, 1, 10_000_000),
+    )
+    lim.done()
+    a = top.section("arq")
+    arq = ArqSettings(
+        initial_rto_s=_num(a, "initial_rto_s", 4.0, 0.001, 3600),
+        min_rto_s=_num(a, "min_rto_s", 0.2, 0.0001, 3600),
+        max_rto_s=_num(a, "max_rto_s", 120.0, 0.001, 36000),
+        reorder_frames=_int(a, "reorder_frames", 2, 0, 10000),
+        max_transmissions=_int(a, "max_transmissions", 50, 1, 100000),
+        ttl_s=_num(a, "ttl_s", 86400.0, 1, 10 * 365 * 86400),
+        burst_frames=_int(a, "burst_frames", 1, 0, 64),
+    )
+    if not arq.min_rto_s <= arq.initial_rto_s <= arq.max_rto_s:
+        a.fail(a.key_path("initial_rto_s"), "must lie between arq.min_rto_s and arq.max_rto_s")
+    a.done()
+    cfg = SenderConfig(
+        spool=_path(top, "spool", "var/sender/spool.db"),
+        inbox=top.path_value("inbox", None, "a folder polled for new images"),
+        inbox_poll_s=_num(top, "inbox_poll_s", 1.0, 0.05, 3600),
+        control=top.endpoint("control", "tcp://127.0.0.1:5601") or "",
+        log_level=top.choice("log_level", "info", LOG_LEVELS),
+        spool_synchronous=top.choice("spool_synchronous", "FULL", SYNCHRONOUS),
+        bundle=top.path_value("bundle", None, "a CADC model bundle folder"),
+        link=_link(top.section("link")),
+        frame=_frame(top.section("frame")),
+        curve_dir=_curve_dir(top.section("curve")),
+        defaults=defaults,
+        limits=limits,
+        arq=arq,
+        source=top.source,
+    )
+    top.done()
+    return cfg
+
+
+def _receiver(top: Section) -> ReceiverConfig:
+    a = top.section("ack")
+    ack = AckSettings(
+        interval_s=_num(a, "interval_s", 1.0, 0.001, 3600),
+        active_s=_num(a, "active_s", 60.0, 0.01, 86400),
+        meta_grace_s=_num(a, "meta_grace_s", 300.0, 0, 3600),
+    )
+    a.done()
+    d = top.section("decode")
+    decode = DecodeSettings(
+        worker=d.choice("worker", "process", ("process", "thread")),
+        timeout_s=_num(d, "timeout_s", 600.0, 1, 86400),
+        max_attempts=_int(d, "max_attempts", 3, 1, 100),
+    )
+    d.done()
+    lim = top.section("limits")
+    limits = ReceiverLimits(
+        max_pending_messages=_int(lim, "max_pending_messages", 2000, 1, 10_000_000),
+        max_frames_per_message=_int(lim, "max_frames_per_message", 4096, 1, 65535),
+        max_batch_frames=_int(lim, "max_batch_frames", 256, 1, 100000),
+    )
+    lim.done()
+    cfg = ReceiverConfig(
+        store=_path(top, "store", "var/receiver/frames.db"),
+        outbox=_path(top, "outbox", "var/receiver/outbox"),
+        control=top.endpoint("control", "tcp://127.0.0.1:5602") or "",
+        log_level=top.choice("log_level", "info", LOG_LEVELS),
+        store_synchronous=top.choice("store_synchronous", "FULL", SYNCHRONOUS),
+        bundle=top.path_value("bundle", None, "a CADC model bundle folder"),
+        link=_link(top.section("link")),
+        frame=_frame(top.section("frame")),
+        curve_dir=_curve_dir(top.section("curve")),
+        ack=ack,
+        decode=decode,
+        limits=limits,
+        source=top.source,
+    )
+    top.done()
+    return cfg
+
+
+T = TypeVar("T")
+
+
+def _load(path: str | Path | None, overrides: dict[str, Any] | None, build: Callable[[Section], T]) -> T:
+    """Read ``path`` (YAML; None for defaults only), lay dotted ``overrides`` over it, validate it all.
+
+    Overrides whose value is None are ignored (an unset command-line option); :data:`NULL` sets null.
     """
     source = str(path) if path else "<defaults>"
-    raw: dict[str, Any] = {}
+    raw: Any = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found: pass --config with an existing YAML file")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e}); fix the syntax") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys, found {type(loaded).__name__}")
-        raw = loaded or {}
-    raw = copy.deepcopy(raw)
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} not found: pass --config with an existing YAML file")
+        raw = read_yaml(path, "daemon config")
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, found {type(raw).__name__}")
+    raw = copy.deepcopy(raw or {})
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(raw, dotted, value)
-    data = _validate(raw, schema, "", source)
-    arq = data.get("arq")
-    if arq and not arq["min_rto_s"] <= arq["initial_rto_s"] <= arq["max_rto_s"]:
-        raise ConfigError(f"{source}: key 'arq.initial_rto_s' must lie between arq.min_rto_s and arq.max_rto_s")
-    if data["link"]["control"] is None and data["link"]["preset"] is None:
-        raise ConfigError(
-            f"{source}: key 'link.control' is null and 'link.preset' is not set: give the link's control endpoint "
-            "(preferred) or a link preset file so the daemon knows the link's rate and outages"
-        )
-    return DaemonConfig(data, source)
+            set_dotted(raw, dotted, None if value is NULL else value)
+    return build(Section(raw, "", source, null_is_default=False))
 
 
-def load_sender_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+def load_sender_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SenderConfig:
     """The sender daemon's validated configuration."""
-    return load_config(path, SENDER_SCHEMA, overrides)
+    return _load(path, overrides, _sender)
 
 
-def load_receiver_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+def load_receiver_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ReceiverConfig:
     """The ground-station daemon's validated configuration."""
-    return load_config(path, RECEIVER_SCHEMA, overrides)
+    return _load(path, overrides, _receiver)
 
 
 def read_auth_key(path: str | None) -> bytes | None:
@@ -231,7 +330,7 @@ def read_auth_key(path: str | None) -> bytes | None:
     try:
         key = p.read_bytes().strip()
     except OSError as e:
-        raise ConfigError(f"key 'frame.auth_key_file': cannot read {p} ({e.strerror}); create it or fix the path") from e
+        raise ConfigError(f"frame.auth_key_file: cannot read {p} ({e.strerror}); create it or fix the path") from e
     if len(key) < 16:
-        raise ConfigError(f"key 'frame.auth_key_file': {p} holds {len(key)} bytes; use at least 16 random bytes")
+        raise ConfigError(f"frame.auth_key_file: {p} holds {len(key)} bytes; use at least 16 random bytes")
     return key

@@ -6,6 +6,7 @@ import argparse
 import signal
 from typing import Any, Callable
 
+from gateway.daemon.config import NULL
 from gateway.errors import ConfigError, SatgwError
 from gateway.transport.eventlog import EventLog
 from packetizer.errors import PacketizerError
@@ -15,6 +16,7 @@ def add_link_options(p: argparse.ArgumentParser, side: str) -> None:
     """The options both daemons take, after their own (``side``: the link side they attach to)."""
     p.add_argument("--link-endpoint", help=f"the link's {side} endpoint")
     p.add_argument("--link-control", help="the link's control endpoint")
+    p.add_argument("--contact-plan", help="contact-plan file to follow instead of asking the link's control socket")
     p.add_argument("--auth-key", help="HMAC pre-shared key file")
     p.add_argument("--curve-dir", help="folder of CURVE keys from 'satgw keys'")
     p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
@@ -24,7 +26,10 @@ def add_link_options(p: argparse.ArgumentParser, side: str) -> None:
 def link_overrides(a: argparse.Namespace) -> dict[str, Any]:
     """Config overrides (dotted keys) from the options of :func:`add_link_options`."""
     return {
-        "control": a.control, "link.endpoint": a.link_endpoint, "link.control": a.link_control,
+        "control": a.control, "link.endpoint": a.link_endpoint,
+        # A contact plan given on the command line is followed: the config's link.control is cleared.
+        "link.control": NULL if a.contact_plan and not a.link_control else a.link_control,
+        "link.contact_plan": a.contact_plan,
         "frame.auth_key_file": a.auth_key, "curve.dir": a.curve_dir, "log_level": a.log_level, "bundle": a.bundle,
     }
 
@@ -43,7 +48,7 @@ def run_daemon(
     log = EventLog(name)
     try:
         cfg = load(config_path, overrides)
-        log = EventLog(name, cfg["log_level"])
+        log = EventLog(name, cfg.log_level)
         daemon = factory(cfg, log)
     except ConfigError as e:
         log.error("config_error", error=str(e))

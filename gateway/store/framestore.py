@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packetizer.frame import Frame, FrameType
-
+from gateway.errors import StoreError
 from gateway.store.sqlite import open_durable_db
-from gateway.errors import SpoolError
+from packetizer.frame import Frame, FrameType
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -71,6 +70,32 @@ class BatchResult:
     complete_seen: set[int] = field(default_factory=set)  #: frames for messages already assembled/done
     ready: set[int] = field(default_factory=set)  #: receiving messages that now hold >= k frames
     counts: Counter = field(default_factory=Counter)  #: stored, duplicate, inconsistent, refused, evicted, meta
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message as the frame store knows it: the record the decode worker and the JSON writer read.
+
+    Times are wall-clock seconds; ``received`` counts distinct frames stored,
+    ``repeated`` the duplicates that arrived; ``meta`` is the raw META payload
+    (untrusted: read it with :meth:`gateway.protocol.meta.MessageMeta.unpack`).
+    """
+
+    id: int
+    state: str
+    k: int
+    n: int
+    first_at: float
+    last_at: float
+    assembled_at: float | None
+    done_at: float | None
+    received: int
+    repeated: int
+    max_index: int
+    meta: bytes | None
+    reason: str | None
+    result: dict[str, Any] | None
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -221,20 +246,21 @@ class FrameStore:
         ).fetchall()
         return [Frame(FrameType(t), message_id, int(i), k, n, bytes(p), int(ll)) for i, t, ll, p in rows]
 
-    def info(self, message_id: int) -> dict[str, Any]:
-        """All scalar columns of ``message_id`` (plus ``meta`` bytes) as a dict."""
-        cur = self.db.execute(
+    def message(self, message_id: int) -> StoredMessage:
+        """The record of ``message_id`` (everything but its frames and bitstream)."""
+        r = self.db.execute(
             "SELECT id, state, k, n, first_at, last_at, assembled_at, done_at, received, repeated, max_index, "
             "meta, reason, result, attempts FROM messages WHERE id=?",
             (message_id,),
-        )
-        r = cur.fetchone()
+        ).fetchone()
         if r is None:
-            raise SpoolError(f"message {message_id} is not in the frame store")
-        d = dict(zip([c[0] for c in cur.description], r))
-        d["meta"] = bytes(d["meta"]) if d["meta"] is not None else None
-        d["result"] = json.loads(d["result"]) if d["result"] else None
-        return d
+            raise StoreError(f"message {message_id} is not in the frame store")
+        return StoredMessage(
+            id=int(r[0]), state=r[1], k=int(r[2]), n=int(r[3]), first_at=float(r[4]), last_at=float(r[5]),
+            assembled_at=r[6], done_at=r[7], received=int(r[8]), repeated=int(r[9]), max_index=int(r[10]),
+            meta=None if r[11] is None else bytes(r[11]), reason=r[12],
+            result=json.loads(r[13]) if r[13] else None, attempts=int(r[14]),
+        )
 
     def has_meta(self, message_id: int) -> bool:
         """Whether the META frame of ``message_id`` has arrived."""

@@ -11,6 +11,11 @@ States of a message (each change is one committed transaction)::
 * ``in_flight``: at least one frame went out.
 * ``delivered``: the ground station acknowledged the message as complete.
 
+Frames are kept as the packetizer made them and come back as the same
+:class:`~packetizer.frame.Frame` objects (the META frame included), so one
+frame shape goes from segmentation through the spool to the wire; they are
+packed at send time, so the HMAC key may change in between.
+
 Durability: WAL journal. ``synchronous=FULL`` (the default) fsyncs the WAL on
 every commit, so an accepted job survives a power cut as well as kill -9;
 ``NORMAL`` survives kill -9 of the daemon but may lose the last commits on a
@@ -30,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from gateway.errors import StoreError
 from gateway.store.sqlite import open_durable_db
-from gateway.errors import SpoolError
+from packetizer.frame import Frame, FrameType
 
 STATES = ("accepted", "encoded", "in_flight", "delivered", "failed", "expired")
 ACTIVE_STATES = ("accepted", "encoded", "in_flight")
@@ -84,17 +90,6 @@ CREATE TABLE IF NOT EXISTS counters (
     retransmitted INTEGER NOT NULL DEFAULT 0
 );
 """
-
-
-@dataclass(frozen=True)
-class StoredFrame:
-    """One frame of a message as kept in the spool (packed at send time, so the HMAC key may change)."""
-
-    index: int
-    type: int
-    last_len: int
-    payload: bytes
-    acked: bool
 
 
 @dataclass(frozen=True)
@@ -174,8 +169,8 @@ class Spool:
             except sqlite3.IntegrityError:
                 continue  # id collision: draw again
             except sqlite3.Error as e:
-                raise SpoolError(f"spool {self.path}: cannot store the job ({e})") from e
-        raise SpoolError("could not draw an unused message id in 64 tries; the spool is nearly full of u32 ids")
+                raise StoreError(f"spool {self.path}: cannot store the job ({e})") from e
+        raise StoreError("could not draw an unused message id in 64 tries; the spool is nearly full of u32 ids")
 
     def find_by_source(self, source_name: str, sha256: str) -> int | None:
         """Id of a job already accepted from the same file name and content, if any."""
@@ -187,10 +182,10 @@ class Spool:
     # --- reads ------------------------------------------------------------------------------
 
     def get(self, message_id: int) -> MessageRow:
-        """The spool entry of ``message_id`` (SpoolError if unknown)."""
+        """The spool entry of ``message_id`` (StoreError if unknown)."""
         r = self.db.execute(f"SELECT {_ROW_COLS} FROM messages WHERE id=?", (message_id,)).fetchone()
         if r is None:
-            raise SpoolError(f"message {message_id} is not in the spool")
+            raise StoreError(f"message {message_id} is not in the spool")
         return _row(r)
 
     def list(self, states: Iterable[str] | None = None, limit: int = 1000) -> list[MessageRow]:
@@ -203,6 +198,23 @@ class Spool:
             rows = self.db.execute(
                 f"SELECT {_ROW_COLS} FROM messages WHERE state IN ({q}) ORDER BY accepted_at LIMIT ?", (*st, limit)
             )
+        return [_row(r) for r in rows.fetchall()]
+
+    def recent(self, limit: int = 200) -> list[MessageRow]:
+        """The ``limit`` most recently accepted entries, oldest first (for status displays)."""
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLS} FROM (SELECT * FROM messages ORDER BY accepted_at DESC LIMIT ?) ORDER BY accepted_at",
+            (limit,),
+        )
+        return [_row(r) for r in rows.fetchall()]
+
+    def accepted_before(self, cutoff: float, limit: int = 1000) -> list[MessageRow]:
+        """Undelivered entries accepted before ``cutoff`` (wall time), oldest first: the ones to expire."""
+        q = ",".join("?" * len(ACTIVE_STATES))
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLS} FROM messages WHERE state IN ({q}) AND accepted_at < ? ORDER BY accepted_at LIMIT ?",
+            (*ACTIVE_STATES, cutoff, limit),
+        )
         return [_row(r) for r in rows.fetchall()]
 
     def counts(self) -> dict[str, int]:
@@ -221,42 +233,57 @@ class Spool:
         """The accepted image bytes of ``message_id``."""
         r = self.db.execute("SELECT image FROM messages WHERE id=?", (message_id,)).fetchone()
         if r is None or r[0] is None:
-            raise SpoolError(f"message {message_id} has no image in the spool")
+            raise StoreError(f"message {message_id} has no image in the spool")
         return bytes(r[0])
 
     def bitstream(self, message_id: int) -> bytes:
         """The encoded bitstream of ``message_id``."""
         r = self.db.execute("SELECT bitstream FROM messages WHERE id=?", (message_id,)).fetchone()
         if r is None or r[0] is None:
-            raise SpoolError(f"message {message_id} has not been encoded")
+            raise StoreError(f"message {message_id} has not been encoded")
         return bytes(r[0])
 
-    def meta(self, message_id: int) -> bytes | None:
-        """The META frame payload of ``message_id`` (None before encoding)."""
-        r = self.db.execute("SELECT meta FROM messages WHERE id=?", (message_id,)).fetchone()
-        return None if r is None or r[0] is None else bytes(r[0])
+    def meta_frame(self, message_id: int) -> Frame | None:
+        """The META frame of ``message_id`` (None before encoding)."""
+        r = self.db.execute("SELECT meta, k, n FROM messages WHERE id=?", (message_id,)).fetchone()
+        if r is None or r[0] is None:
+            return None
+        return Frame(FrameType.META, message_id, 0, int(r[1]), int(r[2]), bytes(r[0]))
 
-    def frames(self, message_id: int) -> list[StoredFrame]:
-        """The frames of ``message_id`` in index order."""
+    def frames(self, message_id: int) -> list[Frame]:
+        """The DATA and PARITY frames of ``message_id`` in index order, as the packetizer made them."""
+        kn = self.db.execute("SELECT k, n FROM messages WHERE id=?", (message_id,)).fetchone()
+        if kn is None or kn[0] is None:
+            return []
+        k, n = int(kn[0]), int(kn[1])
         rows = self.db.execute(
-            "SELECT idx, type, last_len, payload, acked FROM frames WHERE message_id=? ORDER BY idx", (message_id,)
+            "SELECT idx, type, last_len, payload FROM frames WHERE message_id=? ORDER BY idx", (message_id,)
         ).fetchall()
-        return [StoredFrame(int(i), int(t), int(ll), bytes(p), bool(a)) for i, t, ll, p, a in rows]
+        return [Frame(FrameType(t), message_id, int(i), k, n, bytes(p), int(ll)) for i, t, ll, p in rows]
 
-    def sent_counters(self, message_id: int) -> tuple[int, int]:
-        """(frames sent, frames retransmitted) as last flushed for ``message_id``."""
-        r = self.db.execute("SELECT sent, retransmitted FROM counters WHERE message_id=?", (message_id,)).fetchone()
-        return (0, 0) if r is None else (int(r[0]), int(r[1]))
+    def acked(self, message_id: int) -> frozenset[int]:
+        """Indices of the frames of ``message_id`` the ground station has acknowledged."""
+        rows = self.db.execute("SELECT idx FROM frames WHERE message_id=? AND acked=1", (message_id,))
+        return frozenset(int(r[0]) for r in rows)
+
+    def sent_counters(self, message_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """(frames sent, frames retransmitted) as last flushed, for each of ``message_ids`` that has any."""
+        ids = tuple(message_ids)
+        if not ids:
+            return {}
+        q = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT message_id, sent, retransmitted FROM counters WHERE message_id IN ({q})", ids)
+        return {int(m): (int(s), int(r)) for m, s, r in rows}
 
     # --- state changes ----------------------------------------------------------------------
 
     def _transition(self, message_id: int, new: str, sets: str = "", args: tuple = ()) -> None:
         r = self.db.execute("SELECT state FROM messages WHERE id=?", (message_id,)).fetchone()
         if r is None:
-            raise SpoolError(f"message {message_id} is not in the spool")
+            raise StoreError(f"message {message_id} is not in the spool")
         old = r[0]
         if new not in _TRANSITIONS[old]:
-            raise SpoolError(f"message {message_id}: cannot go from {old} to {new}")
+            raise StoreError(f"message {message_id}: cannot go from {old} to {new}")
         self.db.execute(f"UPDATE messages SET state=?{sets} WHERE id=?", (new, *args, message_id))
 
     def mark_encoded(
@@ -264,17 +291,18 @@ class Spool:
         message_id: int,
         bitstream: bytes,
         knobs: dict[str, Any],
-        frames: list[tuple[int, int, int, bytes]],
-        meta: bytes,
-        k: int,
-        n: int,
+        frames: list[Frame],
+        meta: Frame,
         now: float | None = None,
     ) -> None:
-        """Store the bitstream and its frames ``(index, type, last_len, payload)``; accepted -> encoded.
+        """Store the bitstream, its DATA/PARITY ``frames`` and its ``meta`` frame; accepted -> encoded.
 
         The image bytes are kept until delivery so a failed message can be inspected.
         """
         now = time.time() if now is None else now
+        if not frames or any((f.message_id, f.k, f.n) != (message_id, frames[0].k, frames[0].n) for f in frames):
+            raise StoreError(f"message {message_id}: frames to spool must be one message's, with one k and n")
+        k, n = frames[0].k, frames[0].n
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -282,15 +310,15 @@ class Spool:
                     message_id,
                     "encoded",
                     ", bitstream=?, knobs=?, k=?, n=?, meta=?, encoded_at=?",
-                    (bitstream, json.dumps(knobs), k, n, meta, now),
+                    (bitstream, json.dumps(knobs), k, n, meta.payload, now),
                 )
                 self.db.execute("DELETE FROM frames WHERE message_id=?", (message_id,))
                 self.db.executemany(
                     "INSERT INTO frames (message_id, idx, type, last_len, payload) VALUES (?, ?, ?, ?, ?)",
-                    [(message_id, i, t, ll, p) for i, t, ll, p in frames],
+                    [(message_id, f.index, int(f.type), f.last_len, f.payload) for f in frames],
                 )
         except sqlite3.Error as e:
-            raise SpoolError(f"spool {self.path}: cannot store frames of {message_id} ({e})") from e
+            raise StoreError(f"spool {self.path}: cannot store frames of {message_id} ({e})") from e
 
     def mark_in_flight(self, message_id: int, now: float | None = None) -> None:
         """encoded -> in_flight (first frame sent)."""

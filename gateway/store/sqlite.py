@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from gateway.errors import SpoolError
+from gateway.errors import StoreError
 
 
 def open_durable_db(path: Path, synchronous: str, schema: str, what: str) -> sqlite3.Connection:
@@ -16,7 +16,7 @@ def open_durable_db(path: Path, synchronous: str, schema: str, what: str) -> sql
     NORMAL (survives a killed process).  ``what`` names the database in errors.
     """
     if synchronous not in ("FULL", "NORMAL"):
-        raise SpoolError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        raise StoreError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
@@ -25,5 +25,5 @@ def open_durable_db(path: Path, synchronous: str, schema: str, what: str) -> sql
         db.execute("PRAGMA busy_timeout=30000")
         db.executescript(schema)
     except (sqlite3.Error, OSError) as e:
-        raise SpoolError(f"cannot open {what} {path}: {e}; check the path and that the file is not corrupt") from e
+        raise StoreError(f"cannot open {what} {path}: {e}; check the path and that the file is not corrupt") from e
     return db
