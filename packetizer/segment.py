@@ -89,7 +89,7 @@ def split_message(message_id: int, data: bytes, codec: FrameCodec, parity: int =
     """Cut ``data`` into k DATA frames plus ``parity`` zfec PARITY frames.
 
     Frames come out in index order (data first). Any k of the returned
-    frames rebuild the message with :func:`assemble` or a ``Reassembler``.
+    frames rebuild the message with :func:`assemble`.
     """
     if not isinstance(message_id, int) or not 0 <= message_id <= MAX_U32:
         raise HeaderError(f"message_id {message_id!r} must be an integer in 0..{MAX_U32}")
@@ -118,7 +118,7 @@ def split_message(message_id: int, data: bytes, codec: FrameCodec, parity: int =
 class MessageFrames:
     """The distinct frames collected so far for one message, checked for consistency.
 
-    Shared by :func:`assemble` (stateless) and the ``Reassembler``. ``add``
+    Used by :func:`assemble`. ``add``
     raises :class:`ReassemblyError` and leaves the state unchanged when a
     frame contradicts the ones already held.
     """

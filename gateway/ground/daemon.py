@@ -8,7 +8,7 @@ for every batch of frames: verify (CRC, HMAC) -> commit to the frame store ->
 only then acknowledge. ACK frames are paced at the return link's rate;
 between two ACK frames the set of messages to acknowledge grows, so ACKs
 batch by themselves under load and go out at once when idle. Reassembly is
-:func:`packetizer.segment.assemble` over the stored frames; decoding runs in a
+:meth:`~gateway.store.framestore.FrameStore.assemble` over the stored frames; decoding runs in a
 :class:`~gateway.ground.decode_worker.DecodeWorker`.
 """
 
@@ -27,7 +27,6 @@ from gateway.store.framestore import FrameStore
 from gateway.transport.eventlog import EventLog
 from packetizer.ack import AckEntry, pack_acks
 from packetizer.errors import PacketizerError
-from packetizer.segment import assemble
 
 MAX_ACK_QUEUE = 64  # ACK frames waiting for the return link; older ones are superseded by newer state
 STATUS_MESSAGES = 100  # messages listed by ``status``
@@ -142,13 +141,12 @@ class ReceiverDaemon(LinkAttachedDaemon):
                 return
         self.waiting_meta.pop(mid, None)
         try:
-            data = assemble(self.store.frames_of(mid))
+            data = self.store.assemble(mid, time.time())
         except PacketizerError as e:
             self._fail(mid, f"frames do not assemble: {e}")
             return
         if data is None:
             return
-        self.store.mark_assembled(mid, data, time.time())
         self.counters["assembled"] += 1
         self.to_ack.add(mid)  # complete: committed before this ACK can go out
         self.log.info("assembled", id=mid, bytes=len(data))

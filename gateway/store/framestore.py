@@ -1,4 +1,4 @@
-"""The ground station's durable frame store (SQLite, WAL).
+"""The ground station's durable frame store (SQLite, WAL), and reassembly from it.
 
 Frames are committed here *before* they are acknowledged, so an ACK never
 promises something a crash could lose. A message moves through::
@@ -7,8 +7,10 @@ promises something a crash could lose. A message moves through::
          │            └──────▶ failed (reason: bitstream or decode error)
          └──▶ failed (reason: frames do not assemble)
 
-``assembled`` keeps the reassembled bitstream (its frames are dropped in the
-same transaction); ``done`` means ``<id>.png`` and ``<id>.json`` are in the
+:meth:`FrameStore.assemble` rebuilds a message from its stored frames with
+:func:`packetizer.segment.assemble` (erasure decoding included): this is the
+ground station's only reassembly path. ``assembled`` keeps the reassembled
+bitstream (its frames are dropped in the same transaction); ``done`` means ``<id>.png`` and ``<id>.json`` are in the
 outbox. Rows of finished messages stay (without blobs) so duplicates and
 retransmissions are recognized forever and never produce a second output.
 
@@ -30,6 +32,7 @@ from typing import Any
 from gateway.errors import StoreError
 from gateway.store.sqlite import open_durable_db
 from packetizer.frame import Frame, FrameType
+from packetizer.segment import assemble
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -271,6 +274,21 @@ class FrameStore:
         """The reassembled bitstream of an assembled message."""
         r = self.db.execute("SELECT bitstream FROM messages WHERE id=?", (message_id,)).fetchone()
         return None if r is None or r[0] is None else bytes(r[0])
+
+    def assemble(self, message_id: int, now: float | None = None) -> bytes | None:
+        """Rebuild a receiving message from its stored frames and commit it as assembled.
+
+        Returns the bitstream, or None while fewer than k distinct frames are
+        stored (or the message is not receiving). Erasure decoding fills in
+        missing data frames. Raises :class:`packetizer.errors.PacketizerError`
+        when the stored frames do not make one consistent message.
+        """
+        if self.state(message_id) != "receiving":
+            return None
+        data = assemble(self.frames_of(message_id))
+        if data is not None:
+            self.mark_assembled(message_id, data, now)
+        return data
 
     def mark_assembled(self, message_id: int, bitstream: bytes, now: float | None = None) -> None:
         """receiving -> assembled: keep the bitstream, drop the frames (one commit)."""
