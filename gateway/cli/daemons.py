@@ -12,7 +12,15 @@ import zmq
 
 from gateway.errors import DaemonError
 from gateway.transport.curve import generate_keypair
-from gateway.transport.lazy_pirate import LazyPirate
+from gateway.transport.lazy_pirate import ask
+
+
+def _ask(ctx: zmq.Context, endpoint: str, req: dict[str, Any], timeout: float, retries: int = 1) -> dict[str, Any] | str:
+    """The daemon's reply, or why there is none (text)."""
+    try:
+        return ask(endpoint, req, timeout_s=timeout, retries=retries, ctx=ctx)
+    except DaemonError as e:
+        return str(e)
 
 
 # --- satgw send ---------------------------------------------------------------------------------
@@ -41,15 +49,13 @@ def send_main(argv: list[str]) -> int:
         if getattr(a, key) is not None:
             req[key] = getattr(a, key)
     ctx = zmq.Context()
-    client = LazyPirate(ctx, a.sender, timeout_s=a.timeout, retries=a.retries)
     try:
-        reply = client.request(req)
-    except DaemonError as e:
-        print(f"satgw send: {e}", file=sys.stderr)
-        return 1
+        reply = _ask(ctx, a.sender, req, a.timeout, a.retries)
     finally:
-        client.close()
         ctx.destroy(linger=0)
+    if isinstance(reply, str):
+        print(f"satgw send: {reply}", file=sys.stderr)
+        return 1
     if not reply.get("ok"):
         print(f"satgw send: refused: {reply.get('error')}", file=sys.stderr)
         return 1
@@ -60,14 +66,15 @@ def send_main(argv: list[str]) -> int:
 # --- satgw status -------------------------------------------------------------------------------
 
 
-def _ask(ctx: zmq.Context, endpoint: str, req: dict[str, Any], timeout: float) -> dict[str, Any] | str:
-    client = LazyPirate(ctx, endpoint, timeout_s=timeout, retries=1)
-    try:
-        return client.request(req)
-    except DaemonError as e:
-        return str(e)
-    finally:
-        client.close()
+def _counts_table(title: str, counts: dict[str, int]) -> Any:
+    """One row: how many messages are in each state."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for state in counts:
+        t.add_column(state, justify="right")
+    t.add_row(*(str(v) for v in counts.values()))
+    return t
 
 
 def status_main(argv: list[str]) -> int:
@@ -100,11 +107,7 @@ def status_main(argv: list[str]) -> int:
         con.print(f"[red]sender[/red] {a.sender}: {snd}")
         ok = False
     else:
-        t = Table(title=f"sender queue ({a.sender})")
-        for state in snd.get("counts", {}):
-            t.add_column(state, justify="right")
-        t.add_row(*(str(v) for v in snd.get("counts", {}).values()))
-        con.print(t)
+        con.print(_counts_table(f"sender queue ({a.sender})", snd.get("counts", {})))
         c = snd.get("counters", {})
         con.print(
             "  frames sent {fs}, retransmissions {rt}, ACK frames {ak}, bad frames {bad}, link up: {up}, "
@@ -138,11 +141,7 @@ def status_main(argv: list[str]) -> int:
         con.print(f"[red]ground station[/red] {a.receiver}: {rcv}")
         ok = False
     else:
-        t = Table(title=f"ground station ({a.receiver})")
-        for state in rcv.get("counts", {}):
-            t.add_column(state, justify="right")
-        t.add_row(*(str(v) for v in rcv.get("counts", {}).values()))
-        con.print(t)
+        con.print(_counts_table(f"ground station ({a.receiver})", rcv.get("counts", {})))
         ct = Table(title="ground frame counters")
         ct.add_column("counter")
         ct.add_column("value", justify="right")

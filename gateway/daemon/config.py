@@ -78,24 +78,30 @@ class ArqSettings:
     burst_frames: int
 
 
-@dataclass(frozen=True)
-class SenderConfig:
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """What both daemons' configs have: their control socket, the link, frames, CURVE, logging, the bundle."""
+
+    control: str
+    log_level: str
+    bundle: str | None
+    link: LinkSettings
+    frame: FrameSettings
+    curve_dir: str | None
+    source: str = "<defaults>"  #: the file it was read from
+
+
+@dataclass(frozen=True, kw_only=True)
+class SenderConfig(DaemonConfig):
     """The sender daemon's validated configuration."""
 
     spool: str
     inbox: str | None
     inbox_poll_s: float
-    control: str
-    log_level: str
     spool_synchronous: str
-    bundle: str | None
-    link: LinkSettings
-    frame: FrameSettings
-    curve_dir: str | None
     defaults: SenderDefaults
     limits: SenderLimits
     arq: ArqSettings
-    source: str = "<defaults>"
 
 
 @dataclass(frozen=True)
@@ -125,23 +131,16 @@ class ReceiverLimits:
     max_batch_frames: int
 
 
-@dataclass(frozen=True)
-class ReceiverConfig:
+@dataclass(frozen=True, kw_only=True)
+class ReceiverConfig(DaemonConfig):
     """The ground-station daemon's validated configuration."""
 
     store: str
     outbox: str
-    control: str
-    log_level: str
     store_synchronous: str
-    bundle: str | None
-    link: LinkSettings
-    frame: FrameSettings
-    curve_dir: str | None
     ack: AckSettings
     decode: DecodeSettings
     limits: ReceiverLimits
-    source: str = "<defaults>"
 
 
 def _link(s: Section) -> LinkSettings:
@@ -199,6 +198,19 @@ def _path(s: Section, key: str, default: str) -> str:
     return v
 
 
+def _attachment(top: Section, control: str) -> dict[str, Any]:
+    """The :class:`DaemonConfig` fields, read from ``top``."""
+    return {
+        "control": top.endpoint("control", control) or control,
+        "log_level": top.choice("log_level", "info", LOG_LEVELS),
+        "bundle": top.path_value("bundle", None, "a CADC model bundle folder"),
+        "link": _link(top.section("link")),
+        "frame": _frame(top.section("frame")),
+        "curve_dir": _curve_dir(top.section("curve")),
+        "source": top.source,
+    }
+
+
 def _sender(top: Section) -> SenderConfig:
     d = top.section("defaults")
     defaults = SenderDefaults(
@@ -232,17 +244,11 @@ def _sender(top: Section) -> SenderConfig:
         spool=_path(top, "spool", "var/sender/spool.db"),
         inbox=top.path_value("inbox", None, "a folder polled for new images"),
         inbox_poll_s=_num(top, "inbox_poll_s", 1.0, 0.05, 3600),
-        control=top.endpoint("control", "tcp://127.0.0.1:5601") or "",
-        log_level=top.choice("log_level", "info", LOG_LEVELS),
         spool_synchronous=top.choice("spool_synchronous", "FULL", SYNCHRONOUS),
-        bundle=top.path_value("bundle", None, "a CADC model bundle folder"),
-        link=_link(top.section("link")),
-        frame=_frame(top.section("frame")),
-        curve_dir=_curve_dir(top.section("curve")),
         defaults=defaults,
         limits=limits,
         arq=arq,
-        source=top.source,
+        **_attachment(top, "tcp://127.0.0.1:5601"),
     )
     top.done()
     return cfg
@@ -273,17 +279,11 @@ def _receiver(top: Section) -> ReceiverConfig:
     cfg = ReceiverConfig(
         store=_path(top, "store", "var/receiver/frames.db"),
         outbox=_path(top, "outbox", "var/receiver/outbox"),
-        control=top.endpoint("control", "tcp://127.0.0.1:5602") or "",
-        log_level=top.choice("log_level", "info", LOG_LEVELS),
         store_synchronous=top.choice("store_synchronous", "FULL", SYNCHRONOUS),
-        bundle=top.path_value("bundle", None, "a CADC model bundle folder"),
-        link=_link(top.section("link")),
-        frame=_frame(top.section("frame")),
-        curve_dir=_curve_dir(top.section("curve")),
         ack=ack,
         decode=decode,
         limits=limits,
-        source=top.source,
+        **_attachment(top, "tcp://127.0.0.1:5602"),
     )
     top.done()
     return cfg

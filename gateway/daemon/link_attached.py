@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import zmq
 
-from gateway.daemon.config import FrameSettings, LinkSettings, read_auth_key
+from gateway.daemon.config import DaemonConfig, read_auth_key
 from gateway.errors import ConfigError
 from gateway.protocol.link_window import LinkWindow
 from gateway.transport.contact_plan import ContactPlan, load_contact_plan
@@ -44,18 +44,16 @@ class LinkAttachedDaemon:
     def __init__(
         self,
         role: str,
-        *,
-        control: str,
-        link: LinkSettings,
-        frame: FrameSettings,
-        curve_dir: str | None,
+        cfg: DaemonConfig,
         log: EventLog,
+        *,
         commands: Mapping[str, Handler],
         control_max_bytes: int,
     ) -> None:
+        link, frame, control = cfg.link, cfg.frame, cfg.control
         self.log, self.link_settings = log, link
         self.codec = FrameCodec(frame.size, read_auth_key(frame.auth_key_file), frame.tag_len)
-        self.curve = curve_client_keys(curve_dir, role)
+        self.curve = curve_client_keys(cfg.curve_dir, role)
         self._plan: ContactPlan | None = None
         if link.control is None:
             assert link.contact_plan is not None  # the config guarantees one of the two

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         stack.callback(daemons.stop)
         daemons.start()
-        time.sleep(1.0)
+        daemons.wait_ready()
         try:
             run_transfers(daemons, rows, img_map, frame_size, a.timeout, console)
         except KeyboardInterrupt:

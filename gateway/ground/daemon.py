@@ -40,10 +40,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
         lim = cfg.limits
         self.store = FrameStore(cfg.store, synchronous=cfg.store_synchronous, max_pending=lim.max_pending_messages,
                                 max_frames_per_message=lim.max_frames_per_message)
-        super().__init__(
-            "receiver", control=cfg.control, link=cfg.link, frame=cfg.frame, curve_dir=cfg.curve_dir, log=log,
-            commands={"status": self._cmd_status}, control_max_bytes=65536,
-        )
+        super().__init__("receiver", cfg, log, commands={"status": self._cmd_status}, control_max_bytes=65536)
         self.ack_pacer = Pacer(1.0, burst=2)
         self.ack_queue: deque[bytes] = deque()
         self.to_ack: set[int] = set()

@@ -126,6 +126,13 @@ class DecodeWorker:
             self._conn.close()
         self._proc = self._conn = None
 
+    def _death(self) -> str:
+        """Why the child stopped answering: its exit code once it is reaped."""
+        self._proc.join(timeout=2)
+        if self._proc.exitcode is None:
+            return "decoder process connection lost"
+        return f"decoder process died (exit code {self._proc.exitcode})"
+
     def poll(self) -> list[DecodeOutcome]:
         """Finished jobs; never blocks. In process mode this also starts the next job."""
         if self.mode == "thread":
@@ -144,11 +151,11 @@ class DecodeWorker:
                     out.append(self._conn.recv())
                     self._current = None
                 elif not self._proc.is_alive():
-                    crashed = f"decoder process died (exit code {self._proc.exitcode})"
+                    crashed = self._death()
                 elif time.monotonic() - started > self.timeout_s:
                     crashed = f"decode took longer than {self.timeout_s:g} s"
-            except (EOFError, OSError) as e:
-                crashed = f"decoder process connection lost ({e})"
+            except (EOFError, OSError):
+                crashed = self._death()  # a dead child's pipe reads as end of file
             if crashed is not None:
                 self._kill_child()
                 out.append(DecodeOutcome(job.message_id, "crashed", reason=crashed))

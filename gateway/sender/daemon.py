@@ -45,11 +45,8 @@ class SenderDaemon(LinkAttachedDaemon):
         self.cfg = cfg
         self.spool = Spool(cfg.spool, cfg.spool_synchronous)
         # The biggest legal request is one image plus a little msgpack framing.
-        super().__init__(
-            "sender", control=cfg.control, link=cfg.link, frame=cfg.frame, curve_dir=cfg.curve_dir, log=log,
-            commands={"send": self._cmd_send, "status": self._cmd_status},
-            control_max_bytes=cfg.limits.max_image_bytes + 65536,
-        )
+        super().__init__("sender", cfg, log, commands={"send": self._cmd_send, "status": self._cmd_status},
+                         control_max_bytes=cfg.limits.max_image_bytes + 65536)
         arq = cfg.arq
         self.rto = RtoEstimator(arq.initial_rto_s, arq.min_rto_s, arq.max_rto_s)
         self._rto_scale: tuple = ()  # (time scale, rates) the RTO bounds were last derived from

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
+from gateway.store import frame_rows
+from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
 from gateway.store.sqlite import open_durable_db
 from packetizer.frame import Frame, FrameType
 from packetizer.segment import assemble
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
     id           INTEGER PRIMARY KEY,
     state        TEXT NOT NULL,
@@ -54,12 +56,7 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_state ON messages(state, last_at);
-CREATE TABLE IF NOT EXISTS frames (
-    message_id INTEGER NOT NULL,
-    idx        INTEGER NOT NULL,
-    type       INTEGER NOT NULL,
-    last_len   INTEGER NOT NULL,
-    payload    BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS frames ({FRAME_COLUMNS},
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
 """
@@ -206,10 +203,7 @@ class FrameStore:
             res.counts["duplicate"] += 1
             res.complete_seen.add(mid)
             return
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO frames (message_id, idx, type, last_len, payload) VALUES (?, ?, ?, ?, ?)",
-            (mid, f.index, int(f.type), f.last_len, f.payload),
-        )
+        cur = self.db.execute(frame_rows.INSERT_NEW, frame_rows.row(f))
         if cur.rowcount == 0:
             res.counts["duplicate"] += 1
             self.db.execute("UPDATE messages SET repeated=repeated+1, last_at=? WHERE id=?", (now, mid))
@@ -244,10 +238,7 @@ class FrameStore:
         if m is None:
             return []
         _, k, n = m
-        rows = self.db.execute(
-            "SELECT idx, type, last_len, payload FROM frames WHERE message_id=? ORDER BY idx", (message_id,)
-        ).fetchall()
-        return [Frame(FrameType(t), message_id, int(i), k, n, bytes(p), int(ll)) for i, t, ll, p in rows]
+        return read_frames(self.db, message_id, k, n)
 
     def message(self, message_id: int) -> StoredMessage:
         """The record of ``message_id`` (everything but its frames and bitstream)."""

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gateway.errors import StoreError
+from gateway.store import frame_rows
+from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
 from gateway.store.sqlite import open_durable_db
 from packetizer.frame import Frame, FrameType
 
@@ -50,7 +52,7 @@ _TRANSITIONS = {
     "expired": set(),
 }
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
     id          INTEGER PRIMARY KEY,
     state       TEXT NOT NULL,
@@ -75,12 +77,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_state ON messages(state);
 CREATE INDEX IF NOT EXISTS messages_source ON messages(source_name, sha256);
-CREATE TABLE IF NOT EXISTS frames (
-    message_id  INTEGER NOT NULL,
-    idx         INTEGER NOT NULL,
-    type        INTEGER NOT NULL,
-    last_len    INTEGER NOT NULL,
-    payload     BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS frames ({FRAME_COLUMNS},
     acked       INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
@@ -255,11 +252,7 @@ class Spool:
         kn = self.db.execute("SELECT k, n FROM messages WHERE id=?", (message_id,)).fetchone()
         if kn is None or kn[0] is None:
             return []
-        k, n = int(kn[0]), int(kn[1])
-        rows = self.db.execute(
-            "SELECT idx, type, last_len, payload FROM frames WHERE message_id=? ORDER BY idx", (message_id,)
-        ).fetchall()
-        return [Frame(FrameType(t), message_id, int(i), k, n, bytes(p), int(ll)) for i, t, ll, p in rows]
+        return read_frames(self.db, message_id, int(kn[0]), int(kn[1]))
 
     def acked(self, message_id: int) -> frozenset[int]:
         """Indices of the frames of ``message_id`` the ground station has acknowledged."""
@@ -313,10 +306,7 @@ class Spool:
                     (bitstream, json.dumps(knobs), k, n, meta.payload, now),
                 )
                 self.db.execute("DELETE FROM frames WHERE message_id=?", (message_id,))
-                self.db.executemany(
-                    "INSERT INTO frames (message_id, idx, type, last_len, payload) VALUES (?, ?, ?, ?, ?)",
-                    [(message_id, f.index, int(f.type), f.last_len, f.payload) for f in frames],
-                )
+                self.db.executemany(frame_rows.INSERT, [frame_rows.row(f) for f in frames])
         except sqlite3.Error as e:
             raise StoreError(f"spool {self.path}: cannot store frames of {message_id} ({e})") from e
 

@@ -108,3 +108,20 @@ def _decode_reply(raw: bytes) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise DaemonError(f"reply is a {type(reply).__name__}, expected a map")
     return reply
+
+
+def ask(
+    endpoint: str,
+    request: dict[str, Any],
+    *,
+    timeout_s: float = 10.0,
+    retries: int = 3,
+    ctx: zmq.Context | None = None,
+    curve: CurveKeys | None = None,
+) -> dict[str, Any]:
+    """One request with a throwaway lazy-pirate client: the reply, or :class:`DaemonError` when nobody answers."""
+    client = LazyPirate(ctx or zmq.Context.instance(), endpoint, timeout_s=timeout_s, retries=retries, curve=curve)
+    try:
+        return client.request(request)
+    finally:
+        client.close()
