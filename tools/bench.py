@@ -41,8 +41,7 @@ def _packetizer(j: dict) -> list[Row]:
     return [
         Row("packetizer", f"ground path: CRC + frame store ({j['synchronous']}, {j['batch']}/commit) + assemble, "
             "frames/s", fps["batched"], f">= {targets['batched']}", fps["batched"] >= targets["batched"]),
-        Row("packetizer", "ground path, one commit per frame, frames/s", fps["per_frame"],
-            f">= {targets['per_frame']}", fps["per_frame"] >= targets["per_frame"]),
+        Row("packetizer", "ground path, one commit per frame, frames/s", fps["per_frame"], "report", None),
     ]
 
 

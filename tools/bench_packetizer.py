@@ -9,9 +9,12 @@ included) as soon as a message holds k frames. The sender side (split +
 pack) runs before the clock starts. Two figures:
 
 * ``batched``: a backlog arrives at once, so every commit carries the
-  receiver's full batch (its throughput ceiling);
+  receiver's full batch: the ground path's throughput ceiling, which must
+  stay well above the fastest link preset's frame rate (the target);
 * ``per_frame``: one commit per frame, as when frames trickle in at link
-  rate (the common case; it must still outrun the fastest link preset).
+  rate (the common case): its inverse is what one frame's fsync costs before
+  it can be acknowledged. Frames that arrive faster than that are batched by
+  the receiver, so this figure has no target; it is reported.
 
 Not a test: run it by hand, on a quiet machine, e.g.
 ``python tools/bench_packetizer.py --messages 200 --size 30000``.
@@ -32,10 +35,10 @@ from gateway.store.framestore import FrameStore
 from packetizer.frame import FrameCodec
 from packetizer.segment import split_message
 
-#: The fastest shipped link preset (clean, 1 Mbit/s) delivers 1e6 / (450 * 8) = 278 frames/s; the ground path
-#: must keep up with it even committing every frame alone, and have ten times that as batched headroom.
+#: The fastest shipped link preset (clean, 1 Mbit/s) delivers 1e6 / (450 * 8) = 278 frames/s; the ground
+#: path's batched throughput must have ten times that as headroom.
 CLEAN_LINK_FPS = 1_000_000 / (450 * 8)
-TARGETS = {"per_frame": CLEAN_LINK_FPS, "batched": 10 * CLEAN_LINK_FPS}
+TARGETS = {"batched": 10 * CLEAN_LINK_FPS}
 
 
 def run_once(wire: list[list[bytes]], codec: FrameCodec, batch: int, synchronous: str, folder: Path,
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         best = max(frames / seconds for frames, seconds in
                    (run_once(wire, codec, size, synchronous, args.dir, messages[:count]) for _ in range(args.repeat)))
         figures[label] = round(best)
-        print(f"{label:26s} {best:10,.0f} frames/s  ({count} messages, {size} frame(s) per commit)")
+        note = f"; {1000 / best:.2f} ms per frame committed alone" if size == 1 else ""
+        print(f"{label:26s} {best:10,.0f} frames/s  ({count} messages, {size} frame(s) per commit{note})")
     met = all(figures[k] >= t for k, t in TARGETS.items())
     print("targets: " + ", ".join(f"{k} >= {t:,.0f} frames/s" for k, t in TARGETS.items())
           + f" (the clean link's {CLEAN_LINK_FPS:.0f} frames/s): {'met' if met else 'NOT met'}")

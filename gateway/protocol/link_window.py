@@ -11,12 +11,12 @@ from typing import Any, Callable
 
 
 class LinkWindow:
-    """Link availability as seen from the sender, in wall time.
+    """Link availability as seen from a daemon, in wall time.
 
     Fed either by :meth:`update_from_schedule` (the link daemon's ``schedule``
     reply: ``up``, ``next_change_in`` in link seconds, ``time_scale``) or by
-    :meth:`update_from_model` (a preset's availability model and a mapping
-    from wall to link time).
+    :meth:`update_from_model` (a contact plan's availability model and a
+    mapping from wall to link time).
     """
 
     def __init__(self) -> None:
