@@ -12,8 +12,17 @@ from gateway.transport.eventlog import EventLog
 from packetizer.errors import PacketizerError
 
 
+def daemon_parser(name: str, description: str, side: str) -> argparse.ArgumentParser:
+    """The parser of ``satgw <name>`` with the options both daemons take; the caller adds its own."""
+    p = argparse.ArgumentParser(prog=f"satgw {name}", description=description)
+    p.add_argument("--config", help=f"daemon config YAML (configs/daemons/{name}.yaml)")
+    p.add_argument("--control", help="endpoint to bind for the daemon's control requests (satgw send/status)")
+    add_link_options(p, side)
+    return p
+
+
 def add_link_options(p: argparse.ArgumentParser, side: str) -> None:
-    """The options both daemons take, after their own (``side``: the link side they attach to)."""
+    """The link, security, model and logging options both daemons take (``side``: the link side they attach to)."""
     p.add_argument("--link-endpoint", help=f"the link's {side} endpoint")
     p.add_argument("--link-control", help="the link's control endpoint")
     p.add_argument("--contact-plan", help="contact-plan file to follow instead of asking the link's control socket")

@@ -6,17 +6,14 @@ import argparse
 import sys
 
 from gateway.daemon.config import load_receiver_config
-from gateway.daemon.startup import add_link_options, link_overrides, run_daemon
+from gateway.daemon.startup import daemon_parser, link_overrides, run_daemon
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="satgw receiver", description="Run the ground-station daemon.")
-    p.add_argument("--config", help="daemon config YAML (configs/daemons/receiver.yaml)")
+    p = daemon_parser("receiver", "Run the ground-station daemon.", "ground-side")
     p.add_argument("--store", help="SQLite frame store file")
     p.add_argument("--outbox", help="folder for decoded PNG + JSON")
-    p.add_argument("--control", help="endpoint to bind for satgw status")
     p.add_argument("--decode-worker", choices=("process", "thread"), help="where decoding runs")
-    add_link_options(p, "ground-side")
     return p
 
 

@@ -6,16 +6,13 @@ import argparse
 import sys
 
 from gateway.daemon.config import load_sender_config
-from gateway.daemon.startup import add_link_options, link_overrides, run_daemon
+from gateway.daemon.startup import daemon_parser, link_overrides, run_daemon
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="satgw sender", description="Run the sender daemon.")
-    p.add_argument("--config", help="daemon config YAML (configs/daemons/sender.yaml)")
+    p = daemon_parser("sender", "Run the sender daemon.", "sender-side")
     p.add_argument("--spool", help="SQLite spool file")
     p.add_argument("--inbox", help="folder polled for new images")
-    p.add_argument("--control", help="endpoint to bind for satgw send/status")
-    add_link_options(p, "sender-side")
     return p
 
 
