@@ -1,7 +1,13 @@
 """The gateway's exception hierarchy.
 
 Every error the gateway raises on purpose derives from :class:`SatgwError`, so a
-daemon can catch that one type around untrusted input and keep running.
+daemon can catch that one type around untrusted input and keep running. Each
+class says what went wrong: a config (:class:`ConfigError`), an image or
+bitstream (:class:`CodecError` and below), a budget (:class:`BudgetError`), a
+job (:class:`RequestError`), storage (:class:`StoreError`), a daemon or peer
+(:class:`DaemonError`). The packetizer keeps its own hierarchy
+(:class:`packetizer.errors.PacketizerError`); the link simulator's derives
+from this one.
 """
 
 from __future__ import annotations
@@ -47,8 +53,20 @@ class BudgetError(SatgwError):
         self.frames_needed = frames_needed
 
 
-class SpoolError(SatgwError):
-    """The durable spool refused an operation (corrupt, locked, unknown id)."""
+class RequestError(SatgwError):
+    """A job or request is refused: an empty, oversized or unreadable image, a bad option, a full queue.
+
+    The reason goes back to whoever asked (``satgw send``, the inbox's
+    ``.rejected`` folder, a failed job's ``reason``); the daemon goes on.
+    """
+
+
+class StoreError(SatgwError):
+    """Durable storage (the sender's spool, the ground's frame store) refused an operation.
+
+    It cannot be opened, is corrupt or locked, the id is unknown, or the state
+    change is not allowed.
+    """
 
 
 class DaemonError(SatgwError):

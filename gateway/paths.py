@@ -21,14 +21,6 @@ def config_dir() -> Path:
     return d
 
 
-def link_preset(name: str) -> Path:
-    """Path of a link preset by name (``clean``, ``geo``, ``leo``, ``harsh``), or ``name`` itself if it is a file."""
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    return config_dir() / "links" / f"{name}.yaml"
-
-
 def bundle_dir(name: str = "cadc-tiny") -> Path:
     """Folder of a model bundle shipped inside the package (``gateway/bundles/<name>``)."""
     return _PACKAGE / "bundles" / name

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from link_sim.availability import AlwaysUp, Availability, PeriodicPasses, Windows
+from gateway.transport.config_reader import Section, read_yaml, show
+from gateway.transport.contact_plan import AlwaysUp, Availability, parse_availability
+from gateway.transport.curve import CurveKeys, load_key
 from link_sim.errors import ConfigError
-from link_sim.transport import CurveKeys, load_key
+from link_sim.presets import link_preset
 
-MAX_CONFIG_BYTES = 1 << 20  # a link preset is a few hundred bytes; refuse anything absurd unread
 DEFAULT_FRAME_SIZE = 450
 DEFAULT_QUEUE_FRAMES = 1000
 DEFAULT_ENDPOINTS = ("tcp://127.0.0.1:5551", "tcp://127.0.0.1:5552", "tcp://127.0.0.1:5553")
@@ -121,101 +120,7 @@ class LinkConfig:
         return self.forward.frame_size
 
 
-class _Section:
-    """A YAML mapping being read: typed getters that check ranges, then a check for leftover keys."""
-
-    def __init__(self, data: Any, path: str, source: str) -> None:
-        self.path, self.source = path, source
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.fail(path, f"must be a mapping of keys to values, got {_show(data)}")
-        self.data = dict(data)
-        self.read: set[str] = set()
-
-    def fail(self, path: str, message: str) -> None:
-        raise ConfigError(f"{path or '<top level>'}: {message} (in {self.source})")
-
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def raw(self, key: str) -> Any:
-        self.read.add(key)
-        return self.data.get(key)
-
-    def number(
-        self,
-        key: str,
-        default: float | None,
-        *,
-        lo: float | None = None,
-        hi: float | None = None,
-        lo_open: bool = False,
-        required: bool = False,
-    ) -> float | None:
-        """A finite float in [lo, hi] (or (lo, hi] with ``lo_open``); numeric strings like ``1e-5`` are accepted."""
-        v, path = self.raw(key), self.key_path(key)
-        if v is None:
-            if required:
-                self.fail(path, "is required")
-            return default
-        if isinstance(v, str):
-            try:
-                v = float(v)  # YAML 1.1 reads "1e-5" (no dot) as a string
-            except ValueError:
-                self.fail(path, f"must be a number, got {_show(v)}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            self.fail(path, f"must be a finite number, got {_show(v)}")
-        v = float(v)
-        if lo is not None and hi is not None and not ((v > lo if lo_open else v >= lo) and v <= hi):
-            interval = f"greater than {lo:g} and at most {hi:g}" if lo_open else f"between {lo:g} and {hi:g}"
-            self.fail(path, f"must be {interval}, got {v:g}")
-        if lo is not None and hi is None and not (v > lo if lo_open else v >= lo):
-            self.fail(path, f"must be {'greater than' if lo_open else 'at least'} {lo:g}, got {v:g}")
-        return v
-
-    def probability(self, key: str, default: float = 0.0, *, required: bool = False) -> float:
-        v = self.number(key, default, lo=0.0, hi=1.0, required=required)
-        assert v is not None
-        return v
-
-    def integer(self, key: str, default: int | None, *, lo: int, hi: int) -> int | None:
-        v, path = self.raw(key), self.key_path(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.fail(path, f"must be a whole number, got {_show(v)}")
-        if not lo <= v <= hi:
-            self.fail(path, f"must be between {lo} and {hi}, got {v}")
-        return int(v)
-
-    def string(self, key: str, default: str) -> str:
-        v = self.raw(key)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            self.fail(self.key_path(key), f"must be text, got {_show(v)}")
-        return v
-
-    def section(self, key: str) -> _Section:
-        return _Section(self.raw(key), self.key_path(key), self.source)
-
-    def done(self) -> None:
-        unknown = sorted(str(k) for k in self.data if k not in self.read)
-        if unknown:
-            expected = ", ".join(sorted(self.read)) or "no keys"
-            self.fail(self.key_path(unknown[0]), f"unknown key; expected one of: {expected}")
-
-
-def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _gilbert_elliott(s: _Section) -> GilbertElliottConfig:
+def _gilbert_elliott(s: Section) -> GilbertElliottConfig:
     loss_good = s.probability("loss_good", 0.0)
     loss_bad = s.probability("loss_bad", 1.0)
     direct = s.has("p") or s.has("r")
@@ -250,7 +155,7 @@ def _gilbert_elliott(s: _Section) -> GilbertElliottConfig:
     return GilbertElliottConfig(p, r, loss_good, loss_bad)
 
 
-def _channel(s: _Section, frame_size: int) -> ChannelConfig:
+def _channel(s: Section, frame_size: int) -> ChannelConfig:
     rate = s.number("rate_bps", None, lo=0.0, hi=1e12, lo_open=True, required=True)
     fs = s.integer("frame_size", frame_size, lo=1, hi=65536)
     q = s.section("queue")
@@ -281,56 +186,10 @@ def _channel(s: _Section, frame_size: int) -> ChannelConfig:
     return ChannelConfig(rate, fs, QueueConfig(q_frames, q_bytes), delay, loss, ge, ber, dup)
 
 
-def _availability(s: _Section) -> Availability:
-    modes = [k for k in ("always", "windows", "periodic") if s.has(k)]
-    if len(modes) > 1:
-        s.fail(s.path, f"give one of always, windows, periodic; got {', '.join(modes)}")
-    mode = modes[0] if modes else "always"
-    if mode == "always":
-        if s.raw("always") is not None and s.raw("always") is not True:
-            s.fail(s.key_path("always"), "must be true (leave availability out for an always-up link)")
-        s.done()
-        return AlwaysUp()
-    if mode == "windows":
-        raw, path = s.raw("windows"), s.key_path("windows")
-        if not isinstance(raw, list) or len(raw) > 100_000:
-            s.fail(path, "must be a list of [start_s, end_s] pairs")
-        pairs = []
-        for i, w in enumerate(raw):
-            if not (isinstance(w, list) and len(w) == 2):
-                s.fail(f"{path}[{i}]", f"must be a [start_s, end_s] pair, got {_show(w)}")
-            ws = _Section({"start": w[0], "end": w[1]}, f"{path}[{i}]", s.source)
-            start = ws.number("start", None, lo=-1e12, hi=1e12, required=True)
-            end = ws.number("end", None, lo=-1e12, hi=1e12, required=True)
-            assert start is not None and end is not None
-            if end <= start:
-                s.fail(f"{path}[{i}]", f"end ({end:g}) must be after start ({start:g})")
-            pairs.append((start, end))
-        s.done()
-        return Windows(pairs)
-    p = s.section("periodic")
-    period = p.number("period_s", None, lo=0.0, hi=1e9, lo_open=True, required=True)
-    assert period is not None
-    duration = p.number("duration_s", None, lo=0.0, hi=period, lo_open=True, required=True)
-    offset = p.number("offset_s", 0.0, lo=-1e12, hi=1e12)
-    assert duration is not None and offset is not None
-    p.done()
-    s.done()
-    return PeriodicPasses(period, duration, offset)
-
-
-def _endpoint(s: _Section, key: str, default: str) -> str:
-    v = s.string(key, default)
-    scheme = v.split("://", 1)[0]
-    if "://" not in v or scheme not in ("tcp", "ipc", "inproc"):
-        s.fail(s.key_path(key), f"must be a ZMQ endpoint like tcp://127.0.0.1:5551, got {_show(v)}")
-    return v
-
-
-def _curve(s: _Section, base: Path) -> CurveKeys:
+def _curve(s: Section, base: Path) -> CurveKeys:
     def key(path_key: str, raw: Any) -> bytes:
         if not isinstance(raw, str):
-            s.fail(path_key, f"must be a key file path, got {_show(raw)}")
+            s.fail(path_key, f"must be a key file path, got {show(raw)}")
         p = Path(raw) if Path(raw).is_absolute() else base / raw
         try:
             return load_key(p)
@@ -354,7 +213,7 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
     ``source`` names the document in error messages; relative key file paths
     are resolved against ``base_dir``.
     """
-    top = _Section(data, "", source)
+    top = Section(data, "", source, error=ConfigError)
     frame_size = top.integer("frame_size", DEFAULT_FRAME_SIZE, lo=1, hi=65536)
     assert frame_size is not None
     if not top.has("forward"):
@@ -363,14 +222,14 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
         top.fail("return", "is required (the ground-to-sender channel for acks)")
     forward = _channel(top.section("forward"), frame_size)
     ret = _channel(top.section("return"), frame_size)
-    availability = _availability(top.section("availability"))
+    availability = parse_availability(top.section("availability"), base_dir)
     time_scale = top.number("time_scale", 1.0, lo=0.0, hi=1e6, lo_open=True)
     seed = top.integer("seed", 0, lo=0, hi=2**63 - 1)
     e = top.section("endpoints")
     endpoints = Endpoints(
-        _endpoint(e, "sender_side", DEFAULT_ENDPOINTS[0]),
-        _endpoint(e, "ground_side", DEFAULT_ENDPOINTS[1]),
-        _endpoint(e, "control", DEFAULT_ENDPOINTS[2]),
+        e.endpoint("sender_side", DEFAULT_ENDPOINTS[0]) or DEFAULT_ENDPOINTS[0],
+        e.endpoint("ground_side", DEFAULT_ENDPOINTS[1]) or DEFAULT_ENDPOINTS[1],
+        e.endpoint("control", DEFAULT_ENDPOINTS[2]) or DEFAULT_ENDPOINTS[2],
     )
     e.done()
     curve = _curve(top.section("curve"), Path(base_dir)) if top.has("curve") else None
@@ -387,27 +246,8 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
 
 def load_link_config(path: str | os.PathLike) -> LinkConfig:
     """Read and validate a link preset: a YAML file path, or a preset name (``clean``, ``geo``, ``leo``, ``harsh``)."""
-    from gateway.paths import link_preset
-
     p = link_preset(str(path))
-    try:
-        size = p.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: {size} bytes is too big for a link preset (limit {MAX_CONFIG_BYTES})")
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: link config not found; give a YAML file or a preset name (clean, geo, leo, harsh)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read link config: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    cfg = parse_link_config(data, source=str(p), base_dir=p.parent)
-    return cfg if cfg.name else _with_name(cfg, p.stem)
-
-
-def _with_name(cfg: LinkConfig, name: str) -> LinkConfig:
-    from dataclasses import replace
-
-    return replace(cfg, name=name)
+    if not p.exists():
+        raise ConfigError(f"{p}: link config not found; give a YAML file or a preset name (clean, geo, leo, harsh)")
+    cfg = parse_link_config(read_yaml(p, "link config", ConfigError), source=str(p), base_dir=p.parent)
+    return cfg if cfg.name else replace(cfg, name=p.stem)

@@ -2,7 +2,7 @@
 
 ``satgw link --config configs/links/geo.yaml`` binds two ROUTER sockets (the
 sender side and the ground side) and a REP control socket; the protocol is in
-:mod:`link_sim.transport`.  Frames from the sender side go through the forward
+:mod:`gateway.transport.link_peer`.  Frames from the sender side go through the forward
 channel to the ground-side peer heard from last; frames from the ground side
 (acks) go through the return channel to the sender-side peer heard from last.
 A frame with nowhere to go is dropped as ``no_peer``; one the peer cannot take
@@ -20,21 +20,20 @@ Control requests are msgpack maps with ``cmd``:
 * ``ping``: ``{"ok": true, "pong": true}``
 
 Anything else gets ``{"ok": false, "error": "..."}``.  Logs are JSON objects,
-one per line on stderr (``event``: ``start``, ``stats``, ``error``, ``stop``).
+one per line on stderr (:class:`~gateway.transport.eventlog.EventLog`; ``event``: ``start``,
+``stats``, ``stop``, ``config_error``, ``start_failed``, ``control_error``).
 SIGTERM and SIGINT stop the daemon cleanly (exit status 0).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
 from dataclasses import replace
 from typing import Any
 
-import msgpack
 import zmq
 
 from link_sim.channel import Channel
@@ -44,7 +43,11 @@ from link_sim.errors import ConfigError, LinkSimError
 from link_sim.link import FORWARD, RETURN, Link
 from link_sim.stages import Packet
 from link_sim.trace import TraceWriter
-from link_sim.transport import FRAME, HELLO, CurveKeys, make_socket
+from gateway.transport.control_server import ControlServer
+from gateway.transport.curve import CurveKeys
+from gateway.transport.eventlog import EventLog
+from gateway.transport.link_peer import FRAME, HELLO
+from gateway.transport.sockets import make_socket
 
 MAX_CONTROL_BYTES = 64 * 1024  # control requests are tiny maps; bigger ones are refused by ZMQ unread
 DRAIN_BATCH = 2048  # messages read from one socket before looking at the others again
@@ -54,18 +57,12 @@ _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 
 
-def log(event: str, **fields: Any) -> None:
-    """Write one JSON log line to stderr."""
-    fields = {"event": event, "wall": round(time.time(), 3), **fields}
-    sys.stderr.write(json.dumps(fields, default=str) + "\n")
-    sys.stderr.flush()
-
-
 class LinkDaemon:
     """The daemon's state and loop. Create, then :meth:`run` until :meth:`stop`."""
 
-    def __init__(self, config: LinkConfig, *, trace_path: str | None = None) -> None:
+    def __init__(self, config: LinkConfig, *, trace_path: str | None = None, log: EventLog | None = None) -> None:
         self.config = config
+        self.log = log or EventLog("link")
         self.clock = RealClock(config.time_scale)
         self.trace = TraceWriter(trace_path) if trace_path else None
         self.link = Link(config, self.clock, on_drop=self._trace_drop if self.trace else None)
@@ -88,6 +85,16 @@ class LinkDaemon:
             self.ground.getsockopt_string(zmq.LAST_ENDPOINT),
             self.control.getsockopt_string(zmq.LAST_ENDPOINT),
         )
+        self.control_server = ControlServer(
+            self.control,
+            {"stats": lambda req: {"ok": True, **self._stats()}, "schedule": lambda req: {"ok": True, **self.link.schedule()}},
+            self.log,
+            batch=64,
+            on_garbage=self._count_control_garbage,
+        )
+
+    def _count_control_garbage(self) -> None:
+        self.garbage["control"] += 1
 
     def _bind_peer_side(self, endpoint: str, frame_size: int) -> zmq.Socket:
         return _bind_limited(self.ctx, zmq.ROUTER, endpoint, frame_size + 64, self.config.curve)
@@ -101,7 +108,7 @@ class LinkDaemon:
         poller = zmq.Poller()
         for sock in (self.sender, self.ground, self.control):
             poller.register(sock, zmq.POLLIN)
-        log(
+        self.log.info(
             "start",
             config=self.config.name,
             sender_side=self.bound.sender_side,
@@ -120,15 +127,15 @@ class LinkDaemon:
                 if self.ground in events:
                     self._drain(self.ground, "ground", RETURN, self.config.ret.frame_size)
                 if self.control in events:
-                    self._serve_control()
+                    self.control_server.serve()
                 self._deliver()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + interval
-                    log("stats", **self._stats())
+                    self.log.info("stats", **self._stats())
                     if self.trace:
                         self.trace.flush()
         finally:
-            log("stop", **self._stats())
+            self.log.info("stop", **self._stats())
             self.close()
         return 0
 
@@ -203,30 +210,6 @@ class LinkDaemon:
             channel.record_undelivered(len(data), "no_peer")
             return "no_peer"
 
-    def _serve_control(self) -> None:
-        for _ in range(64):
-            try:
-                raw = self.control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.control.send(msgpack.packb(self._answer(raw), use_bin_type=True))
-
-    def _answer(self, raw: bytes) -> dict:
-        try:
-            req = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-        except Exception as e:  # msgpack raises several unrelated types on garbage
-            self.garbage["control"] += 1
-            return {"ok": False, "error": f"request is not valid msgpack ({type(e).__name__}); send a map like {{'cmd': 'stats'}}"}
-        cmd = req.get("cmd") if isinstance(req, dict) else None
-        if cmd == "stats":
-            return {"ok": True, **self._stats()}
-        if cmd == "schedule":
-            return {"ok": True, **self.link.schedule()}
-        if cmd == "ping":
-            return {"ok": True, "pong": True}
-        self.garbage["control"] += 1
-        return {"ok": False, "error": f"unknown request {str(req)[:80]!r}; commands are stats, schedule, ping"}
-
     def _stats(self) -> dict:
         return {
             **self.link.stats(),
@@ -297,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         config = apply_overrides(load_link_config(args.config), args)
         daemon = LinkDaemon(config, trace_path=args.trace)
     except ConfigError as e:
-        log("error", error=str(e))
+        EventLog("link").error("config_error", error=str(e))
         return 2
     except (LinkSimError, OSError) as e:
-        log("error", error=str(e))
+        EventLog("link").error("start_failed", error=str(e))
         return 1
     try:
         signal.signal(signal.SIGTERM, daemon.stop)

@@ -2,8 +2,8 @@
 
 :class:`LinkSimError` is the base of every error ``link_sim`` raises on
 purpose.  It derives from the gateway's :class:`~gateway.errors.SatgwError`, and
-:class:`ConfigError` also from the gateway's ``ConfigError``, so a daemon that
-loads a link preset (the sender reads its rate and schedule) can catch the
+:class:`ConfigError` also from the gateway's ``ConfigError``, so code that
+starts the simulator (the launcher, the demo, the benchmarks) catches the
 gateway types it already handles.
 """
 

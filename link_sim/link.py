@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from link_sim.availability import Availability
+from gateway.transport.contact_plan import Availability
 from link_sim.channel import Channel, Delivery
 from link_sim.clock import Clock
 from link_sim.config import ChannelConfig, LinkConfig

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from link_sim.availability import AlwaysUp, Availability
+from gateway.transport.contact_plan import AlwaysUp, Availability
 
 _BLOCK = 4096  # random numbers drawn per refill: amortizes numpy's call overhead
 

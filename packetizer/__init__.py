@@ -1,8 +1,12 @@
-"""Framing for the satellite link: fixed-size frames, CRC, segmentation, reassembly, FEC and ACKs."""
+"""Framing for the satellite link: fixed-size frames, CRC, segmentation, reassembly, FEC and ACKs.
+
+Reassembly here is stateless (:func:`assemble`: any k frames of one message);
+the ground station keeps the frames durably in its frame store
+(``gateway.store.framestore``) and assembles from there.
+"""
 
 from packetizer.ack import AckEntry, pack_acks, unpack_acks
 from packetizer.frame import Frame, FrameCodec, FrameType
-from packetizer.reassembly import Reassembler
 from packetizer.segment import assemble, frames_for, message_capacity, split_message
 
 __all__ = [
@@ -10,7 +14,6 @@ __all__ = [
     "Frame",
     "FrameCodec",
     "FrameType",
-    "Reassembler",
     "assemble",
     "frames_for",
     "message_capacity",

@@ -108,6 +108,21 @@ def make_frame(
     return frame
 
 
+def payload_capacity(frame_size: int = 450, tag_len: int = 0) -> int:
+    """Payload bytes one frame of ``frame_size`` carries with a ``tag_len``-byte HMAC tag (0: no tag).
+
+    Raises :class:`FrameSizeError` for a frame size outside 64..9000 and
+    :class:`FrameError` for a tag length other than 0 or 4..32.
+    """
+    if not isinstance(frame_size, int) or not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE:
+        raise FrameSizeError(
+            f"frame_size {frame_size!r} is out of range: use an integer from {MIN_FRAME_SIZE} to {MAX_FRAME_SIZE}"
+        )
+    if tag_len != 0 and not (isinstance(tag_len, int) and 4 <= tag_len <= 32):
+        raise FrameError(f"tag_len {tag_len} is out of range: use 4..32 bytes of HMAC-SHA256")
+    return frame_size - OVERHEAD - tag_len
+
+
 class FrameCodec:
     """Packs :class:`Frame` objects into exactly ``frame_size`` bytes and back.
 
@@ -116,19 +131,12 @@ class FrameCodec:
     """
 
     def __init__(self, frame_size: int = 450, auth_key: bytes | None = None, tag_len: int = 8) -> None:
-        if not isinstance(frame_size, int) or not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE:
-            raise FrameSizeError(
-                f"frame_size {frame_size!r} is out of range: use an integer from {MIN_FRAME_SIZE} to {MAX_FRAME_SIZE}"
-            )
-        if auth_key is not None:
-            if not isinstance(auth_key, (bytes, bytearray)) or len(auth_key) == 0:
-                raise FrameError("auth_key must be non-empty bytes (or None for no authentication)")
-            if not 4 <= tag_len <= 32:
-                raise FrameError(f"tag_len {tag_len} is out of range: use 4..32 bytes of HMAC-SHA256")
+        if auth_key is not None and (not isinstance(auth_key, (bytes, bytearray)) or len(auth_key) == 0):
+            raise FrameError("auth_key must be non-empty bytes (or None for no authentication)")
+        self.tag_len: int = tag_len if auth_key is not None else 0
+        self.payload_capacity: int = payload_capacity(frame_size, self.tag_len)  # checks both
         self.frame_size: int = frame_size
         self.auth_key: bytes | None = bytes(auth_key) if auth_key is not None else None
-        self.tag_len: int = tag_len if auth_key is not None else 0
-        self.payload_capacity: int = frame_size - OVERHEAD - self.tag_len
         self._tag_at = frame_size - CRC_SIZE - self.tag_len
         self._crc_at = frame_size - CRC_SIZE
         self._blank = bytes(frame_size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Protocol
 
 import zfec
 
@@ -46,11 +47,18 @@ def _check_counts(k: int, parity: int) -> None:
         )
 
 
+class Carrier(Protocol):
+    """Anything that says how many payload bytes a frame carries: a :class:`FrameCodec`, or a budget."""
+
+    @property
+    def payload_capacity(self) -> int: ...
+
+
 def _data_frames(nbytes: int, capacity: int) -> int:
     return max(1, -(-nbytes // capacity))
 
 
-def frames_for(nbytes: int, codec: FrameCodec, parity: int = 0) -> int:
+def frames_for(nbytes: int, codec: Carrier, parity: int = 0) -> int:
     """Total frames (data + parity) a message of ``nbytes`` bytes needs.
 
     Raises :class:`FECError` if the parity request exceeds zfec's 256-frame
@@ -63,7 +71,7 @@ def frames_for(nbytes: int, codec: FrameCodec, parity: int = 0) -> int:
     return k + parity
 
 
-def message_capacity(n_frames: int, codec: FrameCodec, parity: int = 0) -> int:
+def message_capacity(n_frames: int, codec: Carrier, parity: int = 0) -> int:
     """Largest message (bytes) that fits in ``n_frames`` frames, ``parity`` of them parity.
 
     Returns 0 when not even one data frame is left. With parity, zfec's
@@ -81,7 +89,7 @@ def split_message(message_id: int, data: bytes, codec: FrameCodec, parity: int =
     """Cut ``data`` into k DATA frames plus ``parity`` zfec PARITY frames.
 
     Frames come out in index order (data first). Any k of the returned
-    frames rebuild the message with :func:`assemble` or a ``Reassembler``.
+    frames rebuild the message with :func:`assemble`.
     """
     if not isinstance(message_id, int) or not 0 <= message_id <= MAX_U32:
         raise HeaderError(f"message_id {message_id!r} must be an integer in 0..{MAX_U32}")
@@ -110,7 +118,7 @@ def split_message(message_id: int, data: bytes, codec: FrameCodec, parity: int =
 class MessageFrames:
     """The distinct frames collected so far for one message, checked for consistency.
 
-    Shared by :func:`assemble` (stateless) and the ``Reassembler``. ``add``
+    Used by :func:`assemble`. ``add``
     raises :class:`ReassemblyError` and leaves the state unchanged when a
     frame contradicts the ones already held.
     """

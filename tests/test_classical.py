@@ -13,7 +13,8 @@ from skimage import data as skdata
 
 from gateway.codec import bitstream
 from gateway.codec.base import Knobs
-from gateway.codec.classical import CLASSICAL_CODECS, resize_rgb
+from gateway.codec.classical import CLASSICAL_CODECS
+from gateway.codec.image_io import resize_rgb
 from gateway.codec.registry import available_codecs, codec_name_for, decode_any, make_codec
 from gateway.errors import BitstreamError, ChecksumMismatch, CodecError, ConfigError
 

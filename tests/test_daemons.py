@@ -1,36 +1,28 @@
-"""End-to-end tests: real link, ground-station and sender processes on loopback.
+"""End-to-end tests: real link, ground-station and sender processes on loopback, started by the launcher.
 
-Every wait is bounded; links run time-scaled so a transfer takes seconds.
-Helpers here are reused by the other ``test_daemons_*`` modules.
+Every wait is bounded and waits on what the daemons report (outputs,
+counters), never on a fixed sleep; links run time-scaled so a transfer takes
+seconds. Helpers here are reused by the other ``test_daemons_*`` modules.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
-import zmq
+import yaml
 from PIL import Image
+
+from gateway.codec.image_io import png_bytes
+from gateway.eval.launcher import CONTROL, Daemons, request, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_images(count: int, size: int = 80) -> list[tuple[str, bytes]]:
@@ -43,110 +35,35 @@ def make_images(count: int, size: int = 80) -> list[tuple[str, bytes]]:
         src = sources[i % len(sources)]
         y = (i * 13) % (src.shape[0] - size)
         x = (i * 29) % (src.shape[1] - size)
-        crop = np.ascontiguousarray(src[y : y + size, x : x + size, :3])
-        buf = io.BytesIO()
-        Image.fromarray(crop).save(buf, format="PNG")
-        out.append((f"img{i:03d}.png", buf.getvalue()))
+        out.append((f"img{i:03d}.png", png_bytes(np.ascontiguousarray(src[y : y + size, x : x + size, :3]))))
     return out
 
 
-def request(endpoint: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    try:
-        s.send(msgpack.packb(req, use_bin_type=True))
-        if not s.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no reply from {endpoint}")
-        return msgpack.unpackb(s.recv(), raw=False, strict_map_key=False)
-    finally:
-        s.close(linger=0)
-
-
-def wait_for(pred, timeout: float, step: float = 0.1, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Rig:
-    """A link, a receiver and a sender as subprocesses in a temp dir."""
+class Rig(Daemons):
+    """The launcher's three daemons (:class:`gateway.eval.launcher.Daemons`) plus what the tests ask of them."""
 
     def __init__(self, tmp: Path, preset: str | Path = "harsh", time_scale: float = 50.0, seed: int = 1,
-                 sender_args: list[str] | None = None, receiver_args: list[str] | None = None,
-                 link_args: list[str] | None = None) -> None:
-        self.tmp = tmp
-        self.preset, self.time_scale, self.seed = str(preset), time_scale, seed
-        p = [free_port() for _ in range(5)]
-        self.ep = {
-            "sender_side": f"tcp://127.0.0.1:{p[0]}",
-            "ground_side": f"tcp://127.0.0.1:{p[1]}",
-            "link_control": f"tcp://127.0.0.1:{p[2]}",
-            "sender_control": f"tcp://127.0.0.1:{p[3]}",
-            "receiver_control": f"tcp://127.0.0.1:{p[4]}",
-        }
-        self.outbox = tmp / "outbox"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.sender_args = sender_args or []
-        self.receiver_args = receiver_args or []
-        self.link_args = link_args or []
-        self.trace = tmp / "trace.jsonl"
+                 sender_args: list[str] | None = None, receiver_args: list[str] | None = None) -> None:
+        super().__init__(tmp, str(preset), time_scale, seed=seed,
+                         extra_args={"sender": sender_args or [], "receiver": receiver_args or []})
+        self.tmp = self.run_dir
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.tmp / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [PY, "-m", "gateway.cli", *argv], cwd=self.tmp, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-
-    def start_link(self) -> None:
-        self._spawn("link", ["link", "--config", self.preset, "--time-scale", str(self.time_scale),
-                             "--seed", str(self.seed), "--sender-side", self.ep["sender_side"],
-                             "--ground-side", self.ep["ground_side"], "--control", self.ep["link_control"],
-                             "--trace", str(self.trace), *self.link_args])
-
-    def start_receiver(self) -> None:
-        self._spawn("receiver", ["receiver", "--config", str(ROOT / "configs/daemons/receiver.yaml"),
-                                 "--store", str(self.tmp / "frames.db"), "--outbox", str(self.outbox),
-                                 "--control", self.ep["receiver_control"], "--link-endpoint", self.ep["ground_side"],
-                                 "--link-control", self.ep["link_control"], *self.receiver_args])
-
-    def start_sender(self) -> None:
-        self._spawn("sender", ["sender", "--config", str(ROOT / "configs/daemons/sender.yaml"),
-                               "--spool", str(self.tmp / "spool.db"), "--inbox", str(self.tmp / "inbox"),
-                               "--control", self.ep["sender_control"], "--link-endpoint", self.ep["sender_side"],
-                               "--link-control", self.ep["link_control"], *self.sender_args])
-
-    def start(self) -> "Rig":
-        self.start_link()
-        self.start_receiver()
-        self.start_sender()
-        wait_for(lambda: self._pingable("sender_control") and self._pingable("receiver_control")
-                 and self._pingable("link_control"), 30, what="daemons to answer")
+    def start(self, names: tuple[str, ...] = ("link", "receiver", "sender"),  # type: ignore[override]
+              ready: tuple[str, ...] | None = None) -> "Rig":
+        """Start ``names`` and wait until ``ready`` (default: all of them) answer a ping."""
+        super().start(names)
+        self.wait_ready(names if ready is None else ready)
         return self
 
-    def _pingable(self, ep: str) -> bool:
-        try:
-            return bool(request(self.ep[ep], {"cmd": "ping"}, timeout=0.5).get("ok"))
-        except TimeoutError:
-            return False
+    def restart(self, name: str) -> None:
+        super().start((name,))
+        self.wait_ready((name,))
 
-    def kill(self, name: str) -> None:
-        p = self.procs.pop(name)
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=10)
-
-    def terminate(self, name: str) -> int:
-        p = self.procs.pop(name)
-        p.send_signal(signal.SIGTERM)
-        return p.wait(timeout=15)
+    def ask(self, name: str, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        return request(self.ep[CONTROL[name]], req, timeout=timeout)
 
     def submit(self, name: str, data: bytes, **opts: Any) -> int:
-        reply = request(self.ep["sender_control"], {"cmd": "send", "name": name, "image": data, **opts}, timeout=10)
+        reply = self.ask("sender", {"cmd": "send", "name": name, "image": data, **opts})
         assert reply.get("ok"), reply
         return int(reply["id"])
 
@@ -158,24 +75,13 @@ class Rig:
         return out
 
     def sender_status(self) -> dict[str, Any]:
-        return request(self.ep["sender_control"], {"cmd": "status"})
+        return self.ask("sender", {"cmd": "status"})
+
+    def receiver_status(self) -> dict[str, Any]:
+        return self.ask("receiver", {"cmd": "status"})
 
     def link_stats(self) -> dict[str, Any]:
-        return request(self.ep["link_control"], {"cmd": "stats"})
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        for name in list(self.procs):
-            p = self.procs.pop(name)
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=5)
+        return self.ask("link", {"cmd": "stats"})
 
 
 def check_outputs(rig: Rig, sent: dict[int, str]) -> None:
@@ -203,7 +109,6 @@ def rig_factory(tmp_path):
 
     def make(**kw: Any) -> Rig:
         r = Rig(tmp_path / f"rig{len(rigs)}", **kw)
-        r.tmp.mkdir()
         rigs.append(r)
         return r
 
@@ -226,7 +131,7 @@ def test_thirty_images_through_harsh_link_exactly_once(rig_factory):
     assert st["counters"]["retransmissions"] > 0
     link = rig.link_stats()
     assert link["forward"]["dropped"].get("outage", 0) == 0
-    rec = request(rig.ep["receiver_control"], {"cmd": "status"})
+    rec = rig.receiver_status()
     assert rec["counts"]["done"] == 30
     # Every bit-flipped frame the link delivered to the ground was caught by the CRC, none slipped through.
     rig.terminate("link")  # flushes the link's buffered trace
@@ -243,7 +148,7 @@ def test_inbox_and_cli_send(rig_factory):
     (inbox / imgs[0][0]).write_bytes(imgs[0][1])
     src = rig.tmp / imgs[1][0]
     src.write_bytes(imgs[1][1])
-    r = subprocess.run([PY, "-m", "gateway.cli", "send", str(src), "--packets", "3", "--sender", rig.ep["sender_control"]],
+    r = subprocess.run([PY, "-m", "gateway.cli", "send", str(src), "--packets", "3", "--sender", rig.ep["sender"]],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     mid = int(r.stdout.strip())
@@ -251,8 +156,8 @@ def test_inbox_and_cli_send(rig_factory):
     assert outs[mid]["source_name"] == imgs[1][0]
     assert {o["source_name"] for o in outs.values()} == {imgs[0][0], imgs[1][0]}
     assert not any(inbox.iterdir())  # accepted files leave the inbox
-    st = subprocess.run([PY, "-m", "gateway.cli", "status", "--sender", rig.ep["sender_control"], "--receiver",
-                         rig.ep["receiver_control"], "--link", rig.ep["link_control"]],
+    st = subprocess.run([PY, "-m", "gateway.cli", "status", "--sender", rig.ep["sender"], "--receiver",
+                         rig.ep["receiver"], "--link", rig.ep["link_control"]],
                         capture_output=True, text=True, timeout=60)
     assert st.returncode == 0, st.stdout + st.stderr
     assert "delivered" in st.stdout and "forward" in st.stdout
@@ -260,25 +165,34 @@ def test_inbox_and_cli_send(rig_factory):
     assert rig.terminate("receiver") == 0
 
 
-def test_bad_jobs_fail_with_reason_and_daemon_survives(rig_factory):
-    rig = rig_factory(preset="clean", time_scale=1.0).start()
-    bad = request(rig.ep["sender_control"], {"cmd": "send", "name": "x.png", "image": b"not an image"})
-    assert bad["ok"]
-    tiny_budget = rig.submit("big.png", make_images(1, size=200)[0][1], packets=1, codec="webp", priority=5)
-    refused = request(rig.ep["sender_control"], {"cmd": "send", "name": "y.png", "image": b"x", "codec": "nope"})
-    assert not refused["ok"] and "codec" in refused["error"]
-    garbage = request(rig.ep["sender_control"], {"cmd": 7})
-    assert not garbage["ok"]
+def test_bad_jobs_fail_with_reason_and_daemon_survives(rig_factory, tmp_path):
+    # A sender that takes images of at most 100x100 pixels: a larger one is a bad job, found when it is encoded.
+    cfg = yaml.safe_load((ROOT / "configs/daemons/sender.yaml").read_text())
+    cfg["limits"]["max_pixels"] = 100 * 100
+    small = tmp_path / "sender-small.yaml"
+    small.write_text(yaml.safe_dump(cfg))
+    rig = rig_factory(preset="clean", time_scale=1.0, sender_args=["--config", str(small)]).start()
+    not_an_image = rig.submit("x.png", b"not an image")
+    too_big = rig.submit("big.png", make_images(1, size=200)[0][1], priority=5)
+    refused = rig.ask("sender", {"cmd": "send", "name": "y.png", "image": b"x", "codec": "nope"})
+    assert not refused["ok"] and "unknown codec 'nope'" in refused["error"]
+    garbage = rig.ask("sender", {"cmd": 7})
+    assert not garbage["ok"] and "send, status" in garbage["error"]
 
-    def failed():
+    def both_failed():
         st = rig.sender_status()
-        return st["counts"]["failed"] >= 1 and st
+        return st["counts"]["failed"] == 2 and st
 
-    st = wait_for(failed, 30, what="the bad image to fail")
-    reasons = {m["id"]: m["reason"] for m in st["messages"]}
-    assert reasons[bad["id"]] and "Image" in reasons[bad["id"]] or "identify" in reasons[bad["id"]]
-    ok_id = rig.submit("ok.png", make_images(1)[0][1], packets=3)
-    wait_for(lambda: ok_id in rig.outputs(), 30, what="a good image after bad ones")
-    st = rig.sender_status()
-    states = {m["id"]: m["state"] for m in st["messages"]}
-    assert states[tiny_budget] in ("failed", "delivered")
+    st = wait_for(both_failed, 30, what="the two bad jobs to fail")
+    reasons = {m["id"]: (m["state"], m["reason"]) for m in st["messages"]}
+    assert reasons[not_an_image][0] == "failed" and "cannot identify image file" in reasons[not_an_image][1]
+    assert reasons[too_big] == ("failed", "RequestError: image is 200x200 = 40000 pixels, above the limit of "
+                                          "10000 pixels")
+    # A one-frame budget is not a bad job: the rate controller downscales until the image fits.
+    tiny = rig.submit("tiny.png", make_images(1)[0][1], packets=1, codec="webp")
+    ok_id = rig.submit("ok.png", make_images(2)[1][1], packets=3)
+    outs = wait_for(lambda: {tiny, ok_id} <= set(rig.outputs()) and rig.outputs(), 30,
+                    what="good images after bad ones")
+    assert outs[tiny]["frames_total"] == 1 and outs[tiny]["setting"]["scale_code"] > 0
+    # the ground writes its outputs before the sender hears the final ACK
+    wait_for(lambda: rig.sender_status()["counts"]["delivered"] == 2, 30, what="the sender to record both deliveries")

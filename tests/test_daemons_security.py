@@ -9,9 +9,11 @@ import time
 
 import zmq
 
-from link_sim.transport import CurveKeys, LinkPeer, generate_keypair, load_key
+from gateway.transport.curve import CurveKeys, generate_keypair, load_key
+from gateway.transport.lazy_pirate import LazyPirate
+from gateway.transport.link_peer import LinkPeer
 from packetizer.frame import Frame, FrameCodec, FrameType
-from test_daemons import PY, check_outputs, make_images, request, rig_factory, wait_for  # noqa: F401  (fixture)
+from test_daemons import PY, check_outputs, make_images, rig_factory, wait_for  # noqa: F401  (fixture)
 
 
 def test_forged_hmac_frames_rejected_and_counted(rig_factory, tmp_path):
@@ -36,7 +38,7 @@ def test_forged_hmac_frames_rejected_and_counted(rig_factory, tmp_path):
     wait_for(lambda: len(rig.outputs()) == 3, 60, what="valid traffic during a forged flood")
     # the real sender's heartbeat takes the link's sender side back; finish the transfer
     check_outputs(rig, sent)
-    st = request(rig.ep["receiver_control"], {"cmd": "status"})
+    st = rig.receiver_status()
     assert st["counters"].get("bad_AuthError", 0) > 0
     assert 4242 not in {m["id"] for m in st["messages"]}
 
@@ -53,10 +55,7 @@ def test_curve_peer_without_key_cannot_inject(rig_factory, tmp_path):
     )
     rig = rig_factory(preset=preset, time_scale=1.0, sender_args=["--curve-dir", str(keys)],
                       receiver_args=["--curve-dir", str(keys)])
-    rig.start_link()
-    rig.start_receiver()
-    rig.start_sender()
-    wait_for(lambda: rig._pingable("sender_control") and rig._pingable("receiver_control"), 30, what="daemons")
+    rig.start(ready=("receiver", "sender"))  # the link's control socket wants CURVE: no plain ping
     # an intruder with its own key pair (not in allowed_clients) but the link's public key
     intr_pub, intr_sec = generate_keypair(tmp_path / "intruder", "x")
     ctx = zmq.Context()
@@ -73,11 +72,18 @@ def test_curve_peer_without_key_cannot_inject(rig_factory, tmp_path):
         sent[rig.submit(name, data, packets=3)] = name
     wait_for(lambda: len(rig.outputs()) == 2, 60, what="outputs over CURVE")
     check_outputs(rig, sent)
-    st = request(rig.ep["receiver_control"], {"cmd": "status"})
+    st = rig.receiver_status()
     assert 777 not in {m["id"] for m in st["messages"]}
-    # the link never saw the intruders' frames: only the real sender's frames came in
-    ctl = zmq.Context()
+    # the link never took the intruders' frames: what came in on its sender side is what the sender sent
+    sender_keys = CurveKeys(load_key(keys / "sender.key"), load_key(keys / "sender.key_secret"),
+                            server_public=load_key(keys / "link.key"))
+    link = LazyPirate(ctx, rig.ep["link_control"], timeout_s=2.0, curve=sender_keys)
+
+    def link_saw_only_the_sender():
+        return link.request({"cmd": "stats"})["forward"]["in"] == rig.sender_status()["counters"]["frames_sent"]
+
+    wait_for(link_saw_only_the_sender, 10, what="the link's forward count to match the sender's")
+    link.close()
     intruder.close()
     plain.close()
     ctx.destroy(linger=0)
-    ctl.destroy(linger=0)

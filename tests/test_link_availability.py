@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from link_sim.availability import AlwaysUp, PeriodicPasses, Windows
+from gateway.transport.contact_plan import AlwaysUp, PeriodicPasses, Windows
 from link_sim.channel import Channel
 from link_sim.clock import VirtualClock
 from link_sim.config import ChannelConfig, LinkConfig

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from link_sim.channel import Channel
 from link_sim.clock import VirtualClock
 from link_sim.config import ChannelConfig, DelayConfig, GilbertElliottConfig, LinkConfig, QueueConfig
-from link_sim.availability import AlwaysUp
+from gateway.transport.contact_plan import AlwaysUp
 from link_sim.link import Link, build_channel
 from link_sim.stages import BernoulliLoss, BitErrors, Delay, Duplicator, GilbertElliott, Serializer
 

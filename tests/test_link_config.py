@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from gateway.errors import ConfigError as GatewayConfigError
-from link_sim.availability import AlwaysUp, PeriodicPasses, Windows
+from gateway.transport.contact_plan import AlwaysUp, PeriodicPasses, Windows
 from link_sim.config import load_link_config, parse_link_config
 from link_sim.errors import ConfigError, LinkSimError
-from link_sim.transport import generate_keypair
+from gateway.transport.curve import generate_keypair
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "links"
 

@@ -19,7 +19,8 @@ import yaml
 import zmq
 
 from link_sim.trace import read_trace
-from link_sim.transport import CurveKeys, LinkPeer, generate_keypair, load_key
+from gateway.transport.curve import CurveKeys, generate_keypair, load_key
+from gateway.transport.link_peer import LinkPeer
 
 pytestmark = pytest.mark.timeout(60)
 

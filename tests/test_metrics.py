@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
 
-from gateway import metrics
+from gateway.eval import metrics
 
 
 @pytest.fixture(scope="module")

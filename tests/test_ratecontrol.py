@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs, SearchSpace
-from gateway.codec.classical import resize_rgb
+from gateway.codec.image_io import resize_rgb
 from gateway.codec.registry import decode_any, make_codec
 from gateway.errors import BudgetError, ConfigError
-from gateway.ratecontrol import RateResult, fit, fit_bytes
+from gateway.ratecontrol import Budget, RateResult, fit, fit_bytes
 from packetizer.frame import FrameCodec
 from packetizer.segment import message_capacity
 from skimage import data as skdata
@@ -42,9 +42,11 @@ class FakeCodec(Codec):
     def __init__(self, overhead: int = 0, with_estimate: bool = False) -> None:
         self.overhead = overhead
         self.analyze_calls: Counter[tuple[int, int]] = Counter()
-        if with_estimate:
-            # λ buys more than Δ costs, so the best point is not simply the highest λ.
-            self.estimate_distortion = lambda analysis, k: 1000.0 / (1 + k.lam_code) + k.delta_code / 4
+        self.estimates_distortion = with_estimate
+
+    def estimate_distortion(self, analysis: tuple[int, int], knobs: Knobs) -> float:
+        # λ buys more than Δ costs, so the best point is not simply the highest λ.
+        return 1000.0 / (1 + knobs.lam_code) + knobs.delta_code / 4
 
     def search_space(self) -> SearchSpace:
         return SearchSpace(lam_codes=tuple(range(255, -1, -15)), delta_codes=(0, 16, 32, 64, 128, 255))
@@ -153,20 +155,22 @@ def test_distortion_estimate_ranks_lambda_delta_pairs() -> None:
 
 
 def test_nan_estimate_falls_back_to_highest_lambda() -> None:
-    codec = FakeCodec()
-    codec.estimate_distortion = lambda analysis, k: float("nan")  # type: ignore[attr-defined]
+    codec = FakeCodec(with_estimate=True)
+    codec.estimate_distortion = lambda analysis, k: float("nan")  # type: ignore[method-assign]
     assert fit(codec, np.zeros((200, 300, 3), np.uint8), 2).knobs == fit(FakeCodec(), np.zeros((200, 300, 3), np.uint8), 2).knobs
 
 
 def test_parity_and_auth_tags_shrink_the_byte_budget() -> None:
     image = np.zeros((400, 600, 3), np.uint8)
     codec = FakeCodec()
-    plain = fit(codec, image, 6)
-    with_parity = fit(codec, image, 6, parity=2)
-    with_tags = fit(codec, image, 6, auth_tag_len=8)
+    plain = fit(codec, image, Budget(6))
+    with_parity = fit(codec, image, Budget(6, parity=2))
+    with_tags = fit(codec, image, Budget.for_frames(6, FrameCodec(450, b"a-real-key", 8)))
     assert with_parity.budget_bytes == capacity(6, parity=2) < plain.budget_bytes
     assert with_tags.budget_bytes == message_capacity(6, FrameCodec(450, b"k", 8)) < plain.budget_bytes
     assert with_parity.budget_counting.endswith("2 parity")
+    # the frame-count shorthand means the same budget
+    assert fit(codec, image, 6, auth_tag_len=8).budget_bytes == with_tags.budget_bytes
 
 
 def test_budget_error_message_and_frames() -> None:
@@ -188,6 +192,10 @@ def test_bad_budget_arguments() -> None:
         fit(FakeCodec(), image, 0)
     with pytest.raises(ConfigError, match="frame_size"):
         fit(FakeCodec(), image, 2, frame_size=5)
+    with pytest.raises(ConfigError, match="tag_len"):
+        Budget(2, tag_len=2)
+    with pytest.raises(TypeError):
+        fit(FakeCodec(), image, Budget(2), parity=1)  # the keywords belong to the frame-count shorthand
 
 
 def test_fit_bytes_uses_the_raw_budget() -> None:

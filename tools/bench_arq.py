@@ -21,12 +21,12 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from gateway.launcher import Daemons, png_bytes, request
+from gateway.codec.image_io import png_bytes
+from gateway.eval.launcher import Daemons, request, wait_for
 
 
 def _images(n: int, size: int = 160) -> list[tuple[str, bytes]]:
@@ -42,16 +42,6 @@ def _images(n: int, size: int = 160) -> list[tuple[str, bytes]]:
         x = int(rng.integers(0, img.shape[1] - size))
         out.append((f"crop{i}.png", png_bytes(np.ascontiguousarray(img[y:y + size, x:x + size]))))
     return out
-
-
-def _wait_for(pred, timeout: float, what: str, step: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _preset(path: Path, rate: int, loss: float) -> Path:
@@ -75,9 +65,9 @@ def run(tmp: Path, *, loss: float, images: int, time_scale: float, rate: int, pa
         for name, data in _images(images):
             request(d.ep["sender"], {"cmd": "send", "name": name, "image": data, "codec": "webp", "packets": packets})
         # encode everything before the link exists, so the measurement sees a full backlog
-        _wait_for(lambda: status()["counts"].get("accepted", 0) == 0, 300, "encoding")
+        wait_for(lambda: status()["counts"].get("accepted", 0) == 0, 300, "encoding")
         d.start(("link",))
-        _wait_for(lambda: len(list(d.outbox.glob("*.json"))) == images, 600, "all images")
+        wait_for(lambda: len(list(d.outbox.glob("*.json"))) == images, 600, "all images")
         st = status()
         d.terminate("link")
         fwd = [r for r in map(json.loads, (tmp / "link-trace.jsonl").read_text().splitlines()) if r["dir"] == "forward"]

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gateway.launcher import Daemons, png_bytes, request
-from gateway.paths import link_preset
+from gateway.codec.image_io import png_bytes
+from gateway.eval.launcher import Daemons, request
 from link_sim.config import load_link_config
+from link_sim.presets import link_preset
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 

@@ -27,10 +27,10 @@ import msgpack
 import yaml
 import zmq
 
-from link_sim.availability import AlwaysUp
+from gateway.transport.contact_plan import AlwaysUp
 from link_sim.config import load_link_config
 from link_sim.link import build_channel
-from link_sim.transport import FRAME, LinkPeer
+from gateway.transport.link_peer import FRAME, LinkPeer
 
 FRAME_SIZE = 450
 TARGET_FPS = 20_000

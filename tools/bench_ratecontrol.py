@@ -34,7 +34,7 @@ from PIL import Image
 
 from gateway.codec.registry import CODEC_NAMES, decode_any, make_codec
 from gateway.errors import BudgetError, SatgwError
-from gateway.ratecontrol import fit
+from gateway.ratecontrol import Budget, fit
 
 DEFAULT_DATA = Path("/work/shared/data/kodak")
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = {name: 0 for name in codecs}
     for name, codec in codecs.items():  # warm-up (model loading, first-call allocations)
         try:
-            fit(codec, next(iter(images.values())), budgets[0], frame_size=args.frame_size)
+            fit(codec, next(iter(images.values())), Budget(budgets[0], args.frame_size))
         except BudgetError:
             pass
     for fname, img in images.items():
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             first_sec = None
             for name, codec in codecs.items():
                 try:
-                    r = fit(codec, img, n, frame_size=args.frame_size, label=fname)
+                    r = fit(codec, img, Budget(n, args.frame_size), label=fname)
                 except BudgetError as exc:
                     failures[name] += 1
                     print(f"  {name} {fname} {n} frames: {exc}")

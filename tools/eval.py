@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gateway import metrics
+from gateway.eval import metrics
 from gateway.codec import bitstream
 from gateway.errors import BudgetError, SatgwError
 

@@ -52,10 +52,29 @@ class SearchSpace:
 
 
 class Codec(ABC):
-    """An image codec usable by the rate controller and the daemons."""
+    """An image codec usable by the rate controller and the daemons.
+
+    Besides the four abstract methods a codec *declares* what else it can do;
+    the defaults here are the plain case, and callers read the declarations
+    instead of probing for methods:
+
+    * :attr:`fast_decode`: decoding costs milliseconds, so the rate
+      controller may decode candidates to compare their real distortion;
+    * :attr:`rate_anchor_delta_code`: a Δ code to hold while λ sets the rate
+      (None: no preferred Δ);
+    * :attr:`predicts_bytes`: :meth:`estimate_bytes` predicts a bitstream's
+      length without coding it;
+    * :attr:`estimates_distortion`: :meth:`estimate_distortion` ranks settings
+      without decoding;
+    * :meth:`decode_with_info`: every codec has it; the default adds no info.
+    """
 
     name: ClassVar[str]
     codec_id: ClassVar[int]
+    fast_decode: ClassVar[bool] = False
+    predicts_bytes: ClassVar[bool] = False
+    estimates_distortion: ClassVar[bool] = False
+    rate_anchor_delta_code: int | None = None
 
     @property
     def model_id(self) -> int:
@@ -89,3 +108,21 @@ class Codec(ABC):
     def describe(self, knobs: Knobs) -> dict[str, Any]:
         """Human-facing values of ``knobs`` (e.g. λ and Δ as floats) for logs and JSON."""
         return {"lam_code": knobs.lam_code, "delta_code": knobs.delta_code, "scale_code": knobs.scale_code}
+
+    def decode_with_info(self, bitstream: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+        """:meth:`decode` plus what the codec can tell about it (e.g. caption, stage timings); here nothing."""
+        return self.decode(bitstream), {}
+
+    def estimate_bytes(self, analysis: Any, knobs: Knobs) -> float:
+        """The bitstream length ``encode(analysis, knobs, ...)`` would give, predicted without coding.
+
+        Only codecs that declare :attr:`predicts_bytes` implement it.
+        """
+        raise NotImplementedError(f"codec {self.name} does not predict its size (predicts_bytes is False)")
+
+    def estimate_distortion(self, analysis: Any, knobs: Knobs) -> float:
+        """A cheap distortion proxy that ranks settings of one image (NaN: no usable estimate).
+
+        Only codecs that declare :attr:`estimates_distortion` implement it.
+        """
+        return float("nan")

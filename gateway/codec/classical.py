@@ -34,6 +34,7 @@ from PIL import Image
 
 from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs, SearchSpace
+from gateway.codec.image_io import as_rgb_array, resize_rgb
 from gateway.errors import BitstreamError, ChecksumMismatch, CodecError, ConfigError
 
 try:  # Pillow >= 11.3 reads and writes AVIF itself; the plugin covers older builds.
@@ -43,24 +44,6 @@ except ImportError:  # pragma: no cover - depends on the installed Pillow
 import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
 
 
-def as_rgb_array(image: np.ndarray) -> np.ndarray:
-    """Check that ``image`` is an HxWx3 uint8 array and return it contiguous."""
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise CodecError(
-            f"expected an HxWx3 uint8 RGB image, got shape {arr.shape} dtype {arr.dtype}; "
-            "convert it with PIL.Image.convert('RGB') first"
-        )
-    return np.ascontiguousarray(arr)
-
-
-def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``image`` resized to ``size`` = (width, height) with Lanczos (a no-op at the same size)."""
-    if (image.shape[1], image.shape[0]) == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-
-
 class ClassicalCodec(Codec):
     """A Pillow-backed codec; subclasses set the format and payload packing."""
 
@@ -68,7 +51,7 @@ class ClassicalCodec(Codec):
     max_quality: ClassVar[int] = 100
     #: Decoding is cheap (milliseconds), so the rate controller may decode
     #: candidates to compare the real distortion of different downscales.
-    fast_decode: ClassVar[bool] = True
+    fast_decode = True
     #: Encoder options a caller may override (name -> default).
     default_options: ClassVar[dict[str, Any]] = {}
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gateway.errors import ConfigError
-from gateway.metrics import ms_ssim_torch
+from gateway.eval.metrics import ms_ssim_torch
 
 log = logging.getLogger(__name__)
 

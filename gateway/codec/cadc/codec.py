@@ -139,6 +139,8 @@ class CADCCodec(Codec):
 
     name = "cadc"
     codec_id = bitstream.CODEC_IDS["cadc"]
+    predicts_bytes = True  # estimate_bytes: the rate controller searches on predictions
+    estimates_distortion = True  # estimate_distortion: the ADGIC auxiliary reconstruction's MSE
 
     #: Threads for ``g_a`` in :meth:`analyze` (None: the caller's torch setting).  One by default: g_a
     #: at Kodak size is ~25 ms on one core, and a second thread mostly adds waiting on a busy sender.

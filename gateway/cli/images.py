@@ -1,0 +1,123 @@
+"""``satgw encode`` and ``satgw decode``: one image into a packet budget and back.
+
+``encode`` runs the rate controller (:mod:`gateway.ratecontrol`) so the whole
+bitstream fits the frames given, prints what it chose and what it cost, and
+writes the bitstream; ``decode`` turns a bitstream file back into a PNG.
+Exit status: 0 done, 1 error (bad file, corrupt bitstream, bad option),
+2 usage, 3 the image does not fit the budget (the message says how many
+frames it needs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from gateway.codec import bitstream
+from gateway.codec.image_io import png_bytes, read_rgb, write_atomic
+from gateway.codec.registry import CODEC_NAMES, decode_any, make_codec
+from gateway.errors import BudgetError, SatgwError
+
+EXIT_ERROR = 1
+EXIT_BUDGET = 3
+
+
+def _fail(prog: str, message: str, code: int = EXIT_ERROR) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _load_codec(name: str | None, bundle: str | None) -> tuple[Any, str]:
+    """The codec to use and a note on how it was chosen."""
+    if name is not None:
+        return make_codec(name, bundle=bundle), f"codec {name} (asked for)"
+    try:
+        return make_codec("cadc", bundle=bundle), "codec cadc (default: the model bundle loaded)"
+    except (SatgwError, ImportError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return make_codec("avif"), f"codec avif (default fallback: cadc did not load: {reason})"
+
+
+def encode_main(argv: list[str]) -> int:
+    """``satgw encode IMAGE --packets N``: rate-controlled encode into N frames."""
+    prog = "satgw encode"
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Encode an image so its whole bitstream fits N frames of the link (rate controlled).",
+        epilog="Exit status: 0 done, 1 error, 2 usage, 3 does not fit (the message says how many frames it needs).",
+    )
+    ap.add_argument("image", type=Path, help="input image (any format Pillow reads)")
+    ap.add_argument("--packets", "-n", type=int, required=True, metavar="N", help="frame budget (total frames)")
+    ap.add_argument("-o", "--output", type=Path, help="bitstream file to write (default: IMAGE with .sgw)")
+    ap.add_argument("--codec", choices=CODEC_NAMES, help="codec (default: cadc if its bundle loads, else avif)")
+    ap.add_argument("--frame-size", type=int, default=450, help="bytes per frame on the wire (default 450)")
+    ap.add_argument("--parity", type=int, default=0, metavar="M", help="of the N frames, M are erasure-code parity")
+    ap.add_argument("--auth-tag-len", type=int, default=0, metavar="B", help="HMAC tag bytes per frame (0 = none)")
+    ap.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args(argv)
+
+    from gateway.ratecontrol import Budget, fit  # after parsing, so --help stays fast
+
+    out_path = args.output or args.image.with_suffix(".sgw")
+    try:
+        image = read_rgb(args.image.read_bytes())
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        return _fail(prog, f"cannot read image {args.image}: {exc}")
+    try:
+        budget = Budget(args.packets, args.frame_size, args.auth_tag_len, args.parity)
+        codec, how = _load_codec(args.codec, args.bundle)
+        result = fit(codec, image, budget, label=args.image.name)
+        write_atomic(out_path, result.bitstream)
+    except BudgetError as exc:
+        return _fail(prog, str(exc), EXIT_BUDGET)
+    except (SatgwError, ImportError, OSError) as exc:
+        return _fail(prog, str(exc))
+
+    info = result.as_dict()
+    if args.json:
+        print(json.dumps({"input": str(args.image), "output": str(out_path), "chosen_by": how, **info}))
+        return 0
+    w, h = image.shape[1], image.shape[0]
+    cw, ch = bitstream.scaled_size(w, h, result.knobs.scale_code)
+    setting = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info["setting"].items())
+    scale = f"downscaled to {cw}x{ch} (x{result.scale:.3f})" if result.downscaled else f"full size {w}x{h}"
+    print(f"{args.image} -> {out_path}")
+    print(f"  {how}")
+    print(f"  setting: {setting}; {scale}")
+    print(
+        f"  cost: {result.bytes} B of {result.budget_bytes} B ({100 * result.utilization:.1f} %), "
+        f"budget {result.budget_counting}"
+    )
+    print(f"  search: {result.candidates} candidates in {result.seconds:.2f} s")
+    return 0
+
+
+def decode_main(argv: list[str]) -> int:
+    """``satgw decode FILE -o out.png``: decode a bitstream file with the codec its header names."""
+    prog = "satgw decode"
+    ap = argparse.ArgumentParser(prog=prog, description="Decode a satgw bitstream file to a PNG image.")
+    ap.add_argument("bitstream", type=Path, help="bitstream file written by 'satgw encode'")
+    ap.add_argument("-o", "--output", type=Path, help="PNG to write (default: the input with .png)")
+    ap.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    args = ap.parse_args(argv)
+
+    out_path = args.output or args.bitstream.with_suffix(".png")
+    try:
+        data = args.bitstream.read_bytes()
+        header, _ = bitstream.unpack(data)
+        image = decode_any(data, {}, bundle=args.bundle)
+        write_atomic(out_path, png_bytes(image))
+    except (SatgwError, ImportError, OSError) as exc:
+        return _fail(prog, f"{args.bitstream}: {exc}")
+    cw, ch = header.coded_size
+    print(
+        f"{args.bitstream} ({len(data)} B, {header.codec_name}, {header.width}x{header.height}, "
+        f"coded {cw}x{ch}, lam_code {header.lam_code}, delta_code {header.delta_code}) -> {out_path}"
+    )
+    return 0

@@ -1,0 +1,336 @@
+"""Configuration of the sender and ground-station daemons: YAML in, typed dataclasses out, validated at start.
+
+Every key is read through the one config reader the link simulator also
+uses (:class:`gateway.transport.config_reader.Section`) before a daemon
+touches a socket or a file: unknown keys, wrong types, out-of-range values
+and nulls where a value is needed raise :class:`gateway.errors.ConfigError`
+naming the dotted key and the file. Durations under ``arq`` and ``ack`` are
+in *link* seconds (simulated time; they are divided by the link's time scale
+at run time); ``ttl_s``, ``inbox_poll_s`` and ``decode.timeout_s`` are
+wall-clock seconds. Relative paths are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from gateway.errors import ConfigError
+from gateway.transport.config_reader import Section, read_yaml, set_dotted
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: An override value that sets a key to null (a plain None override means "not given").
+NULL = type("Null", (), {"__repr__": lambda self: "NULL"})()
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How a daemon reaches the link and learns its schedule."""
+
+    endpoint: str  #: the link's side for this daemon
+    control: str | None  #: the link's control endpoint; None: follow ``contact_plan``
+    contact_plan: str | None  #: a contact-plan file, used only when ``control`` is None
+    schedule_poll_s: float
+    control_timeout_s: float
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """The frame format both daemons and the link agree on."""
+
+    size: int
+    auth_key_file: str | None
+    tag_len: int
+
+
+@dataclass(frozen=True)
+class SenderDefaults:
+    """Job options for inbox images and ``satgw send`` without options."""
+
+    codec: str
+    packets: int
+    priority: int
+    parity: int
+
+
+@dataclass(frozen=True)
+class SenderLimits:
+    """What the sender accepts."""
+
+    max_image_bytes: int
+    max_pixels: int
+    max_queue: int
+
+
+@dataclass(frozen=True)
+class ArqSettings:
+    """Selective repeat: retransmit timeouts (link seconds), limits, expiry (wall seconds), pacing credit."""
+
+    initial_rto_s: float
+    min_rto_s: float
+    max_rto_s: float
+    reorder_frames: int
+    max_transmissions: int
+    ttl_s: float
+    burst_frames: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """What both daemons' configs have: their control socket, the link, frames, CURVE, logging, the bundle."""
+
+    control: str
+    log_level: str
+    bundle: str | None
+    link: LinkSettings
+    frame: FrameSettings
+    curve_dir: str | None
+    source: str = "<defaults>"  #: the file it was read from
+
+
+@dataclass(frozen=True, kw_only=True)
+class SenderConfig(DaemonConfig):
+    """The sender daemon's validated configuration."""
+
+    spool: str
+    inbox: str | None
+    inbox_poll_s: float
+    spool_synchronous: str
+    defaults: SenderDefaults
+    limits: SenderLimits
+    arq: ArqSettings
+
+
+@dataclass(frozen=True)
+class AckSettings:
+    """When the ground station acknowledges (link seconds)."""
+
+    interval_s: float
+    active_s: float
+    meta_grace_s: float
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Where and how long decoding may run."""
+
+    worker: str
+    timeout_s: float
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class ReceiverLimits:
+    """What the ground station keeps."""
+
+    max_pending_messages: int
+    max_frames_per_message: int
+    max_batch_frames: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiverConfig(DaemonConfig):
+    """The ground-station daemon's validated configuration."""
+
+    store: str
+    outbox: str
+    store_synchronous: str
+    ack: AckSettings
+    decode: DecodeSettings
+    limits: ReceiverLimits
+
+
+def _link(s: Section) -> LinkSettings:
+    endpoint = s.endpoint("endpoint", None)
+    if endpoint is None:
+        s.fail(s.key_path("endpoint"), "is required: the link's side for this daemon, e.g. tcp://127.0.0.1:5551")
+    link = LinkSettings(
+        endpoint=endpoint or "",
+        control=s.endpoint("control", None),
+        contact_plan=s.path_value("contact_plan", None, "a contact-plan file"),
+        schedule_poll_s=_num(s, "schedule_poll_s", 0.5, 0.01, 60),
+        control_timeout_s=_num(s, "control_timeout_s", 0.5, 0.01, 30),
+    )
+    if link.control is None and link.contact_plan is None:
+        s.fail(
+            s.key_path("control"),
+            "is null and link.contact_plan is not set: give the link's control endpoint (preferred) or a "
+            "contact plan so the daemon knows the link's rates and outages",
+        )
+    s.done()
+    return link
+
+
+def _frame(s: Section) -> FrameSettings:
+    frame = FrameSettings(
+        size=_int(s, "size", 450, 64, 9000),
+        auth_key_file=s.path_value("auth_key_file", None, "a pre-shared HMAC key file"),
+        tag_len=_int(s, "tag_len", 8, 4, 32),
+    )
+    s.done()
+    return frame
+
+
+def _curve_dir(s: Section) -> str | None:
+    d = s.path_value("dir", None, "the folder written by 'satgw keys DIR'")
+    s.done()
+    return d
+
+
+def _num(s: Section, key: str, default: float, lo: float, hi: float) -> float:
+    v = s.number(key, default, lo=lo, hi=hi)
+    assert v is not None
+    return v
+
+
+def _int(s: Section, key: str, default: int, lo: int, hi: int) -> int:
+    v = s.integer(key, default, lo=lo, hi=hi)
+    assert v is not None
+    return v
+
+
+def _path(s: Section, key: str, default: str) -> str:
+    v = s.path_value(key, default)
+    assert v is not None
+    return v
+
+
+def _attachment(top: Section, control: str) -> dict[str, Any]:
+    """The :class:`DaemonConfig` fields, read from ``top``."""
+    return {
+        "control": top.endpoint("control", control) or control,
+        "log_level": top.choice("log_level", "info", LOG_LEVELS),
+        "bundle": top.path_value("bundle", None, "a CADC model bundle folder"),
+        "link": _link(top.section("link")),
+        "frame": _frame(top.section("frame")),
+        "curve_dir": _curve_dir(top.section("curve")),
+        "source": top.source,
+    }
+
+
+def _sender(top: Section) -> SenderConfig:
+    d = top.section("defaults")
+    defaults = SenderDefaults(
+        codec=_path(d, "codec", "webp"),
+        packets=_int(d, "packets", 8, 1, 65535),
+        priority=_int(d, "priority", 0, -1000, 1000),
+        parity=_int(d, "parity", 0, 0, 255),
+    )
+    d.done()
+    lim = top.section("limits")
+    limits = SenderLimits(
+        max_image_bytes=_int(lim, "max_image_bytes", 50_000_000, 1, 2**31),
+        max_pixels=_int(lim, "max_pixels", 64_000_000, 1, 2**31),
+        max_queue=_int(lim, "max_queue", 100_000, 1, 10_000_000),
+    )
+    lim.done()
+    a = top.section("arq")
+    arq = ArqSettings(
+        initial_rto_s=_num(a, "initial_rto_s", 4.0, 0.001, 3600),
+        min_rto_s=_num(a, "min_rto_s", 0.2, 0.0001, 3600),
+        max_rto_s=_num(a, "max_rto_s", 120.0, 0.001, 36000),
+        reorder_frames=_int(a, "reorder_frames", 2, 0, 10000),
+        max_transmissions=_int(a, "max_transmissions", 50, 1, 100000),
+        ttl_s=_num(a, "ttl_s", 86400.0, 1, 10 * 365 * 86400),
+        burst_frames=_int(a, "burst_frames", 1, 0, 64),
+    )
+    if not arq.min_rto_s <= arq.initial_rto_s <= arq.max_rto_s:
+        a.fail(a.key_path("initial_rto_s"), "must lie between arq.min_rto_s and arq.max_rto_s")
+    a.done()
+    cfg = SenderConfig(
+        spool=_path(top, "spool", "var/sender/spool.db"),
+        inbox=top.path_value("inbox", None, "a folder polled for new images"),
+        inbox_poll_s=_num(top, "inbox_poll_s", 1.0, 0.05, 3600),
+        spool_synchronous=top.choice("spool_synchronous", "FULL", SYNCHRONOUS),
+        defaults=defaults,
+        limits=limits,
+        arq=arq,
+        **_attachment(top, "tcp://127.0.0.1:5601"),
+    )
+    top.done()
+    return cfg
+
+
+def _receiver(top: Section) -> ReceiverConfig:
+    a = top.section("ack")
+    ack = AckSettings(
+        interval_s=_num(a, "interval_s", 1.0, 0.001, 3600),
+        active_s=_num(a, "active_s", 60.0, 0.01, 86400),
+        meta_grace_s=_num(a, "meta_grace_s", 300.0, 0, 3600),
+    )
+    a.done()
+    d = top.section("decode")
+    decode = DecodeSettings(
+        worker=d.choice("worker", "process", ("process", "thread")),
+        timeout_s=_num(d, "timeout_s", 600.0, 1, 86400),
+        max_attempts=_int(d, "max_attempts", 3, 1, 100),
+    )
+    d.done()
+    lim = top.section("limits")
+    limits = ReceiverLimits(
+        max_pending_messages=_int(lim, "max_pending_messages", 2000, 1, 10_000_000),
+        max_frames_per_message=_int(lim, "max_frames_per_message", 4096, 1, 65535),
+        max_batch_frames=_int(lim, "max_batch_frames", 256, 1, 100000),
+    )
+    lim.done()
+    cfg = ReceiverConfig(
+        store=_path(top, "store", "var/receiver/frames.db"),
+        outbox=_path(top, "outbox", "var/receiver/outbox"),
+        store_synchronous=top.choice("store_synchronous", "FULL", SYNCHRONOUS),
+        ack=ack,
+        decode=decode,
+        limits=limits,
+        **_attachment(top, "tcp://127.0.0.1:5602"),
+    )
+    top.done()
+    return cfg
+
+
+T = TypeVar("T")
+
+
+def _load(path: str | Path | None, overrides: dict[str, Any] | None, build: Callable[[Section], T]) -> T:
+    """Read ``path`` (YAML; None for defaults only), lay dotted ``overrides`` over it, validate it all.
+
+    Overrides whose value is None are ignored (an unset command-line option); :data:`NULL` sets null.
+    """
+    source = str(path) if path else "<defaults>"
+    raw: Any = {}
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} not found: pass --config with an existing YAML file")
+        raw = read_yaml(path, "daemon config")
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, found {type(raw).__name__}")
+    raw = copy.deepcopy(raw or {})
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(raw, dotted, None if value is NULL else value)
+    return build(Section(raw, "", source, null_is_default=False))
+
+
+def load_sender_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SenderConfig:
+    """The sender daemon's validated configuration."""
+    return _load(path, overrides, _sender)
+
+
+def load_receiver_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ReceiverConfig:
+    """The ground-station daemon's validated configuration."""
+    return _load(path, overrides, _receiver)
+
+
+def read_auth_key(path: str | None) -> bytes | None:
+    """The HMAC pre-shared key from ``path`` (raw bytes, surrounding whitespace stripped), or None."""
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        key = p.read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"frame.auth_key_file: cannot read {p} ({e.strerror}); create it or fix the path") from e
+    if len(key) < 16:
+        raise ConfigError(f"frame.auth_key_file: {p} holds {len(key)} bytes; use at least 16 random bytes")
+    return key

@@ -1,0 +1,1 @@
+"""Measuring the system: image metrics, the daemon launcher, ``satgw demo`` and its report."""

@@ -1,0 +1,1 @@
+"""The ground-station daemon (``satgw receiver``): store frames, acknowledge, reassemble, decode, write PNG + JSON."""

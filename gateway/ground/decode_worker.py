@@ -1,0 +1,179 @@
+"""Decoding off the ground station's event loop, in a child process (or a thread).
+
+:class:`DecodeWorker` runs :class:`~gateway.ground.output.DecodeJob` s one at a
+time. In a child process (the default) a crashing or hanging decoder costs
+one attempt at one message, not the daemon: a child that dies is reported
+``crashed``, one that takes longer than the timeout is killed and reported
+``crashed``, and the next job starts a fresh child. Results come back through
+:meth:`DecodeWorker.poll`, which never blocks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from gateway.ground.output import DecodeJob, OutputRecord, decode_message
+
+Runner = Callable[[DecodeJob], OutputRecord]
+
+
+@dataclass(frozen=True)
+class DecodeOutcome:
+    """How one job ended: ``ok`` (with the record), ``error`` (a bad bitstream: do not retry) or
+    ``crashed`` (the decoder died or timed out: retry)."""
+
+    message_id: int
+    status: Literal["ok", "error", "crashed"]
+    record: OutputRecord | None = None
+    reason: str | None = None
+
+
+def _run_job(run: Runner, job: DecodeJob) -> DecodeOutcome:
+    try:
+        return DecodeOutcome(job.message_id, "ok", record=run(job))
+    except Exception as e:  # every decoder error becomes a failed message with its reason
+        return DecodeOutcome(job.message_id, "error", reason=f"{type(e).__name__}: {e}")
+
+
+def _child_main(conn: Any, parent_pid: int, run: Runner) -> None:
+    """Child process loop: one job in, one outcome out; exits when the parent is gone."""
+    try:
+        import gateway.codec.registry  # noqa: F401  (warm the import before the first job)
+    except Exception:
+        pass
+    while True:
+        if os.getppid() != parent_pid:
+            return  # the daemon was killed: do not linger as an orphan
+        try:
+            if not conn.poll(1.0):
+                continue
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(_run_job(run, job))
+        except (EOFError, OSError):
+            return
+
+
+class DecodeWorker:
+    """Runs decode jobs one at a time in a child process or a thread; outcomes come back via :meth:`poll`.
+
+    ``run`` is what a job runs (default :func:`decode_message`); in process
+    mode it must be a module-level function (it is pickled into the child).
+    """
+
+    def __init__(self, mode: str = "process", timeout_s: float = 600.0, run: Runner = decode_message) -> None:
+        if mode not in ("process", "thread"):
+            raise ValueError(f"decode worker mode must be process or thread, not {mode!r}")
+        self.mode, self.timeout_s, self.run = mode, timeout_s, run
+        self._jobs: "queue.Queue[DecodeJob]" = queue.Queue()
+        self._results: "queue.Queue[DecodeOutcome]" = queue.Queue()
+        self._waiting: list[DecodeJob] = []
+        self._current: tuple[DecodeJob, float] | None = None
+        self._proc: Any = None
+        self._conn: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        if mode == "thread":
+            self._thread = threading.Thread(target=self._thread_main, name="decoder", daemon=True)
+            self._thread.start()
+
+    def pending(self) -> int:
+        """Jobs submitted and not yet reported."""
+        if self.mode == "thread":
+            return self._jobs.qsize() + (1 if self._current else 0)
+        return len(self._waiting) + (1 if self._current else 0)
+
+    def submit(self, job: DecodeJob) -> None:
+        """Queue one job."""
+        if self.mode == "thread":
+            self._jobs.put(job)
+        else:
+            self._waiting.append(job)
+
+    def _thread_main(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._current = (job, time.monotonic())
+            outcome = _run_job(self.run, job)
+            self._current = None
+            self._results.put(outcome)
+
+    def _start_child(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child_main, args=(child, os.getpid(), self.run), name="satgw-decoder",
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _kill_child(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def _death(self) -> str:
+        """Why the child stopped answering: its exit code once it is reaped."""
+        self._proc.join(timeout=2)
+        if self._proc.exitcode is None:
+            return "decoder process connection lost"
+        return f"decoder process died (exit code {self._proc.exitcode})"
+
+    def poll(self) -> list[DecodeOutcome]:
+        """Finished jobs; never blocks. In process mode this also starts the next job."""
+        if self.mode == "thread":
+            out = []
+            while True:
+                try:
+                    out.append(self._results.get_nowait())
+                except queue.Empty:
+                    return out
+        out = []
+        if self._current is not None:
+            job, started = self._current
+            crashed = None
+            try:
+                if self._conn.poll(0):
+                    out.append(self._conn.recv())
+                    self._current = None
+                elif not self._proc.is_alive():
+                    crashed = self._death()
+                elif time.monotonic() - started > self.timeout_s:
+                    crashed = f"decode took longer than {self.timeout_s:g} s"
+            except (EOFError, OSError):
+                crashed = self._death()  # a dead child's pipe reads as end of file
+            if crashed is not None:
+                self._kill_child()
+                out.append(DecodeOutcome(job.message_id, "crashed", reason=crashed))
+                self._current = None
+        if self._current is None and self._waiting:
+            if self._proc is None or not self._proc.is_alive():
+                self._kill_child()
+                self._start_child()
+            job = self._waiting.pop(0)
+            try:
+                self._conn.send(job)
+                self._current = (job, time.monotonic())
+            except (EOFError, OSError) as e:
+                self._kill_child()
+                out.append(DecodeOutcome(job.message_id, "crashed", reason=f"cannot reach the decoder process ({e})"))
+        return out
+
+    def close(self) -> None:
+        """Stop the worker (a running decode is abandoned; it is redone after restart)."""
+        self._stop.set()
+        self._kill_child()

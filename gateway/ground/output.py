@@ -1,0 +1,141 @@
+"""What the ground station delivers: ``<id>.png`` and the ``<id>.json`` record beside it.
+
+:func:`decode_message` does one :class:`DecodeJob`: decode with the codec the
+bitstream header names, then write the PNG and then the JSON record through
+the one atomic writer (:func:`gateway.codec.image_io.write_atomic`). File
+names are deterministic, so redoing a job after a crash rewrites the same
+two files: the outbox never holds a second copy of a message. The record is
+built from the frame store's typed :class:`~gateway.store.framestore.StoredMessage`,
+never from storage column names.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.protocol.meta import MessageMeta
+from gateway.store.framestore import StoredMessage
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Everything needed to decode one message and describe it."""
+
+    message: StoredMessage
+    bitstream: bytes
+    outbox: str
+    frame_size: int
+    bundle: str | None = None  # CADC model bundle folder (None: the embedded cadc-tiny)
+
+    @property
+    def message_id(self) -> int:
+        return self.message.id
+
+
+@dataclass(frozen=True)
+class Timings:
+    """When the message arrived and how long decoding took (wall-clock seconds)."""
+
+    first_frame_at: float
+    assembled_at: float | None
+    decoded_at: float
+    transfer_s: float | None
+    decode_s: float
+    decode_stages_ms: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """The ``<id>.json`` record of one delivered picture (field meanings in ``docs/daemons.md``)."""
+
+    message_id: int
+    source_name: str | None
+    source_bytes: int | None
+    codec: str
+    setting: dict[str, Any]
+    width: int
+    height: int
+    coded_size: list[int]
+    bitstream_bytes: int
+    frames_total: int
+    frames_data: int
+    frames_received: int
+    frames_lost: int
+    frames_repeated: int
+    frame_size: int
+    bytes_on_air: int
+    bytes_received_on_air: int
+    bpp: float
+    bpp_on_air: float
+    caption: str | None
+    timings: Timings
+    png: str
+
+    def to_json(self) -> bytes:
+        """The record as the JSON file's bytes."""
+        return (json.dumps(asdict(self), indent=1, default=str) + "\n").encode()
+
+
+def decode_message(job: DecodeJob) -> OutputRecord:
+    """Decode ``job`` and write ``<outbox>/<id>.png`` then ``<id>.json``; returns the record.
+
+    Raises :class:`gateway.errors.BitstreamError` (or another CodecError) for a
+    bad bitstream; nothing is written then.
+    """
+    import numpy as np
+
+    from gateway.codec import bitstream as bs
+    from gateway.codec.base import Knobs
+    from gateway.codec.image_io import png_bytes, write_atomic
+    from gateway.codec.registry import get_codec
+    from gateway.errors import CodecError
+
+    header, _ = bs.unpack(job.bitstream)
+    codec = get_codec(header.codec_name, job.bundle)  # loaded once per worker; not part of the decode time
+    t0 = time.perf_counter()
+    image, decode_info = codec.decode_with_info(job.bitstream)
+    decode_s = time.perf_counter() - t0
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3):
+        raise CodecError(f"decoder returned {type(image).__name__}, not an HxWx3 uint8 image")
+    msg, meta = job.message, MessageMeta.unpack(job.message.meta)
+    h, w = image.shape[:2]
+    n, fs = msg.n, job.frame_size
+    record = OutputRecord(
+        message_id=msg.id,
+        source_name=meta.name,
+        source_bytes=meta.size,
+        codec=header.codec_name,
+        setting=codec.describe(Knobs(header.lam_code, header.delta_code, header.scale_code)),
+        width=w,
+        height=h,
+        coded_size=list(header.coded_size),
+        bitstream_bytes=len(job.bitstream),
+        frames_total=n,
+        frames_data=msg.k,
+        frames_received=msg.received,
+        frames_lost=max(0, n - msg.received),
+        frames_repeated=msg.repeated,
+        frame_size=fs,
+        bytes_on_air=n * fs,
+        bytes_received_on_air=(msg.received + msg.repeated) * fs,
+        bpp=round(len(job.bitstream) * 8 / (w * h), 5),
+        bpp_on_air=round(n * fs * 8 / (w * h), 5),
+        caption=decode_info.get("caption"),
+        timings=Timings(
+            first_frame_at=msg.first_at,
+            assembled_at=msg.assembled_at,
+            decoded_at=time.time(),
+            transfer_s=None if msg.assembled_at is None else round(msg.assembled_at - msg.first_at, 4),
+            decode_s=round(decode_s, 4),
+            decode_stages_ms=decode_info.get("timings_ms"),
+        ),
+        png=f"{msg.id}.png",
+    )
+    out = Path(job.outbox)
+    write_atomic(out / f"{msg.id}.png", png_bytes(image))
+    write_atomic(out / f"{msg.id}.json", record.to_json())
+    return record

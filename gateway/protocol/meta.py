@@ -1,0 +1,53 @@
+"""The META frame's payload: what the ground station learns about a message besides its bitstream.
+
+One small msgpack map ``{"name", "size", "codec"}`` (the source file name, its
+size in bytes, the codec), sent in one META frame outside the image budget.
+The sender packs it to fit one frame's payload (dropping the name if it must);
+the ground station reads it as untrusted input: bounded, and anything
+malformed reads as an empty record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+MAX_NAME = 120  #: characters of the source file name carried
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    """What the META frame says about one message (every field may be missing on the ground)."""
+
+    name: str | None = None
+    size: int | None = None
+    codec: str | None = None
+
+    def pack(self, capacity: int) -> bytes:
+        """The payload, at most ``capacity`` bytes (the name is dropped when it would not fit)."""
+        raw = msgpack.packb({"name": (self.name or "")[:MAX_NAME], "size": self.size, "codec": self.codec},
+                            use_bin_type=True)
+        if len(raw) > capacity:
+            raw = msgpack.packb({"name": "", "size": self.size, "codec": self.codec}, use_bin_type=True)
+        return raw
+
+    @classmethod
+    def unpack(cls, raw: bytes | None) -> "MessageMeta":
+        """Read a payload from the link; anything malformed (or absent) gives an empty record."""
+        if not raw:
+            return cls()
+        try:
+            m: Any = msgpack.unpackb(raw, raw=False, strict_map_key=False, max_str_len=1024, max_bin_len=1024,
+                                     max_array_len=64, max_map_len=64)
+        except Exception:  # a META frame is untrusted input like any other
+            return cls()
+        if not isinstance(m, dict):
+            return cls()
+        name, size, codec = m.get("name"), m.get("size"), m.get("codec")
+        return cls(
+            name if isinstance(name, str) else None,
+            size if isinstance(size, int) and not isinstance(size, bool) else None,
+            codec if isinstance(codec, str) else None,
+        )

@@ -1,0 +1,267 @@
+"""Selective-repeat ARQ for the sender: which frame goes next, and what an ACK changed (pure logic).
+
+Every method takes ``now`` (wall-clock seconds) explicitly so the logic is
+unit-testable and deterministic; the sender daemon glues it to sockets and
+the spool. :class:`TransmitScheduler` picks the next frame: messages by
+priority (higher first) then age; within a message its META frame first,
+then frames known lost (a later-sent frame of the same message was
+acknowledged, or the retransmit timeout passed), then frames never sent. ACK
+bitmaps mark frames acknowledged; a ``complete`` ACK retires the message.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from gateway.protocol.rto import RtoEstimator
+
+META_INDEX = -1  #: pseudo-index of a message's META frame in this module
+
+
+@dataclass
+class _FrameState:
+    sent_at: float | None = None
+    seq: int = -1
+    tx: int = 0
+    acked: bool = False
+    lost: bool = False  # known lost, waiting for its retransmission
+
+
+@dataclass
+class _Message:
+    mid: int
+    priority: int
+    created: float
+    n: int
+    k: int
+    frames: list[_FrameState]
+    meta: _FrameState | None
+    sent: int = 0
+    retransmitted: int = 0
+    max_acked_seq: int = -1
+
+    @property
+    def key(self) -> tuple:
+        return (-self.priority, self.created, self.mid)
+
+    def acked_count(self) -> int:
+        return sum(1 for f in self.frames if f.acked)
+
+
+@dataclass(frozen=True)
+class Send:
+    """One frame to send: ``index`` is a frame index or :data:`META_INDEX`."""
+
+    message_id: int
+    index: int
+    retransmission: bool
+
+
+@dataclass
+class AckOutcome:
+    """What one ACK entry changed."""
+
+    newly_acked: list[int] = field(default_factory=list)
+    unacked: list[int] = field(default_factory=list)  # frames the receiver no longer reports (it lost them)
+    complete: bool = False
+    ignored: bool = False
+
+
+class TransmitScheduler:
+    """Chooses frames to (re)send and digests ACK bitmaps. All times are wall seconds."""
+
+    def __init__(
+        self,
+        rto: RtoEstimator,
+        *,
+        reorder_frames: int = 3,
+        max_transmissions: int = 50,
+        max_backoff: int = 8,
+    ) -> None:
+        self.rto = rto
+        self.reorder = reorder_frames
+        self.max_tx = max_transmissions
+        self.max_backoff = max_backoff
+        self._msgs: dict[int, _Message] = {}
+        self._order: list[tuple] = []
+        self._seq = 0
+        self.frames_sent = 0
+        self.retransmissions = 0
+
+    # --- membership -------------------------------------------------------------------------
+
+    def add(
+        self,
+        message_id: int,
+        *,
+        priority: int,
+        created: float,
+        n: int,
+        acked: Iterable[int] = (),
+        has_meta: bool = True,
+        k: int | None = None,
+    ) -> None:
+        """Queue a message with ``n`` frames (indices 0..n-1, ``k`` of them needed), some maybe acknowledged."""
+        if message_id in self._msgs:
+            return
+        frames = [_FrameState() for _ in range(n)]
+        for i in acked:
+            if 0 <= i < n:
+                frames[i].acked = True
+        k = n if k is None else k
+        m = _Message(message_id, priority, created, n, k, frames, _FrameState() if has_meta else None)
+        self._msgs[message_id] = m
+        bisect.insort(self._order, m.key)
+
+    def remove(self, message_id: int) -> None:
+        """Forget a message (delivered, failed or expired)."""
+        m = self._msgs.pop(message_id, None)
+        if m is not None:
+            i = bisect.bisect_left(self._order, m.key)
+            if i < len(self._order) and self._order[i] == m.key:
+                del self._order[i]
+
+    def __contains__(self, message_id: int) -> bool:
+        return message_id in self._msgs
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    def message_ids(self) -> list[int]:
+        """Queued message ids in transmit order."""
+        return [k[2] for k in self._order]
+
+    def progress(self, message_id: int) -> dict[str, int]:
+        """Frames acked / total, frames sent, retransmissions of one message."""
+        m = self._msgs[message_id]
+        return {"acked": m.acked_count(), "n": m.n, "sent": m.sent, "retransmitted": m.retransmitted}
+
+    # --- choosing ---------------------------------------------------------------------------
+
+    def _timeout(self, f: _FrameState) -> float:
+        return self.rto.rto * min(2 ** max(0, f.tx - 1), self.max_backoff)
+
+    def _expired(self, f: _FrameState, now: float) -> bool:
+        return f.sent_at is not None and now - f.sent_at >= self._timeout(f)
+
+    def next(self, now: float) -> Send | None:
+        """The frame to send at ``now``, or None if every queued frame is acked or in flight."""
+        for key in self._order:
+            m = self._msgs[key[2]]
+            if m.meta is not None and not m.meta.acked:
+                if m.meta.tx == 0:
+                    return Send(m.mid, META_INDEX, False)
+            lost_pick: int | None = None
+            new_pick: int | None = None
+            for i, f in enumerate(m.frames):
+                if f.acked:
+                    continue
+                if f.tx == 0:
+                    if new_pick is None:
+                        new_pick = i
+                    continue
+                if f.lost or self._expired(f, now):
+                    f.lost = True
+                    lost_pick = i
+                    break
+            if lost_pick is not None:
+                return Send(m.mid, lost_pick, True)
+            if new_pick is not None:
+                return Send(m.mid, new_pick, False)
+            # META is repeated only when the receiver evidently lacks it: it reports enough frames but not
+            # complete (``lost``), or every frame is acked and the META's own timeout passed.
+            if m.meta is not None and not m.meta.acked and (
+                m.meta.lost or (self._expired(m.meta, now) and all(f.acked for f in m.frames))
+            ):
+                return Send(m.mid, META_INDEX, True)
+        return None
+
+    def next_deadline(self, now: float) -> float | None:
+        """Earliest wall time at which a retransmit timeout fires (for the event loop's sleep)."""
+        best: float | None = None
+        for m in self._msgs.values():
+            states = list(m.frames)
+            if m.meta is not None and not m.meta.acked and all(f.acked for f in m.frames):
+                states.append(m.meta)
+            for f in states:
+                if f.acked:
+                    continue
+                if f.tx == 0 or f.lost:
+                    return now
+                t = f.sent_at + self._timeout(f)  # type: ignore[operator]
+                best = t if best is None else min(best, t)
+        return best
+
+    def sent(self, message_id: int, index: int, now: float) -> None:
+        """Record that a frame went out at ``now`` (limits are checked by :meth:`over_limit`)."""
+        m = self._msgs.get(message_id)
+        if m is None:
+            return
+        f = m.meta if index == META_INDEX else m.frames[index]
+        if f is None:
+            return
+        if f.tx > 0:
+            m.retransmitted += 1
+            self.retransmissions += 1
+        f.tx += 1
+        f.sent_at = now
+        f.lost = False
+        f.seq = self._seq
+        self._seq += 1
+        m.sent += 1
+        self.frames_sent += 1
+
+    def over_limit(self, now: float) -> list[tuple[int, str]]:
+        """Messages with a frame sent ``max_transmissions`` times whose last try also timed out."""
+        out = []
+        for m in self._msgs.values():
+            for i, f in enumerate(m.frames):
+                if not f.acked and f.tx >= self.max_tx and (f.lost or self._expired(f, now)):
+                    out.append((m.mid, f"frame {i} was sent {f.tx} times without being acknowledged"))
+                    break
+        return out
+
+    # --- acknowledgements -------------------------------------------------------------------
+
+    def on_ack(self, message_id: int, n: int, received: frozenset[int], complete: bool, now: float) -> AckOutcome:
+        """Digest one ACK entry: mark frames acked, detect holes, sample the RTT."""
+        out = AckOutcome()
+        m = self._msgs.get(message_id)
+        if m is None:
+            out.ignored = True
+            return out
+        if complete:
+            out.complete = True
+            out.newly_acked = [i for i, f in enumerate(m.frames) if not f.acked]
+            for f in m.frames:
+                f.acked = True
+            return out
+        if n != m.n or any(not 0 <= i < m.n for i in received):
+            out.ignored = True  # not about the message we sent: foreign or stale
+            return out
+        for i, f in enumerate(m.frames):
+            if i in received:
+                if not f.acked:
+                    f.acked = True
+                    f.lost = False
+                    out.newly_acked.append(i)
+                    if f.tx == 1 and f.sent_at is not None:
+                        self.rto.sample(now - f.sent_at)
+                    m.max_acked_seq = max(m.max_acked_seq, f.seq)
+            elif f.acked:
+                # The receiver lost what it had acknowledged (store wiped or evicted): send again.
+                f.acked = False
+                f.tx = 0
+                f.sent_at = None
+                out.unacked.append(i)
+        # Selective repeat: a hole older than acknowledged frames of the same message is lost.
+        for f in m.frames:
+            if not f.acked and f.tx > 0 and f.seq + self.reorder < m.max_acked_seq:
+                f.lost = True
+        # The receiver holds enough frames yet does not say complete: it waits for the META frame.
+        meta = m.meta
+        if meta is not None and meta.tx > 0 and len(received) >= m.k and meta.seq < m.max_acked_seq:
+            meta.lost = True
+        return out

@@ -1,0 +1,1 @@
+"""The sender daemon (``satgw sender``): accept jobs, rate-control and packetize them, send with selective repeat."""

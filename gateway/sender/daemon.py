@@ -1,0 +1,343 @@
+"""The sender daemon: spool, encoder thread, paced selective-repeat transmission (``satgw sender``).
+
+One event-loop thread owns every socket (ZeroMQ sockets are single-threaded):
+the control REP socket (``satgw send`` / ``satgw status``), the DEALER to the
+link (frames out, ACKs in) and a lazy-pirate REQ to the link's control socket
+(availability, rate, time scale); :class:`~gateway.daemon.link_attached.LinkAttachedDaemon`
+runs that loop. The :class:`~gateway.sender.encoder.Encoder` thread runs the
+rate controller and packetizer on accepted jobs; both threads talk only
+through the spool (SQLite, durable) and a queue of ids. Which frame goes
+next, and what an ACK changed, is :mod:`gateway.protocol`'s sans-IO logic.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.daemon.config import SenderConfig
+from gateway.daemon.link_attached import LinkAttachedDaemon
+from gateway.errors import RequestError, SatgwError, StoreError
+from gateway.protocol.pacer import Pacer
+from gateway.protocol.rto import RtoEstimator
+from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
+from gateway.sender.acceptance import OPTIONS, check_job
+from gateway.sender.encoder import Encoder
+from gateway.sender.inbox import Inbox
+from gateway.store.spool import Spool
+from gateway.transport.eventlog import EventLog
+from packetizer.ack import unpack_acks
+from packetizer.errors import FrameError, PacketizerError
+from packetizer.frame import Frame, FrameType
+
+ACK_DRAIN = 256  # ACK frames read per loop turn before looking at the other sockets
+TRANSMIT_BATCH = 64  # frames sent per loop turn at most, so control requests and ACKs are never starved
+STATUS_MESSAGES = 200  # messages listed by ``status``
+HOUSEKEEPING_S = 1.0
+
+
+class SenderDaemon(LinkAttachedDaemon):
+    """The sender's state and event loop. Create, then :meth:`run` until :meth:`stop`."""
+
+    def __init__(self, cfg: SenderConfig, log: EventLog) -> None:
+        self.cfg = cfg
+        self.spool = Spool(cfg.spool, cfg.spool_synchronous)
+        # The biggest legal request is one image plus a little msgpack framing.
+        super().__init__("sender", cfg, log, commands={"send": self._cmd_send, "status": self._cmd_status},
+                         control_max_bytes=cfg.limits.max_image_bytes + 65536)
+        arq = cfg.arq
+        self.rto = RtoEstimator(arq.initial_rto_s, arq.min_rto_s, arq.max_rto_s)
+        self._rto_scale: tuple = ()  # (time scale, rates) the RTO bounds were last derived from
+        self.sched = TransmitScheduler(self.rto, reorder_frames=arq.reorder_frames,
+                                       max_transmissions=arq.max_transmissions)
+        self.pacer = Pacer(1.0, burst=arq.burst_frames)
+        self.encoded: queue.Queue[int] = queue.Queue()
+        self.encoder = Encoder(cfg, self.codec, log, self.encoded)
+        self.inbox = Inbox(cfg.inbox, lambda data, name: self._accept(data, name, {}),
+                           lambda name, digest: self.spool.find_by_source(name, digest) is not None,
+                           log) if cfg.inbox else None
+        self.counters = dict.fromkeys(
+            ("frames_sent", "retransmissions", "meta_sent", "ack_frames", "bad_frames", "link_refused", "delivered",
+             "failed", "expired", "accepted"), 0)
+        # message id -> (DATA/PARITY frames by index, META frame): exactly what the spool holds and the wire gets.
+        self._frames: dict[int, tuple[dict[int, Frame], Frame | None]] = {}
+        self._in_flight: set[int] = set()
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+        self._next_inbox = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Resume what the spool holds, then serve until :meth:`stop`; returns the exit status."""
+        for row in self.spool.list(["encoded", "in_flight"], limit=10_000_000):
+            self._queue_message(row.id)
+        self.encoder.start()
+        self.log.info("start", spool=self.cfg.spool, control=self.cfg.control, link=self.cfg.link.endpoint,
+                      queued=len(self.sched), hmac=self.codec.auth_key is not None, curve=self.curve is not None)
+        return super().run()
+
+    def _shutdown(self) -> None:
+        self.log.info("stop", **self.counters)
+        self.encoder.stop()
+        self._flush_counters()
+        self.encoder.join(timeout=5.0)
+        self.spool.close()
+
+    def _queue_message(self, mid: int) -> None:
+        try:
+            row = self.spool.get(mid)
+        except StoreError:
+            return
+        if row.state not in ("encoded", "in_flight") or row.n is None:
+            return
+        frames = self.spool.frames(mid)
+        meta = self.spool.meta_frame(mid)
+        self._frames[mid] = ({f.index: f for f in frames}, meta)
+        if row.state == "in_flight":
+            self._in_flight.add(mid)
+        self.sched.add(mid, priority=row.priority, created=row.accepted_at, n=row.n, acked=self.spool.acked(mid),
+                       has_meta=meta is not None, k=row.k)
+
+    def _retire(self, mid: int) -> None:
+        self.sched.remove(mid)
+        self._frames.pop(mid, None)
+        self._in_flight.discard(mid)
+
+    # --- the loop's hooks -------------------------------------------------------------------
+
+    def _wait_s(self, now: float, link_timer: float) -> float:
+        t = max(0.0, min(link_timer, self._next_housekeeping) - now)
+        if self.window.known and self.window.up and len(self.sched):
+            t = min(t, self.pacer.wait(now))
+            dl = self.sched.next_deadline(now)
+            if dl is not None:
+                t = min(t, max(0.0, dl - now))
+        return min(t, 0.05)
+
+    def _on_link_frames(self) -> None:
+        self._drain_acks()
+
+    def _turn(self, now: float) -> None:
+        while True:
+            try:
+                self._queue_message(self.encoded.get_nowait())
+            except queue.Empty:
+                break
+        self._transmit()
+        if now >= self._next_housekeeping:
+            self._housekeeping()
+            self._next_housekeeping = now + HOUSEKEEPING_S
+        if self.inbox is not None and now >= self._next_inbox:
+            self.inbox.scan()
+            self._next_inbox = now + self.cfg.inbox_poll_s
+
+    def _on_link_up(self) -> None:
+        self.pacer.reset()  # no credit for the time the link was down
+
+    def _apply_rates(self) -> None:
+        interval = self.window.frame_interval(self.codec.frame_size)
+        if interval:
+            self.pacer.set_interval(interval)
+        ts = self.window.time_scale
+        key = (ts, self.window.forward_rate_bps, self.window.return_rate_bps)
+        if key != self._rto_scale:
+            # ARQ timings are configured in link seconds; the estimator works in wall seconds.
+            # No ACK can come back before one frame has been serialized each way, so on a
+            # slow link (GEO at 2.4 kbit/s: 1.5 s a frame each way) the configured floor and
+            # first guess are raised to that: retransmitting earlier only wastes the link.
+            arq = self.cfg.arq
+            fwd = self.window.frame_interval(self.codec.frame_size) or 0.0
+            ret = self.window.frame_interval(self.codec.frame_size, self.window.return_rate_bps) or 0.0
+            physics = fwd + ret
+            self.rto.set_bounds(max(arq.min_rto_s / ts, 1.5 * physics), arq.max_rto_s / ts)
+            if self.rto.samples == 0:
+                first = max(arq.initial_rto_s / ts, 3.0 * physics)
+                self.rto.rto = min(max(first, self.rto.min), self.rto.max)
+            self._rto_scale = key
+
+    # --- transmit ---------------------------------------------------------------------------
+
+    def _transmit(self) -> None:
+        frame_wall = self.pacer.interval
+        for _ in range(TRANSMIT_BATCH):
+            now = time.monotonic()
+            if not self.window.can_send(now, frame_wall) or not self.pacer.ready(now):
+                return
+            pick = self.sched.next(now)
+            if pick is None:
+                return
+            data = self._pack(pick.message_id, pick.index)
+            if data is None:
+                continue
+            if not self.peer.send_frame(data):
+                self.counters["link_refused"] += 1
+                return  # not connected to the link (or its queue is full): try again next turn
+            self.sched.sent(pick.message_id, pick.index, now)
+            self.pacer.sent(now)
+            self.counters["frames_sent"] += 1
+            if pick.index == META_INDEX:
+                self.counters["meta_sent"] += 1
+            if pick.retransmission:
+                self.counters["retransmissions"] += 1
+            if pick.message_id not in self._in_flight:
+                self._in_flight.add(pick.message_id)
+                try:
+                    self.spool.mark_in_flight(pick.message_id, time.time())
+                except StoreError:
+                    pass  # already in flight after a restart
+
+    def _pack(self, mid: int, index: int) -> bytes | None:
+        entry = self._frames.get(mid)
+        if entry is None:
+            self.sched.remove(mid)
+            return None
+        frames, meta = entry
+        frame = meta if index == META_INDEX else frames.get(index)
+        try:
+            if frame is None:
+                raise KeyError(index)
+            return self.codec.pack(frame)
+        except (PacketizerError, KeyError) as e:
+            self._fail(mid, f"stored frame {index} cannot be packed ({e}); was frame.size or tag_len changed?")
+            return None
+
+    def _fail(self, mid: int, reason: str) -> None:
+        try:
+            self.spool.mark_failed(mid, reason)
+        except StoreError:
+            pass
+        self._retire(mid)
+        self.counters["failed"] += 1
+        self.log.warning("failed", id=mid, reason=reason)
+
+    # --- acknowledgements -------------------------------------------------------------------
+
+    def _drain_acks(self) -> None:
+        for _ in range(ACK_DRAIN):
+            raw = self.peer.recv_frame()
+            if raw is None:
+                return
+            try:
+                frame = self.codec.unpack(raw)
+                if frame.type != FrameType.ACK:
+                    raise FrameError(f"a {frame.type.name} frame arrived on the return link")
+                entries = unpack_acks(frame)
+            except PacketizerError as e:
+                self.counters["bad_frames"] += 1
+                self.log.throttled("badack", 5, "warning", "bad_frame", error=str(e))
+                continue
+            self.counters["ack_frames"] += 1
+            merged: dict[int, list[Any]] = {}
+            for e in entries:
+                m = merged.setdefault(e.message_id, [e.n, set(), False])
+                if m[0] != e.n:
+                    continue
+                m[1].update(e.received)
+                m[2] = m[2] or e.complete
+            now = time.monotonic()
+            for mid, (n, received, complete) in merged.items():
+                self._apply_ack(mid, n, frozenset(received), complete, now)
+
+    def _apply_ack(self, mid: int, n: int, received: frozenset[int], complete: bool, now: float) -> None:
+        out = self.sched.on_ack(mid, n, received, complete, now)
+        if out.ignored:
+            return
+        try:
+            if out.newly_acked and not out.complete:
+                self.spool.record_acks(mid, out.newly_acked)
+            if out.complete:
+                prog = self.sched.progress(mid)
+                self._flush_counters_for(mid)
+                self.spool.mark_delivered(mid, time.time())
+                self._retire(mid)
+                self.counters["delivered"] += 1
+                self.log.info("delivered", id=mid, sent=prog["sent"], retransmitted=prog["retransmitted"])
+        except StoreError as e:
+            self.log.error("spool_error", id=mid, error=str(e))
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for mid, reason in self.sched.over_limit(now):
+            self._fail(mid, reason)
+        ttl = self.cfg.arq.ttl_s
+        for row in self.spool.accepted_before(time.time() - ttl):
+            try:
+                self.spool.mark_expired(row.id, f"not delivered within arq.ttl_s = {ttl:g} s")
+            except StoreError:
+                continue
+            self._retire(row.id)
+            self.counters["expired"] += 1
+            self.log.warning("expired", id=row.id, source=row.source_name)
+        self._flush_counters()
+
+    def _flush_counters_for(self, mid: int) -> None:
+        if mid in self.sched:
+            p = self.sched.progress(mid)
+            self.spool.flush_counters({mid: (p["sent"], p["retransmitted"])})
+
+    def _flush_counters(self) -> None:
+        c = {}
+        for mid in self.sched.message_ids():
+            p = self.sched.progress(mid)
+            if p["sent"]:
+                c[mid] = (p["sent"], p["retransmitted"])
+        try:
+            self.spool.flush_counters(c)
+        except StoreError as e:
+            self.log.error("spool_error", error=str(e))
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def _accept(self, data: bytes, name: str, options: dict[str, Any]) -> int:
+        """Check and spool one job; returns its id (raises SatgwError with a clear reason)."""
+        from gateway.codec.registry import available_codecs
+
+        job = check_job(data, name, options, self.cfg.defaults, self.cfg.limits, available_codecs())
+        if self.spool.active_count() >= self.cfg.limits.max_queue:
+            raise RequestError(
+                f"the spool holds limits.max_queue = {self.cfg.limits.max_queue} undelivered jobs; try later")
+        mid = self.spool.accept(job.image, job.name, priority=job.priority, codec=job.codec, packets=job.packets,
+                                parity=job.parity)
+        self.counters["accepted"] += 1
+        self.log.info("accepted", id=mid, source=name, bytes=len(data), codec=job.codec, packets=job.packets,
+                      priority=job.priority, parity=job.parity)
+        self.encoder.wake.set()
+        return mid
+
+    def _cmd_send(self, req: dict[str, Any]) -> dict[str, Any]:
+        name, data = req.get("name"), req.get("image")
+        if not isinstance(name, str) or not isinstance(data, bytes):
+            return {"ok": False, "error": "send needs 'name' (text) and 'image' (bytes)"}
+        try:
+            mid = self._accept(data, Path(name).name or "image", {k: req[k] for k in OPTIONS if k in req})
+        except SatgwError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True, "id": mid}
+
+    def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        rows = self.spool.recent(STATUS_MESSAGES)
+        flushed = self.spool.sent_counters(r.id for r in rows if r.id not in self.sched)
+        msgs = []
+        for r in rows:
+            d = {"id": r.id, "state": r.state, "priority": r.priority, "codec": r.codec,
+                 "source_name": r.source_name, "n": r.n, "reason": r.reason}
+            if r.id in self.sched:
+                d.update(self.sched.progress(r.id))
+            else:
+                sent, retx = flushed.get(r.id, (0, 0))
+                d.update({"sent": sent, "retransmitted": retx, "acked": r.n if r.state == "delivered" else 0})
+            msgs.append(d)
+        return {
+            "ok": True,
+            "counts": self.spool.counts(),
+            "messages": msgs,
+            "counters": dict(self.counters),
+            "rto_s": self.rto.rto,
+            "srtt_s": self.rto.srtt,
+            "link": self._link_status(),
+        }
+
