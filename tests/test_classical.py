@@ -73,7 +73,8 @@ def test_header_fields(name: str) -> None:
     assert header.codec_name == name == codec_name_for(data)
     assert (header.width, header.height) == (40, 30)
     assert (header.scale_code, header.lam_code, header.delta_code, header.model_id) == (4, 42, 0, 0)
-    assert header.checksum == bitstream.crc16(payload)
+    assert header.version == bitstream.VERSION == 2
+    assert header.checksum == bitstream.crc16(data[:10] + payload), "v2 covers the header fields and the payload"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,11 +106,33 @@ def test_checksum_mismatch_is_detected(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_header_fields_are_covered_by_the_checksum(name: str) -> None:
+    """A flipped bit in the size, scale or quality fields is caught (v2), not decoded to another picture."""
+    data = encode(name, gradient_image(24, 24), 50)
+    for offset in (3, 5, 7, 8):
+        bad = bytearray(data)
+        bad[offset] ^= 0x01
+        with pytest.raises(BitstreamError):
+            make_codec(name).decode(bytes(bad))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_version_1_streams_still_decode(name: str) -> None:
+    """v1's checksum covered the payload only; such streams still decode."""
+    header, payload = bitstream.unpack(encode(name, gradient_image(24, 24), 50))
+    old = bitstream.Header(header.codec_id, 0, 24, 24, 0, 50, 0, 0, version=1).with_checksum(payload)
+    assert old.checksum == bitstream.crc16(payload)
+    data = bitstream.pack(old, payload)
+    assert data[0] >> 4 == 1
+    assert make_codec(name).decode(data).shape == (24, 24, 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_payload_larger_than_header_says_is_refused(name: str) -> None:
     """A payload holding a bigger image than the header's size is refused before decoding it."""
     big = encode(name, gradient_image(300, 200), 30)
     header, payload = bitstream.unpack(big)
-    forged = bitstream.Header(header.codec_id, 0, 30, 20, 0, 30, 0, bitstream.crc16(payload))
+    forged = bitstream.Header(header.codec_id, 0, 30, 20, 0, 30, 0, 0).with_checksum(payload)
     with pytest.raises(BitstreamError, match="header says 30x20"):
         make_codec(name).decode(bitstream.pack(forged, payload))
 
@@ -125,7 +148,7 @@ def test_bitstream_of_another_codec_is_refused() -> None:
 @given(blob=st.binary(max_size=600), width=st.integers(1, 300), height=st.integers(1, 300))
 def test_hostile_payload_raises_only_bitstream_error(name: str, blob: bytes, width: int, height: int) -> None:
     """Garbage with a valid header and checksum reaches Pillow; only BitstreamError may come out."""
-    header = bitstream.Header(bitstream.CODEC_IDS[name], 0, width, height, 0, 50, 0, bitstream.crc16(blob))
+    header = bitstream.Header(bitstream.CODEC_IDS[name], 0, width, height, 0, 50, 0, 0).with_checksum(blob)
     with pytest.raises(BitstreamError):
         make_codec(name).decode(bitstream.pack(header, blob))
 
@@ -143,7 +166,7 @@ def test_corrupted_bitstream_decodes_or_raises_bitstream_error(name: str, data: 
     for _ in range(data.draw(st.integers(1, 8))):
         body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
     body = body[: data.draw(st.integers(0, len(body)))] + data.draw(st.binary(max_size=20))
-    fixed = bitstream.Header(header.codec_id, 0, 40, 28, 0, 40, 0, bitstream.crc16(bytes(body)))
+    fixed = bitstream.Header(header.codec_id, 0, 40, 28, 0, 40, 0, 0).with_checksum(bytes(body))
     try:
         out = make_codec(name).decode(bitstream.pack(fixed, bytes(body)))
     except BitstreamError:

@@ -76,3 +76,25 @@ def test_decode_default_output_name(tmp_path: Path) -> None:
     assert main(["decode", str(tmp_path / "small.sgw")]) == 0
     with Image.open(tmp_path / "small.png") as im:
         assert im.size == (30, 20)
+
+
+def test_decode_partial_makes_a_preview_of_a_cut_cadc_stream(photo_png: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.codec.cadc.bundle import create_bundle
+    from gateway.codec.cadc.layer_table import LayerTable
+
+    bundle = create_bundle(Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml",
+                           tmp_path / "bundle")
+    sgw = tmp_path / "a.sgw"
+    assert main(["encode", str(photo_png), "-n", "2", "--codec", "cadc", "--bundle", str(bundle), "-o", str(sgw)]) == 0
+    data = sgw.read_bytes()
+    table, offset = LayerTable.unpack(data[bitstream.HEADER_SIZE:])
+    cut = tmp_path / "cut.sgw"
+    cut.write_bytes(data[: bitstream.HEADER_SIZE + offset + table.ends()[0]])  # header, table and ẑ only
+    capsys.readouterr()
+    assert main(["decode", str(cut), "--bundle", str(bundle), "-o", str(tmp_path / "no.png")]) != 0
+    assert "truncated" in capsys.readouterr().err
+    png = tmp_path / "preview.png"
+    assert main(["decode", str(cut), "--partial", "--bundle", str(bundle), "-o", str(png)]) == 0
+    assert "preview: 1 of 5 layers" in capsys.readouterr().out
+    assert np.asarray(Image.open(png)).shape == (192, 192, 3)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.codec import bitstream
 from gateway.codec.image_io import png_bytes, read_rgb, write_atomic
-from gateway.codec.registry import CODEC_NAMES, decode_any, make_codec
+from gateway.codec.registry import CODEC_NAMES, make_codec
 from gateway.errors import BudgetError, SatgwError
 
 EXIT_ERROR = 1
@@ -105,19 +105,24 @@ def decode_main(argv: list[str]) -> int:
     ap.add_argument("bitstream", type=Path, help="bitstream file written by 'satgw encode'")
     ap.add_argument("-o", "--output", type=Path, help="PNG to write (default: the input with .png)")
     ap.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    ap.add_argument("--partial", action="store_true",
+                    help="the file may be a prefix of a bitstream (frames still missing): decode the layers it "
+                    "holds, the rest predicted (progressive codecs such as cadc)")
     args = ap.parse_args(argv)
 
     out_path = args.output or args.bitstream.with_suffix(".png")
     try:
         data = args.bitstream.read_bytes()
         header, _ = bitstream.unpack(data)
-        image = decode_any(data, {}, bundle=args.bundle)
+        codec = make_codec(header.codec_name, bundle=args.bundle)
+        image, info = codec.decode_with_info(data, partial=args.partial)
         write_atomic(out_path, png_bytes(image))
     except (SatgwError, ImportError, OSError) as exc:
         return _fail(prog, f"{args.bitstream}: {exc}")
     cw, ch = header.coded_size
+    layers = "" if info.get("complete", True) else f", preview: {info['layers']} of {info['layers_total']} layers"
     print(
         f"{args.bitstream} ({len(data)} B, {header.codec_name}, {header.width}x{header.height}, "
-        f"coded {cw}x{ch}, lam_code {header.lam_code}, delta_code {header.delta_code}) -> {out_path}"
+        f"coded {cw}x{ch}, lam_code {header.lam_code}, delta_code {header.delta_code}{layers}) -> {out_path}"
     )
     return 0

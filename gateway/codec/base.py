@@ -66,6 +66,8 @@ class Codec(ABC):
       length without coding it;
     * :attr:`estimates_distortion`: :meth:`estimate_distortion` ranks settings
       without decoding;
+    * :attr:`progressive`: any prefix of a bitstream that holds its first
+      layer decodes to a (coarser) picture: ``decode_with_info(..., partial=True)``;
     * :meth:`decode_with_info`: every codec has it; the default adds no info.
     """
 
@@ -74,6 +76,7 @@ class Codec(ABC):
     fast_decode: ClassVar[bool] = False
     predicts_bytes: ClassVar[bool] = False
     estimates_distortion: ClassVar[bool] = False
+    progressive: ClassVar[bool] = False
     rate_anchor_delta_code: int | None = None
 
     @property
@@ -109,8 +112,13 @@ class Codec(ABC):
         """Human-facing values of ``knobs`` (e.g. λ and Δ as floats) for logs and JSON."""
         return {"lam_code": knobs.lam_code, "delta_code": knobs.delta_code, "scale_code": knobs.scale_code}
 
-    def decode_with_info(self, bitstream: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        """:meth:`decode` plus what the codec can tell about it (e.g. caption, stage timings); here nothing."""
+    def decode_with_info(self, bitstream: bytes, partial: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """:meth:`decode` plus what the codec can tell about it (e.g. caption, stage timings); here nothing.
+
+        ``partial`` asks for a picture from a prefix of the bitstream; a codec
+        that is not :attr:`progressive` decodes only complete streams (a cut one
+        raises :class:`gateway.errors.BitstreamError`).
+        """
         return self.decode(bitstream), {}
 
     def estimate_bytes(self, analysis: Any, knobs: Knobs) -> float:

@@ -1,18 +1,24 @@
-"""Bitstream format v1: the 12-byte header every encoded image starts with.
+"""Bitstream formats v1 and v2: the 12-byte header every encoded image starts with.
 
 Every byte on the link is precious (one frame carries ~430 bytes), so the
 header is fixed-size and tiny.  Layout (big endian)::
 
     offset size field
-    0      1    version (high nibble, = 1) | codec id (low nibble)
+    0      1    version (high nibble, 2; 1 still decodes) | codec id (low nibble)
     1      2    model id: 16-bit hash of the model bundle (0 for classical codecs)
     3      2    original width in pixels (1..65535)
     5      2    original height in pixels (1..65535)
     7      1    scale code s: coded size = max(1, round(original * 2**(-s/8)))
     8      1    lambda code (CADC) or quality 0..100 (classical)
     9      1    delta code (CADC) or 0 (classical)
-    10     2    CRC-16 of the decoded symbols (CADC) or of the payload (classical)
+    10     2    checksum, see below
     12     ...  payload (codec specific)
+
+The checksum is a CRC-16: in v2 over header bytes 0-9 followed by what the
+codec protects with it (the payload for classical codecs; the hyperprior
+symbols for CADC, whose later layers carry their own checks), so a flipped
+bit in the size, scale, λ or Δ fields is detected instead of decoding to a
+different picture.  In v1 it covered the codec's part only.
 
 The header is validated before anything is allocated from it: sizes are
 checked against :data:`MAX_PIXELS` so a forged header cannot make a decoder
@@ -22,13 +28,15 @@ allocate gigabytes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import crcmod.predefined
 
 from gateway.errors import BitstreamError
 
-VERSION = 1
+VERSION = 2
+#: Format versions this build decodes.
+SUPPORTED_VERSIONS = (1, 2)
 HEADER_SIZE = 12
 MAX_PIXELS = 64_000_000  # 64 MP: larger images are refused before any allocation
 _STRUCT = struct.Struct(">BHHHBBBH")
@@ -52,7 +60,7 @@ def scaled_size(width: int, height: int, scale_code: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Header:
-    """The parsed fixed header of a v1 bitstream."""
+    """The parsed fixed header of a bitstream."""
 
     codec_id: int
     model_id: int
@@ -62,6 +70,20 @@ class Header:
     lam_code: int
     delta_code: int
     checksum: int
+    version: int = VERSION
+
+    def check_value(self, protected: bytes) -> int:
+        """The checksum this header should carry over ``protected`` (what the codec covers with it).
+
+        v2 covers the header's own fields too; v1 covered ``protected`` only.
+        """
+        if self.version == 1:
+            return crc16(protected)
+        return crc16(self.pack(checksum=0)[: HEADER_SIZE - 2] + bytes(protected))
+
+    def with_checksum(self, protected: bytes) -> "Header":
+        """This header with :meth:`check_value` filled in."""
+        return replace(self, checksum=self.check_value(protected))
 
     @property
     def codec_name(self) -> str:
@@ -72,8 +94,11 @@ class Header:
         """(width, height) of the image actually coded, after downscaling."""
         return scaled_size(self.width, self.height, self.scale_code)
 
-    def pack(self) -> bytes:
-        """The 12 header bytes."""
+    def pack(self, checksum: int | None = None) -> bytes:
+        """The 12 header bytes (``checksum`` overrides the field, e.g. 0 while computing it)."""
+        checksum = self.checksum if checksum is None else checksum
+        if self.version not in SUPPORTED_VERSIONS:
+            raise BitstreamError(f"header version {self.version} is not one of {SUPPORTED_VERSIONS}")
         for name, value, hi in (
             ("codec_id", self.codec_id, 15),
             ("model_id", self.model_id, 0xFFFF),
@@ -82,21 +107,21 @@ class Header:
             ("scale_code", self.scale_code, 255),
             ("lam_code", self.lam_code, 255),
             ("delta_code", self.delta_code, 255),
-            ("checksum", self.checksum, 0xFFFF),
+            ("checksum", checksum, 0xFFFF),
         ):
             if not 0 <= int(value) <= hi:
                 raise BitstreamError(f"header field {name}={value} is outside 0..{hi}")
         if self.width < 1 or self.height < 1:
             raise BitstreamError(f"image size {self.width}x{self.height} must be at least 1x1")
         return _STRUCT.pack(
-            (VERSION << 4) | self.codec_id,
+            (self.version << 4) | self.codec_id,
             self.model_id,
             self.width,
             self.height,
             self.scale_code,
             self.lam_code,
             self.delta_code,
-            self.checksum,
+            checksum,
         )
 
 
@@ -118,10 +143,10 @@ def unpack(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, bytes]:
         )
     b0, model_id, width, height, scale_code, lam_code, delta_code, checksum = _STRUCT.unpack_from(data)
     version, codec_id = b0 >> 4, b0 & 0x0F
-    if version != VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise BitstreamError(
-            f"bitstream format version {version} is not supported (this build reads version {VERSION}); "
-            "decode it with the satgw release that wrote it"
+            f"bitstream format version {version} is not supported (this build reads versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}); decode it with the satgw release that wrote it"
         )
     if codec_id not in CODEC_NAMES:
         raise BitstreamError(f"unknown codec id {codec_id} in bitstream header")
@@ -129,5 +154,5 @@ def unpack(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, bytes]:
         raise BitstreamError(
             f"header claims a {width}x{height} image; sizes must be at least 1x1 and at most {max_pixels} pixels"
         )
-    header = Header(codec_id, model_id, width, height, scale_code, lam_code, delta_code, checksum)
+    header = Header(codec_id, model_id, width, height, scale_code, lam_code, delta_code, checksum, version)
     return header, data[HEADER_SIZE:]

@@ -92,8 +92,8 @@ class ClassicalCodec(Codec):
             scale_code=knobs.scale_code,
             lam_code=knobs.lam_code,
             delta_code=0,
-            checksum=bitstream.crc16(payload),
-        )
+            checksum=0,
+        ).with_checksum(payload)
         return bitstream.pack(header, payload)
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -103,10 +103,10 @@ class ClassicalCodec(Codec):
             raise BitstreamError(
                 f"bitstream was made by codec {header.codec_name!r}, not {self.name!r}; decode it with registry.decode_any"
             )
-        if bitstream.crc16(payload) != header.checksum:
+        if header.check_value(payload) != header.checksum:
             raise ChecksumMismatch(
-                f"{self.name} payload checksum {bitstream.crc16(payload):04x} != header {header.checksum:04x}: "
-                "the bitstream is corrupted; request it again"
+                f"{self.name} checksum {header.check_value(payload):04x} != header {header.checksum:04x}: "
+                "the header or payload is corrupted (or truncated); request it again"
             )
         coded = header.coded_size
         file_bytes = self._unstrip(payload, coded)

@@ -4,12 +4,15 @@
 hyperprior, UGAQ and the range coding for one knob setting (milliseconds), so
 the rate controller can search λ and Δ cheaply.
 
-Bitstream payload (after the 12-byte header of :mod:`gateway.codec.bitstream`):
-one range-coded stream holding ẑ then the four quadtree groups of ŷ; every
-size is derived from the header, so the payload has no length fields.  The
-header checksum is the CRC-16 of all decoded integer symbols, so a decoder
-whose probability models differ from the encoder's fails loudly
-(:class:`ChecksumMismatch`) instead of producing a wrong picture.
+Bitstream payload (after the 12-byte header of :mod:`gateway.codec.bitstream`),
+format v2: a :class:`~gateway.codec.cadc.layer_table.LayerTable`, then one
+range-coded stream holding ẑ and then ŷ's four quadtree steps.  Every prefix
+that holds ẑ decodes to a picture (:meth:`CADCCodec.decode_with_info` with
+``partial=True``): the missing steps take the entropy model's means.  The
+header's CRC-16 covers the header fields and ẑ, each step carries a CRC-8,
+so a decoder whose probability models differ from the encoder's fails loudly
+(:class:`ChecksumMismatch`) instead of producing a wrong picture.  v1 streams
+(no table, one CRC-16 over all symbols) still decode.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs, SearchSpace
 from gateway.codec.cadc.entropy_models import SCALE_TABLE, quantize_means, quantize_scales
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
+from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
 from gateway.errors import BitstreamError, BundleError, ChecksumMismatch, CodecError, ModelMismatch
@@ -132,6 +136,12 @@ class _LamState:
 class _Symbols:
     z: np.ndarray  # int32 [Cz, hz, wz]
     q: np.ndarray  # int32 [N, h, w]
+    steps: int = 4  # quadtree steps of q that were decoded (the rest is 0 and filled in by the decoder)
+
+
+def _symbol_bytes(symbols: np.ndarray) -> bytes:
+    """Integer symbols as the checksums see them (int16, big endian)."""
+    return np.asarray(symbols).astype(">i2").tobytes()
 
 
 class CADCCodec(Codec):
@@ -139,6 +149,10 @@ class CADCCodec(Codec):
 
     name = "cadc"
     codec_id = bitstream.CODEC_IDS["cadc"]
+    progressive = True
+
+    #: Bitstream format written by :meth:`encode` (2: layered, prefix-decodable; 1: the first format).
+    bitstream_version: int = bitstream.VERSION
     predicts_bytes = True  # estimate_bytes: the rate controller searches on predictions
     estimates_distortion = True  # estimate_distortion: the ADGIC auxiliary reconstruction's MSE
 
@@ -290,10 +304,6 @@ class CADCCodec(Codec):
         """Quantized mean/std (bin units) handed to the range coder."""
         return quantize_means(mean / delta, self.y_range - 1), SCALE_TABLE[quantize_scales(scale / delta)]
 
-    @staticmethod
-    def _checksum(sym: _Symbols) -> int:
-        return bitstream.crc16(sym.z.astype(">i2").tobytes() + sym.q.astype(">i2").tobytes())
-
     def _z_probabilities(self, z_shape: tuple[int, int, int]) -> np.ndarray:
         c, h, w = z_shape
         return np.repeat(self._z_tables, h * w, axis=0)
@@ -311,25 +321,30 @@ class CADCCodec(Codec):
                 yield (step_elements(q, step, groups), *self._coding_params(*raw, delta))
                 set_step_elements(y_known, step, groups, step_elements(y_hat, step, groups))
 
+    def _layer_bits(self, analysis: CADCAnalysis, knobs: Knobs, sym: _Symbols) -> list[float]:
+        """Information content (bits) of each layer — ẑ, then the four ŷ steps — under the coder's models."""
+        c = np.arange(sym.z.shape[0])[:, None]
+        bits = [float(self._z_bits[c, sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())]
+        for symbols, mean, std in self._steps(analysis, knobs, sym.q):
+            bits.append(_gaussian_bits(symbols, mean, std))
+        return bits
+
     def estimate_bytes(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
-        """Bitstream length (header included) predicted without range coding.
+        """Bitstream length (header and layer table included) predicted without range coding.
 
         The information content of every symbol under the very models the
         coder is given (ẑ: the integer tables; ŷ: Gaussians with the snapped
-        means and table scales), plus the coder's flush overhead.  Agrees with
-        ``len(encode(...))`` to a few bytes at a fraction of the cost (no coder
-        run, no trimming replays); the rate controller searches with it and
-        checks its final pick with :meth:`encode`.
+        means and table scales), plus the coder's flush overhead and the layer
+        table.  Agrees with ``len(encode(...))`` to a few bytes at a fraction
+        of the cost (no coder run, no trimming replays); the rate controller
+        searches with it and checks its final pick with :meth:`encode`.
         """
-        sym = self._quantize(analysis, knobs)
-        c = np.arange(sym.z.shape[0])[:, None]
-        bits = float(self._z_bits[c, sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())
-        for symbols, mean, std in self._steps(analysis, knobs, sym.q):
-            bits += _gaussian_bits(symbols, mean, std)
-        return bitstream.HEADER_SIZE + bits / 8.0 + _CODER_OVERHEAD_BYTES
+        layer_bytes = [b / 8.0 for b in self._layer_bits(analysis, knobs, self._quantize(analysis, knobs))]
+        return (bitstream.HEADER_SIZE + LayerTable.size_for(layer_bytes) + sum(layer_bytes)
+                + _CODER_OVERHEAD_BYTES)
 
     def encode(self, analysis: CADCAnalysis, knobs: Knobs, original_size: tuple[int, int]) -> bytes:
-        """Bitstream (header + range-coded ẑ, ŷ) for one (λ, Δ) setting."""
+        """Bitstream (header, layer table, range-coded ẑ and ŷ steps) for one (λ, Δ) setting."""
         ow, oh = original_size
         if bitstream.scaled_size(ow, oh, knobs.scale_code) != (analysis.width, analysis.height):
             raise CodecError(
@@ -339,8 +354,13 @@ class CADCCodec(Codec):
         sym = self._quantize(analysis, knobs)
         writer = SymbolWriter()
         writer.write_categorical(sym.z.ravel() + self.z_range, self._z_probabilities(sym.z.shape))
+        steps, bits = [], [float(self._z_bits[np.arange(sym.z.shape[0])[:, None],
+                                              sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())]
         for symbols, mean, std in self._steps(analysis, knobs, sym.q):
             writer.write_gaussian(symbols, mean, std, self.y_range)
+            steps.append(symbols)
+            bits.append(_gaussian_bits(symbols, mean, std))
+        stream = writer.finish()
         header = bitstream.Header(
             codec_id=self.codec_id,
             model_id=self.model_id,
@@ -349,9 +369,20 @@ class CADCCodec(Codec):
             scale_code=knobs.scale_code,
             lam_code=knobs.lam_code,
             delta_code=knobs.delta_code,
-            checksum=self._checksum(sym),
+            checksum=0,
+            version=self.bitstream_version,
         )
-        return bitstream.pack(header, writer.finish())
+        if self.bitstream_version == 1:
+            return bitstream.pack(header.with_checksum(_symbol_bytes(sym.z) + _symbol_bytes(sym.q)), stream)
+        # Where each layer ends: the shortest prefix that decodes it, searched up from its information content.
+        ends, info = [], 0.0
+        for layer in range(LAYERS - 1):
+            info += bits[layer] / 8.0
+            ends.append(writer.prefix_needed(stream, layer + 1, start=max(ends[-1] if ends else 0, int(info) - 4)))
+        ends.append(len(stream))
+        sizes = tuple(b - a for a, b in zip([0, *ends[:-1]], ends))
+        table = LayerTable(sizes, tuple(crc8(_symbol_bytes(s)) for s in steps))
+        return bitstream.pack(header.with_checksum(_symbol_bytes(sym.z)), table.pack() + stream)
 
     def estimate_distortion(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
         """MSE (pixels in [0, 1]) of the ADGIC auxiliary reconstruction: a cheap proxy of the final distortion.
@@ -378,8 +409,14 @@ class CADCCodec(Codec):
         d = self.model.config.codec.y_downsample
         return (ph // d, pw // d), (ph // (4 * d), pw // (4 * d))
 
-    def decode_symbols(self, data: bytes) -> tuple[bitstream.Header, _Symbols]:
-        """Parse, entropy-decode and checksum-verify a bitstream (no image synthesis)."""
+    def decode_symbols(self, data: bytes, partial: bool = False) -> tuple[bitstream.Header, _Symbols]:
+        """Parse, entropy-decode and verify a bitstream (no image synthesis).
+
+        With ``partial``, ``data`` may be any prefix of a v2 stream that holds
+        ẑ: the symbols of the quadtree steps it holds completely are returned
+        (``steps`` says how many; the rest of ``q`` is 0).  Otherwise the
+        stream must be complete.
+        """
         header, payload = bitstream.unpack(data, max_pixels=self.max_pixels)
         if header.codec_id != self.codec_id:
             raise BitstreamError(f"bitstream is for codec '{header.codec_name}', not cadc")
@@ -396,22 +433,52 @@ class CADCCodec(Codec):
         n_symbols = n * hy * wy + cz * hz * wz
         if len(payload) > _MAX_BYTES_PER_SYMBOL * n_symbols + 64:
             raise BitstreamError(f"payload of {len(payload)} bytes is too long for a {cw}x{ch} CADC image")
+        if header.version == 1:
+            if partial:
+                raise BitstreamError("a format-1 CADC bitstream has no layer table; only complete streams decode")
+            table, stream, steps = None, payload, 4
+        else:
+            table, offset = LayerTable.unpack(payload)
+            stream = payload[offset:]
+            total = table.ends()[-1]
+            if len(stream) > total or (len(stream) < total and not partial):
+                raise BitstreamError(
+                    f"CADC stream holds {len(stream)} bytes but its layer table says {total}: the bitstream is "
+                    f"{'truncated' if len(stream) < total else 'corrupt'} (decode a prefix with partial=True)"
+                )
+            layers = table.layers_in(len(stream))
+            if layers == 0:
+                raise BitstreamError(
+                    f"a CADC preview needs the first {bitstream.HEADER_SIZE + offset + table.sizes[0]} bytes "
+                    f"(header, layer table and hyperprior); got {len(data)}"
+                )
+            steps = layers - 1
         delta = self.delta(header.delta_code)
         groups = self.model.config.codec.context_groups
-        reader = SymbolReader(payload)
+        reader = SymbolReader(stream)
         z = reader.read_categorical(self._z_probabilities((cz, hz, wz))) - self.z_range
         z = z.reshape(cz, hz, wz).astype(np.int32)
+        if header.version >= 2 and header.check_value(_symbol_bytes(z)) != header.checksum:
+            raise ChecksumMismatch(
+                "header fields or hyperprior symbols do not match the header checksum: the bitstream is corrupt "
+                "or this decoder's model differs from the encoder's"
+            )
         q = np.zeros((n, hy, wy), dtype=np.int32)
         with torch.no_grad(), _one_thread():
             hyper = self._hyper(z)
             y_known = np.zeros((n, hy, wy), dtype=np.float64)
-            for step in range(4):
+            for step in range(steps):
                 raw = self._step_params(hyper, torch.from_numpy(y_known)[None] if step else None, step)
                 symbols = reader.read_gaussian(*self._coding_params(*raw, delta), self.y_range)
+                if table is not None and crc8(_symbol_bytes(symbols)) != table.step_checks[step]:
+                    raise ChecksumMismatch(
+                        f"quadtree step {step} does not match its check byte: the bitstream is corrupt or this "
+                        "decoder's model differs from the encoder's"
+                    )
                 set_step_elements(q, step, groups, symbols)
                 set_step_elements(y_known, step, groups, symbols.astype(np.float64) * delta)
-        sym = _Symbols(z=z.astype(np.int32), q=q)
-        if self._checksum(sym) != header.checksum:
+        sym = _Symbols(z=z.astype(np.int32), q=q, steps=steps)
+        if header.version == 1 and header.check_value(_symbol_bytes(sym.z) + _symbol_bytes(sym.q)) != header.checksum:
             raise ChecksumMismatch(
                 "decoded symbols do not match the header checksum: the bitstream is corrupt or this decoder's "
                 "model differs from the encoder's"
@@ -419,19 +486,22 @@ class CADCCodec(Codec):
         return header, sym
 
     @torch.no_grad()
-    def decode_with_info(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        """Decode to an HxWx3 uint8 array at the original size, plus caption, λ, Δ and per-stage timings (ms).
+    def decode_with_info(self, data: bytes, partial: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """Decode to an HxWx3 uint8 array at the original size, plus caption, λ, Δ, layers and timings (ms).
 
-        The synthesis (g_s, UNet, VAE) runs on :attr:`decoder_threads` threads, so the picture
-        does not depend on the caller's torch thread count.
+        ``partial``: ``data`` may be a prefix of the stream (see
+        :meth:`decode_symbols`); the quadtree steps it lacks take the entropy
+        model's means, and ``info["complete"]`` says whether it had them all.
+        The synthesis (g_s, UNet, VAE) runs on :attr:`decoder_threads`
+        threads, so the picture does not depend on the caller's torch thread count.
         """
         with _threads(self.decoder_threads if self.device.type == "cpu" else None):
-            return self._decode_with_info(data)
+            return self._decode_with_info(data, partial)
 
-    def _decode_with_info(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    def _decode_with_info(self, data: bytes, partial: bool) -> tuple[np.ndarray, dict[str, Any]]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        header, sym = self.decode_symbols(data)
+        header, sym = self.decode_symbols(data, partial=partial)
         t1 = time.perf_counter()
         timings["entropy_decode"] = (t1 - t0) * 1e3
         model = self.model
@@ -439,6 +509,9 @@ class CADCCodec(Codec):
         cw, ch = header.coded_size
         _, inv_gain = model.gains(torch.tensor([lam], device=self.device))
         y_hat = torch.from_numpy(sym.q).float().unsqueeze(0).to(self.device) * delta
+        if sym.steps < 4:
+            hyper = model.h_s(torch.from_numpy(sym.z).float().unsqueeze(0).to(self.device))
+            y_hat = model.complete_latent(hyper, y_hat, torch.tensor([sym.steps]))
         l_t = model.synthesize_latent(y_hat, inv_gain)
         t2 = time.perf_counter()
         timings["g_s"] = (t2 - t1) * 1e3
@@ -472,6 +545,9 @@ class CADCCodec(Codec):
             "model_id": f"{header.model_id:04x}",
             "coded_size": (cw, ch),
             "bytes": len(data),
+            "complete": sym.steps == 4,
+            "layers": 1 + sym.steps,
+            "layers_total": LAYERS,
             "timings_ms": timings,
         }
         return image, info

@@ -52,10 +52,11 @@ class SymbolWriter:
         self._encoder.encode(symbols, _gaussian(symbol_range), means, stds)
         self._ops.append(("gauss", symbols, (means, stds, symbol_range)))
 
-    def _replays(self, data: bytes) -> bool:
+    def _replays(self, data: bytes, ops: int | None = None) -> bool:
+        """Whether ``data`` (zero-padded) decodes to the first ``ops`` coding calls' symbols (all: None)."""
         try:
             reader = SymbolReader(data)
-            for kind, symbols, params in self._ops:
+            for kind, symbols, params in self._ops[:ops]:
                 if kind == "cat":
                     got = reader.read_categorical(params[0])
                 else:
@@ -65,6 +66,32 @@ class SymbolWriter:
         except BitstreamError:
             return False
         return True
+
+    def prefix_needed(self, data: bytes, ops: int, start: int = 0) -> int:
+        """Length of the shortest prefix of ``data`` from which the first ``ops`` coding calls decode exactly.
+
+        Searches upward from ``start`` (a lower bound, e.g. the information
+        content of those calls): a longer prefix of a range-coded stream only
+        narrows the decoder's value towards the true one, so once a prefix
+        decodes, every longer one does.
+        """
+        lo = max(0, min(int(start), len(data)))
+        if self._replays(data[:lo], ops):
+            return lo
+        # Gallop up from the lower bound, then bisect: a handful of replays per layer.
+        step, hi = 1, lo
+        while hi < len(data):
+            lo, hi = hi, min(len(data), hi + step)
+            step *= 2
+            if self._replays(data[:hi], ops):
+                break
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._replays(data[:mid], ops):
+                hi = mid
+            else:
+                lo = mid
+        return hi
 
     def finish(self) -> bytes:
         """The stream's bytes, trimmed to the shortest prefix that still decodes exactly."""
