@@ -321,13 +321,10 @@ class CADCCodec(Codec):
                 yield (step_elements(q, step, groups), *self._coding_params(*raw, delta))
                 set_step_elements(y_known, step, groups, step_elements(y_hat, step, groups))
 
-    def _layer_bits(self, analysis: CADCAnalysis, knobs: Knobs, sym: _Symbols) -> list[float]:
-        """Information content (bits) of each layer — ẑ, then the four ŷ steps — under the coder's models."""
-        c = np.arange(sym.z.shape[0])[:, None]
-        bits = [float(self._z_bits[c, sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())]
-        for symbols, mean, std in self._steps(analysis, knobs, sym.q):
-            bits.append(_gaussian_bits(symbols, mean, std))
-        return bits
+    def _z_info_bits(self, z: np.ndarray) -> float:
+        """Information content (bits) of the ẑ symbols under their integer tables."""
+        c = np.arange(z.shape[0])[:, None]
+        return float(self._z_bits[c, z.reshape(z.shape[0], -1) + self.z_range].sum())
 
     def estimate_bytes(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
         """Bitstream length (header and layer table included) predicted without range coding.
@@ -339,7 +336,9 @@ class CADCCodec(Codec):
         of the cost (no coder run, no trimming replays); the rate controller
         searches with it and checks its final pick with :meth:`encode`.
         """
-        layer_bytes = [b / 8.0 for b in self._layer_bits(analysis, knobs, self._quantize(analysis, knobs))]
+        sym = self._quantize(analysis, knobs)
+        bits = [self._z_info_bits(sym.z)] + [_gaussian_bits(*step) for step in self._steps(analysis, knobs, sym.q)]
+        layer_bytes = [b / 8.0 for b in bits]
         return (bitstream.HEADER_SIZE + LayerTable.size_for(layer_bytes) + sum(layer_bytes)
                 + _CODER_OVERHEAD_BYTES)
 
@@ -354,8 +353,7 @@ class CADCCodec(Codec):
         sym = self._quantize(analysis, knobs)
         writer = SymbolWriter()
         writer.write_categorical(sym.z.ravel() + self.z_range, self._z_probabilities(sym.z.shape))
-        steps, bits = [], [float(self._z_bits[np.arange(sym.z.shape[0])[:, None],
-                                              sym.z.reshape(sym.z.shape[0], -1) + self.z_range].sum())]
+        steps, bits = [], [self._z_info_bits(sym.z)]
         for symbols, mean, std in self._steps(analysis, knobs, sym.q):
             writer.write_gaussian(symbols, mean, std, self.y_range)
             steps.append(symbols)
