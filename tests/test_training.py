@@ -247,3 +247,33 @@ def test_truncated_latents_are_completed_by_the_entropy_model(make_model):
         assert torch.allclose(only_z * masks[0], mu0 * masks[0])
     out = model(torch.rand(2, 3, 128, 128), torch.tensor([2.0, 2.0]), received=torch.tensor([2, 4]))
     assert torch.isfinite(out["x_hat"]).all() and torch.all(out["bits_y"] > 0)
+
+
+def test_latent_targets_are_computed_once_per_image_and_match_the_crops(tmp_path, make_model):
+    """With the VAE encoder frozen, a crop's target is the window of its image's (or mirror image's) latent."""
+    from gateway.training.latents import LatentCache
+
+    torch.set_num_threads(1)
+    model = make_model()
+    bank = generated_bank()
+    sampler = CropSampler(bank, 64, 4, seed=5)
+    sampler.configure(64, 4, align=8)
+    assert all(img.shape[-1] % 8 == 0 and img.shape[-2] % 8 == 0 for img in sampler.images)
+    calls = []
+    real = model.vae_encode
+    model.vae_encode = lambda x: (calls.append(1), real(x))[1]
+    cache = LatentCache.build(model, sampler.images, tmp_path, log=None)
+    assert len(calls) == 2 * len(bank)
+    again = LatentCache.build(model, sampler.images, tmp_path, log=None)  # a resume loads, never re-encodes
+    assert len(calls) == 2 * len(bank) and len(again.latents) == len(bank)
+    model.vae_encode = real
+    with torch.no_grad():
+        for _ in range(3):
+            x, where = sampler.next_batch_with_positions()
+            assert all(t % 8 == 0 and left % 8 == 0 for _, t, left, _ in where)
+            target = cache.batch(where, 64)
+            own = model.vae_encode(x)
+            # Interior latents equal the crop's own encoding (borders see the image around the crop).
+            inner = (slice(None), slice(None), slice(3, 5), slice(3, 5))
+            assert target.shape == own.shape
+            assert torch.allclose(target[inner], own[inner], atol=1e-3)

@@ -93,30 +93,51 @@ class CropSampler:
         # Upscale small images once, for the largest crop any stage will ask for.
         self._sized = [_fit_crop(img, max(size, max_size or 0)) for img in bank.images]
 
-    def configure(self, size: int, batch_size: int) -> None:
-        """Change crop size and batch (per training stage); the random stream continues unchanged."""
+    def configure(self, size: int, batch_size: int, align: int = 1) -> None:
+        """Change crop size and batch (per training stage); the random stream continues unchanged.
+
+        ``align`` > 1 puts every crop at a multiple of ``align`` pixels of an
+        image trimmed to a multiple of ``align`` (so a horizontally flipped
+        crop sits at a multiple too): crops then line up with the grid of a
+        latent computed once per image (:class:`gateway.training.latents.LatentCache`).
+        """
         if any(min(img.shape[-2:]) < size for img in self._sized):
             self._sized = [_fit_crop(img, size) for img in self._sized]
-        self.size, self.batch_size = size, batch_size
+        if align > 1:
+            self._sized = [img[:, : img.shape[-2] // align * align, : img.shape[-1] // align * align]
+                           for img in self._sized]
+        self.size, self.batch_size, self.align = size, batch_size, align
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        """The ``[3,H,W]`` uint8 images crops are cut from (as sized and trimmed by :meth:`configure`)."""
+        return self._sized
 
     def next_batch(self) -> torch.Tensor:
         """A ``[B,3,size,size]`` float batch in [0, 1]."""
+        return self.next_batch_with_positions()[0]
+
+    def next_batch_with_positions(self) -> tuple[torch.Tensor, list[tuple[int, int, int, bool]]]:
+        """A batch plus, per crop, ``(image index, top, left, flipped)`` of where it was cut (before the flip)."""
         g = self.generator
+        align = getattr(self, "align", 1)
         idx = torch.randint(len(self._sized), (self.batch_size,), generator=g).tolist()
-        crops = []
+        crops, where = [], []
         for i in idx:
             img = self._sized[i]
             h, w = img.shape[-2:]
-            top = int(torch.randint(h - self.size + 1, (1,), generator=g))
-            left = int(torch.randint(w - self.size + 1, (1,), generator=g))
+            top = int(torch.randint(h - self.size + 1, (1,), generator=g)) // align * align
+            left = int(torch.randint(w - self.size + 1, (1,), generator=g)) // align * align
             c = img[:, top : top + self.size, left : left + self.size]
             flips = torch.rand(2, generator=g)
-            if flips[0] < 0.5:
+            flipped = bool(flips[0] < 0.5)
+            if flipped:
                 c = c.flip(-1)
             if self.vflip and flips[1] < 0.5:
                 c = c.flip(-2)
             crops.append(c)
-        return torch.stack(crops).float() / 255.0
+            where.append((i, top, left, flipped))
+        return torch.stack(crops).float() / 255.0, where
 
     def state_dict(self) -> dict:
         """What to checkpoint so the next batch after a resume is identical."""

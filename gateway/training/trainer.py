@@ -42,6 +42,7 @@ from gateway.training.losses import (
     ms_ssim_loss,
     mse_per_image,
 )
+from gateway.training.latents import LATENT_STRIDE, LatentCache
 from gateway.training.vae_io import vae_decode, vae_encode
 
 ExportFn = Callable[[nn.Module, Path], None]
@@ -130,6 +131,7 @@ class Trainer:
         if any(s.loss.gan > 0 for s in cfg.stages):
             self.disc = PatchDiscriminator().to(self.device)
         self.perceptual: dict[str, nn.Module] = {}
+        self.latent_cache: LatentCache | None = None
         self._last_export = time.monotonic()
         self._metrics_file = self.out_dir / "metrics.jsonl"
         self._tb = None
@@ -149,12 +151,20 @@ class Trainer:
         """Freeze/unfreeze parameters and build the stage's optimizer, scheduler and DDP wrapper."""
         self.stage_index = index
         stage = self.cfg.stages[index]
-        self.sampler.configure(stage.crop or self.cfg.data.crop, stage.batch or self.cfg.data.batch)
         names = []
         for name, p in self.model.named_parameters():
             p.requires_grad_(_select(name, stage))
             if p.requires_grad:
                 names.append(name)
+        # With the VAE encoder frozen, each image's latent target is computed once (crops on the latent grid).
+        encoder_frozen = not any(n.startswith(("vae.encoder.", "vae.quant_conv.")) for n in names)
+        cached = stage.kind == "codec" and stage.loss.latent > 0 and encoder_frozen and not self.cfg.data.vflip
+        self.sampler.configure(stage.crop or self.cfg.data.crop, stage.batch or self.cfg.data.batch,
+                               align=LATENT_STRIDE if cached else 1)
+        self.latent_cache = None
+        if cached:
+            self.latent_cache = LatentCache.build(self.model, self.sampler.images,
+                                                  self.out_dir if self.is_main else None, log=self._log_line)
         if not names:
             raise ConfigError(f"stage {stage.name!r}: no parameter matches trainable={stage.trainable}")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -238,7 +248,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimisation step of the current stage; returns scalar metrics."""
         stage = self.stage
-        x = self.sampler.next_batch().to(self.device)
+        x, where = self.sampler.next_batch_with_positions()
+        x = x.to(self.device)
         assert self.forward is not None and self.optimizer is not None and self.scheduler is not None
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
@@ -260,7 +271,9 @@ class Trainer:
             else:
                 lam, delta = self.sample_knobs(x.shape[0])
                 latent_target = None
-                if stage.loss.latent > 0:
+                if self.latent_cache is not None:
+                    latent_target = self.latent_cache.batch(where, x.shape[-1]).to(self.device)
+                elif stage.loss.latent > 0:
                     with torch.no_grad():
                         latent_target, _, _ = vae_encode(self.model, x)
                 received = None
