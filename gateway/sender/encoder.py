@@ -63,7 +63,8 @@ class Encoder(threading.Thread):
             result = fit(get_codec(row.codec, self.cfg.bundle), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
-            payload = MessageMeta(row.source_name, row.image_size, row.codec).pack(self.codec.payload_capacity)
+            payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(
+                self.codec.payload_capacity)
             spool.mark_encoded(row.id, result.bitstream, result.as_dict(), frames,
                                Frame(FrameType.META, row.id, 0, k, n, payload))
         except (SatgwError, PacketizerError, OSError, ValueError) as e:
