@@ -2,7 +2,9 @@
 
 Used by ``satgw demo``, the benchmarks and the end-to-end tests: free ports,
 one log file per daemon, readiness by ping, SIGTERM (then SIGKILL) on stop,
-SIGKILL on demand, and small helpers to talk to the daemons' control sockets.
+SIGKILL on demand, and small helpers to talk to the daemons' control
+sockets. With ``metrics=True`` every daemon serves Prometheus metrics on a
+loopback port (:attr:`Daemons.metrics_url`).
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ class Daemons:
         *,
         seed: int | None = None,
         extra_args: dict[str, list[str]] | None = None,
+        metrics: bool = False,
     ) -> None:
         self.run_dir = run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        p = free_ports(5)
+        p = free_ports(8)
         self.ep = {
             "sender_side": f"tcp://127.0.0.1:{p[0]}", "ground_side": f"tcp://127.0.0.1:{p[1]}",
             "link_control": f"tcp://127.0.0.1:{p[2]}", "sender": f"tcp://127.0.0.1:{p[3]}",
@@ -82,6 +85,12 @@ class Daemons:
                             "--spool", str(run_dir / "spool.db"), "--inbox", str(run_dir / "inbox"),                            "--control", self.ep["sender"], "--link-endpoint", self.ep["sender_side"],
                             "--link-control", self.ep["link_control"]],
         }
+        #: daemon name -> its /metrics URL (empty without ``metrics``)
+        self.metrics_url: dict[str, str] = {}
+        if metrics:
+            for name, port in zip(("link", "receiver", "sender"), p[5:8]):
+                self.commands[name] += ["--metrics-listen", f"127.0.0.1:{port}"]
+                self.metrics_url[name] = f"http://127.0.0.1:{port}/metrics"
         if bundle:
             for name in ("receiver", "sender"):
                 self.commands[name] += ["--bundle", str(bundle)]
