@@ -143,6 +143,7 @@ class PageState:
             if m.get("state") in SENDER_ACTIVE:
                 queue.append({k: m.get(k) for k in ("id", "state", "priority", "codec", "source_name", "n", "acked",
                                                     "sent", "retransmitted")})
-        queue.sort(key=lambda m: (-(m["priority"] or 0), m["id"]))
+        # What is on the air first, then what waits: the order the sender works in.
+        queue.sort(key=lambda m: (SENDER_ACTIVE[::-1].index(m["state"]), -(m["priority"] or 0), m["id"]))
         self._live["sender"] = {"reachable": True, "asked": True, "counts": sender.get("counts", {}),
                                 "queue": queue[:MAX_LISTED], "rto_s": sender.get("rto_s")}
