@@ -34,7 +34,7 @@ ROOMS: dict[str, set[str]] = {
     "codec": {"errors", "paths"},
     "ratecontrol": {"codec", "errors"},
     "store": {"errors"},
-    "daemon": {"transport", "protocol", "errors"},
+    "daemon": {"transport", "protocol", "store", "errors"},
     "sender": {"daemon", "store", "protocol", "ratecontrol", "codec", "transport", "errors"},
     "ground": {"daemon", "store", "protocol", "codec", "transport", "errors"},
     "eval": {"codec", "ratecontrol", "transport", "errors", "paths"},

@@ -167,7 +167,7 @@ def test_counters_move_during_a_transfer_and_match_the_daemons_counts(tmp_path) 
         assert g['satgw_ground_frames_rejected_total{reason="crc"}'] == rc.get("bad_CRCError", 0)
         assert g["satgw_ground_frames_stored_total"] == rc["stored"]
         assert g["satgw_ground_images_delivered_total"] == 8 == len(outputs)
-        assert g['satgw_ground_messages{state="done"}'] == 8
+        assert g['satgw_ground_frame_store_messages{state="done"}'] == 8
         assert g["satgw_ground_decode_seconds_count"] == 8
         assert g["satgw_ground_image_on_air_bytes_sum"] == sum(o["bytes_on_air"] for o in outputs.values())
         assert g["satgw_ground_image_latency_seconds_count"] == 8

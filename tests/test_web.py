@@ -86,11 +86,12 @@ class Web:
     def __init__(self, ground: dict[str, Path], *args: str) -> None:
         self.port = free_ports(1)[0]
         self.log = ground["tmp"] / "web.log"
+        self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "web", "--outbox", str(ground["outbox"]),
              "--store", str(ground["store"]), "--receiver", "none", "--link-control", "none",
              "--listen", f"127.0.0.1:{self.port}", *args],
-            stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True)
+            stdout=subprocess.DEVNULL, stderr=self._log_file)
         wait_for(lambda: self.proc.poll() is not None or self._up(), 60, what="satgw web to answer")
         assert self.proc.poll() is None, self.log.read_text()
 
@@ -112,6 +113,7 @@ class Web:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=15)
+        self._log_file.close()
 
 
 @pytest.fixture

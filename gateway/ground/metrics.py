@@ -14,9 +14,9 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import Metric
 
+from gateway.daemon.metrics import database_families, link_families
 from gateway.store.framestore import STATES
-from gateway.store.readonly import open_readonly, size_on_disk, state_counts
-from gateway.transport.metrics_http import CounterSpec, counter_families, gauge, labelled_gauge, snapshot
+from gateway.transport.metrics_http import CounterSpec, counter_families, gauge, snapshot
 
 _REJECTED = "satgw_ground_frames_rejected_total"
 _REJECTED_HELP = "Frames dropped before the frame store, by reason (crc: bit errors on the link; auth: forged or foreign)"
@@ -91,26 +91,9 @@ class GroundMetrics:
         known = sum(counters.get(f"bad_{cls}", 0) for cls in REJECT_REASONS if cls != "other")
         counters["bad_other"] = max(0, counters.get("bad_frames", 0) - known)
         yield from counter_families(COUNTERS, counters)
-        frame_size = d.codec.frame_size
-        yield from counter_families(
-            [CounterSpec("bytes", "satgw_ground_bytes_received_total",
-                         "Bytes that arrived from the link (frames received x frame size)")],
-            {"bytes": counters.get("frames_in", 0) * frame_size})
-        db = open_readonly(d.cfg.store)
-        if db is not None:
-            try:
-                counts = state_counts(db, STATES)
-            finally:
-                db.close()
-            yield labelled_gauge("satgw_ground_messages", "Messages in the frame store by state", "state", counts)
-        yield gauge("satgw_ground_frame_store_size_bytes", "Size of the frame store database and its write-ahead log",
-                    size_on_disk(d.cfg.store))
+        yield from database_families("satgw_ground_frame_store", d.cfg.store, STATES, "frame store",
+                                     "Messages in the frame store by state")
         yield gauge("satgw_ground_decoding_messages", "Messages waiting for or in the decoder", len(d.decoding))
         yield gauge("satgw_ground_ack_queue_frames", "ACK frames waiting for the return link", len(d.ack_queue))
-        w = d.window
-        yield gauge("satgw_ground_link_up", "1 while the ground station sees the link up, else 0",
-                    1 if w.known and w.up else 0)
-        cap = w.forward_rate_bps / 8 * w.time_scale if w.forward_rate_bps else None
-        yield gauge("satgw_ground_link_capacity_bytes_per_second",
-                    "Forward link capacity in bytes per wall second (utilization: rate(bytes_received) / this)", cap)
-        yield gauge("satgw_ground_frame_size_bytes", "Size of one frame on the wire", frame_size)
+        yield from link_families("satgw_ground", d.window, d.codec.frame_size, counters.get("frames_in", 0),
+                                 "received", "the ground station sees")

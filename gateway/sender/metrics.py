@@ -16,9 +16,9 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import Metric
 
-from gateway.store.readonly import open_readonly, size_on_disk, state_counts
+from gateway.daemon.metrics import database_families, link_families
 from gateway.store.spool import STATES
-from gateway.transport.metrics_http import CounterSpec, counter_families, gauge, labelled_gauge, snapshot
+from gateway.transport.metrics_http import CounterSpec, counter_families, gauge, snapshot
 
 _FAILED = "satgw_sender_images_failed_total"
 _FAILED_HELP = "Images that failed, by stage: encode (rate control or the image itself) or transmit (frame limits)"
@@ -79,28 +79,10 @@ class SenderMetrics:
             if fam.name + "_total" == _FAILED:
                 fam.add_metric(["encode"], float(self._encode_failed))
             yield fam
-        frame_size = d.codec.frame_size
-        yield from counter_families(
-            [CounterSpec("bytes", "satgw_sender_bytes_sent_total", "Bytes put on the link (frames sent x frame size)")],
-            {"bytes": counters.get("frames_sent", 0) * frame_size})
-        db = open_readonly(d.cfg.spool)
-        if db is not None:
-            try:
-                counts = state_counts(db, STATES)
-            finally:
-                db.close()
-            yield labelled_gauge("satgw_sender_spool_messages",
-                                 "Messages in the spool by state (accepted, encoded and in_flight are the queue)",
-                                 "state", counts)
-        yield gauge("satgw_sender_spool_size_bytes", "Size of the spool database and its write-ahead log",
-                    size_on_disk(d.cfg.spool))
+        yield from database_families("satgw_sender_spool", d.cfg.spool, STATES, "spool",
+                                     "Messages in the spool by state (accepted, encoded and in_flight are the queue)")
         yield gauge("satgw_sender_scheduled_messages", "Messages being transmitted or waiting for the link",
                     len(d.sched))
-        w = d.window
-        yield gauge("satgw_sender_link_up", "1 while the sender may transmit (link known and up), else 0",
-                    1 if w.known and w.up else 0)
-        cap = w.forward_rate_bps / 8 * w.time_scale if w.forward_rate_bps else None
-        yield gauge("satgw_sender_link_capacity_bytes_per_second",
-                    "Forward link capacity in bytes per wall second (utilization: rate(bytes_sent) / this)", cap)
-        yield gauge("satgw_sender_frame_size_bytes", "Size of one frame on the wire", frame_size)
+        yield from link_families("satgw_sender", d.window, d.codec.frame_size, counters.get("frames_sent", 0),
+                                 "sent", "the sender sees")
         yield gauge("satgw_sender_rto_seconds", "Current retransmit timeout (wall seconds)", d.rto.rto)

@@ -58,11 +58,13 @@ class Sources:
     def poll(self) -> dict[str, dict[str, Any] | None]:
         """Fresh replies: ``receiver``, ``sender``, ``link_stats``, ``link_schedule`` (None: no answer)."""
         e = self.endpoints
+        stats = self._ask("link", e.link, {"cmd": "stats"})
         self.replies = {
             "receiver": self._ask("receiver", e.receiver, {"cmd": "status"}),
             "sender": self._ask("sender", e.sender, {"cmd": "status"}),
-            "link_stats": self._ask("link", e.link, {"cmd": "stats"}),
-            "link_schedule": self._ask("link", e.link, {"cmd": "schedule"}) if e.link else None,
+            "link_stats": stats,
+            # A link that did not answer one request is not asked a second time this round.
+            "link_schedule": self._ask("link", e.link, {"cmd": "schedule"}) if stats is not None else None,
         }
         return self.replies
 
