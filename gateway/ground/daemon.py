@@ -21,6 +21,7 @@ from typing import Any
 from gateway.daemon.config import ReceiverConfig
 from gateway.daemon.link_attached import LinkAttachedDaemon
 from gateway.ground.decode_worker import DecodeWorker
+from gateway.ground.metrics import GroundMetrics
 from gateway.ground.output import DecodeJob
 from gateway.protocol.pacer import Pacer
 from gateway.store.framestore import FrameStore
@@ -49,6 +50,8 @@ class ReceiverDaemon(LinkAttachedDaemon):
         self.worker = worker or DecodeWorker(cfg.decode.worker, cfg.decode.timeout_s)
         self.counters: Counter = Counter()
         self._next_periodic = 0.0
+        self.metrics = GroundMetrics(self)
+        self._serve_metrics(self.metrics.registry)
 
     def _scale(self) -> float:
         return self.window.time_scale or 1.0
@@ -188,6 +191,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
                 assert rec is not None
                 self.store.mark_done(mid, {"bpp": rec.bpp, "codec": rec.codec}, time.time())
                 self.counters["decoded"] += 1
+                self.metrics.delivered(rec)
                 self.log.info("decoded", id=mid, source=rec.source_name, codec=rec.codec, bpp=rec.bpp,
                               decode_s=rec.timings.decode_s)
             elif outcome.status == "error":

@@ -26,6 +26,7 @@ from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
 from gateway.sender.acceptance import OPTIONS, check_job
 from gateway.sender.encoder import Encoder
 from gateway.sender.inbox import Inbox
+from gateway.sender.metrics import SenderMetrics
 from gateway.store.spool import Spool
 from gateway.transport.eventlog import EventLog
 from packetizer.ack import unpack_acks
@@ -54,7 +55,8 @@ class SenderDaemon(LinkAttachedDaemon):
                                        max_transmissions=arq.max_transmissions)
         self.pacer = Pacer(1.0, burst=arq.burst_frames)
         self.encoded: queue.Queue[int] = queue.Queue()
-        self.encoder = Encoder(cfg, self.codec, log, self.encoded)
+        self.metrics = SenderMetrics(self)
+        self.encoder = Encoder(cfg, self.codec, log, self.encoded, self.metrics)
         self.inbox = Inbox(cfg.inbox, lambda data, name: self._accept(data, name, {}),
                            lambda name, digest: self.spool.find_by_source(name, digest) is not None,
                            log) if cfg.inbox else None
@@ -66,6 +68,7 @@ class SenderDaemon(LinkAttachedDaemon):
         self._in_flight: set[int] = set()
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         self._next_inbox = 0.0
+        self._serve_metrics(self.metrics.registry)
 
     # --- lifecycle --------------------------------------------------------------------------
 

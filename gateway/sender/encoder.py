@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from gateway.daemon.config import SenderConfig
 from gateway.errors import SatgwError
@@ -20,13 +21,17 @@ from gateway.transport.eventlog import EventLog
 from packetizer.errors import PacketizerError
 from packetizer.frame import Frame, FrameCodec, FrameType
 
+if TYPE_CHECKING:
+    from gateway.sender.metrics import SenderMetrics
+
 
 class Encoder(threading.Thread):
     """Encodes accepted jobs (rate control + packetizer) and hands their ids to the event loop."""
 
-    def __init__(self, cfg: SenderConfig, codec: FrameCodec, log: EventLog, done: "queue.Queue[int]") -> None:
+    def __init__(self, cfg: SenderConfig, codec: FrameCodec, log: EventLog, done: "queue.Queue[int]",
+                 metrics: "SenderMetrics | None" = None) -> None:
         super().__init__(name="encoder", daemon=True)
-        self.cfg, self.codec, self.log, self.done = cfg, codec, log, done
+        self.cfg, self.codec, self.log, self.done, self.metrics = cfg, codec, log, done, metrics
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -63,7 +68,8 @@ class Encoder(threading.Thread):
             result = fit(get_codec(row.codec, self.cfg.bundle), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
-            payload = MessageMeta(row.source_name, row.image_size, row.codec).pack(self.codec.payload_capacity)
+            payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(
+                self.codec.payload_capacity)
             spool.mark_encoded(row.id, result.bitstream, result.as_dict(), frames,
                                Frame(FrameType.META, row.id, 0, k, n, payload))
         except (SatgwError, PacketizerError, OSError, ValueError) as e:
@@ -73,10 +79,15 @@ class Encoder(threading.Thread):
         except Exception as e:  # a codec bug must fail one job, not the daemon
             self._fail(spool, row, f"internal error while encoding: {type(e).__name__}: {e}", "error")
             return
+        seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.encoded(seconds)
         self.log.info("encoded", id=row.id, source=row.source_name, codec=row.codec, bytes=result.bytes, k=k, n=n,
-                      seconds=round(time.perf_counter() - t0, 3))
+                      seconds=round(seconds, 3))
         self.done.put(row.id)
 
     def _fail(self, spool: Spool, row: MessageRow, reason: str, level: str) -> None:
         spool.mark_failed(row.id, reason)
+        if self.metrics is not None:
+            self.metrics.encode_failed()
         self.log.log(level, "encode_failed", id=row.id, source=row.source_name, reason=reason)

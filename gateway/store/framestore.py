@@ -32,9 +32,13 @@ from typing import Any
 from gateway.errors import StoreError
 from gateway.store import frame_rows
 from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
+from gateway.store.readonly import state_counts
 from gateway.store.sqlite import open_durable_db
 from packetizer.frame import Frame, FrameType
 from packetizer.segment import assemble
+
+#: A message's states, in the order it moves through them.
+STATES = ("receiving", "assembled", "done", "failed")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
@@ -352,10 +356,7 @@ class FrameStore:
 
     def counts(self) -> dict[str, int]:
         """Messages per state."""
-        out = {"receiving": 0, "assembled": 0, "done": 0, "failed": 0}
-        for s, c in self.db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"):
-            out[s] = int(c)
-        return out
+        return state_counts(self.db, STATES)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The most recently active messages, for status displays."""
