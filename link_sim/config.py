@@ -113,6 +113,7 @@ class LinkConfig:
     stats_interval_s: float = 10.0  # wall seconds between stats log lines
     name: str = ""
     description: str = ""
+    auth_key_file: str | None = None  # the frame key: a side is taken only by a hello signed with it
 
     @property
     def frame_size(self) -> int:
@@ -237,10 +238,13 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
     stats_interval = top.number("stats_interval_s", 10.0, lo=0.0, hi=86400.0, lo_open=True)
     name = top.string("name", "")
     description = top.string("description", "")
+    key_file = top.path_value("auth_key_file", None, "the frame key file shared with the daemons")
+    if key_file is not None and not Path(key_file).is_absolute():
+        key_file = str(Path(base_dir) / key_file)  # like the CURVE key files: relative to the preset
     top.done()
     assert time_scale is not None and seed is not None and stats_interval is not None
     return LinkConfig(
-        forward, ret, availability, time_scale, seed, endpoints, curve, stats_interval, name, description
+        forward, ret, availability, time_scale, seed, endpoints, curve, stats_interval, name, description, key_file
     )
 
 
