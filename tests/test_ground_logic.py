@@ -75,3 +75,25 @@ def test_the_fault_board_reports_onset_and_recovery_once(monkeypatch) -> None:
     board.clear("frame_store")
     events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
     assert events == ["resource_fault", "resource_recovered"] and board.snapshot() == {}
+
+
+def test_a_bundles_fingerprint_changes_with_any_byte_and_not_with_its_folder(tmp_path) -> None:
+    from gateway.ground.bundle_check import CheckCache, fingerprint
+
+    a = tmp_path / "a"
+    (a / "vae").mkdir(parents=True)
+    (a / "config.yaml").write_text("name: x\n")
+    (a / "vae" / "w.safetensors").write_bytes(bytes(1000))
+    first = fingerprint(str(a))
+    b = tmp_path / "b"
+    import shutil
+
+    shutil.copytree(a, b)
+    assert fingerprint(str(b)) == first  # a copy of a checked bundle is the same bundle
+    (b / "vae" / "w.safetensors").write_bytes(bytes(999) + b"\x01")
+    assert fingerprint(str(b)) != first
+    assert fingerprint(str(tmp_path / "missing")) is None
+    cache = CheckCache(tmp_path / "cache" / "checks.json")
+    assert cache.get(first) is None
+    cache.put(first, {"cadc": {"model_id": "61a9"}})
+    assert CheckCache(tmp_path / "cache" / "checks.json").get(first) == {"cadc": {"model_id": "61a9"}}

@@ -36,7 +36,7 @@ ROOMS: dict[str, set[str]] = {
     "store": {"errors"},
     "daemon": {"transport", "protocol", "errors"},
     "sender": {"daemon", "store", "protocol", "ratecontrol", "codec", "transport", "errors"},
-    "ground": {"daemon", "store", "protocol", "codec", "transport", "errors"},
+    "ground": {"daemon", "store", "protocol", "codec", "transport", "errors", "paths"},
     "eval": {"codec", "ratecontrol", "transport", "errors", "paths"},
     "training": {"codec", "eval", "errors"},
     "cli": {"sender", "ground", "eval", "codec", "ratecontrol", "transport", "daemon", "errors", "paths"},

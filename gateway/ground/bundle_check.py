@@ -7,16 +7,30 @@ bundle the ground will decode with and sends a small test picture through
 it, encode and decode, and wants a finite picture of the right size that
 resembles the original. It runs where decodes run (in the decode worker's
 child process, which then keeps the model loaded for the first message).
+
+The round trip costs seconds (torch, the model), so a bundle whose exact
+bytes passed it before on this host is not checked again: a fingerprint of
+every file in the bundle folder (:func:`fingerprint`) is remembered in
+``~/.cache/satgw/bundle-checks.json`` (``$XDG_CACHE_HOME`` respected). Any
+changed, added or damaged file changes the fingerprint, and the bundle is
+checked in full again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gateway.errors import BundleError
+
+#: Part of every fingerprint: a change to the check itself invalidates what was remembered.
+CHECK_VERSION = "1"
 
 #: The embedded cadc-tiny reproduces the test picture at about 15.6 dB; with damaged VAE weights it gives 4.6 dB.
 MIN_PSNR_DB = 10.0
@@ -75,3 +89,56 @@ def check_decoders(bundle: str | None) -> dict[str, Any]:
                           f"(a working one gives 15 dB or more): its weights are damaged; "
                           "reinstall the bundle")
     return {"cadc": {"model_id": f"{codec.model_id:04x}", "psnr_db": round(quality, 2), "bits": len(bits)}}
+
+
+def fingerprint(bundle: str | None) -> str | None:
+    """A hash of every file (names and bytes) of the bundle folder, or None when there is no folder to read."""
+    from gateway.paths import bundle_dir
+
+    root = Path(bundle) if bundle else bundle_dir("cadc-tiny")
+    if not root.is_dir():
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    h.update(CHECK_VERSION.encode())
+    try:
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0")
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    except OSError:
+        return None  # unreadable: the full check will say what is wrong
+    return h.hexdigest()
+
+
+class CheckCache:
+    """Fingerprints of bundles that passed :func:`check_decoders` on this host, with what the check found."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.path = path or base / "satgw" / "bundle-checks.json"
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str | None) -> dict[str, Any] | None:
+        """What the check found for fingerprint ``key`` before, or None."""
+        found = self._load().get(key) if key else None
+        return found if isinstance(found, dict) else None
+
+    def put(self, key: str | None, result: dict[str, Any]) -> None:
+        """Remember that fingerprint ``key`` passed (best effort: a read-only home just means no memory)."""
+        if not key:
+            return
+        from gateway.codec.image_io import write_atomic
+
+        data = self._load()
+        data[key] = result
+        try:
+            write_atomic(self.path, json.dumps(dict(list(data.items())[-64:]), indent=1).encode())
+        except OSError:
+            pass

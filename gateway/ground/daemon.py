@@ -30,7 +30,7 @@ from typing import Any
 from gateway.daemon.config import ReceiverConfig
 from gateway.daemon.link_attached import LinkAttachedDaemon
 from gateway.errors import BundleError, StoreError
-from gateway.ground.bundle_check import check_decoders
+from gateway.ground.bundle_check import CheckCache, check_decoders, fingerprint
 from gateway.ground.decode_worker import DecodeOutcome, DecodeWorker
 from gateway.ground.meta_waits import MetaWaits
 from gateway.ground.output import DecodeJob, add_source
@@ -44,6 +44,8 @@ from packetizer.errors import PacketizerError
 MAX_ACK_QUEUE = 64  # ACK frames waiting for the return link; older ones are superseded by newer state
 STATUS_MESSAGES = 100  # messages listed by ``status``
 STORE, DECODE = "frame_store", "decode"  # resources reported to the fault board
+#: A DONE or FAILED is repeated in the periodic ACKs for this many ACK intervals (the sender's probes cover the rest).
+REPEAT_FINISHED = 3
 
 
 class ReceiverDaemon(LinkAttachedDaemon):
@@ -74,11 +76,21 @@ class ReceiverDaemon(LinkAttachedDaemon):
         self._next_periodic = 0.0
 
     def _check_bundle(self, log: EventLog) -> dict[str, Any]:
-        """Round-trip a test picture through the decoders where decodes run; BundleError when broken."""
+        """Round-trip a test picture through the decoders where decodes run; BundleError when broken.
+
+        Skipped when these exact bundle bytes passed before on this host (:class:`CheckCache`).
+        """
+        cache, key = CheckCache(), fingerprint(self.cfg.bundle)
+        known = cache.get(key)
+        if known is not None:
+            log.info("bundle_checked", cached=True, **known)
+            return known
         outcome = self.worker.check(check_decoders, self.cfg.bundle, self.cfg.decode.timeout_s)
         if outcome.status != "ok":
             raise BundleError(f"refusing to start: {outcome.reason}")
-        log.info("bundle_checked", **outcome.record)
+        log.info("bundle_checked", cached=False, **outcome.record)
+        if isinstance(outcome.record.get("cadc"), dict):
+            cache.put(key, outcome.record)
         return outcome.record
 
     def _scale(self) -> float:
@@ -122,8 +134,9 @@ class ReceiverDaemon(LinkAttachedDaemon):
 
     def _turn(self, now: float) -> None:
         if now >= self._next_periodic:
-            ack = self.cfg.ack
-            self.to_ack.update(self.store.active_since(time.time() - ack.active_s / self._scale()))
+            ack, wall = self.cfg.ack, time.time()
+            self.to_ack.update(self.store.active_since(wall - ack.active_s / self._scale(),
+                                                       wall - REPEAT_FINISHED * ack.interval_s / self._scale()))
             self._next_periodic = now + ack.interval_s / self._scale()
             for mid in list(self.assemble_again):
                 self.assemble_again.discard(mid)
@@ -281,8 +294,9 @@ class ReceiverDaemon(LinkAttachedDaemon):
             retry = self.retries.failed(mid, outcome.reason or "", time.monotonic())
             self.counters["decode_retries"] += 1
             self.faults.report(DECODE, outcome.reason or "")
-            self.log.warning("decode_retry", id=mid, reason=outcome.reason, failures=retry.failures,
-                             retry_in_s=round(retry.due - time.monotonic(), 2))
+            if retry.failures & (retry.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th ... failure: no flood
+                self.log.warning("decode_retry", id=mid, reason=outcome.reason, failures=retry.failures,
+                                 retry_in_s=round(retry.due - time.monotonic(), 2))
         else:
             self.counters["decoder_crashed"] += 1
             self.log.error("decoder_crashed", id=mid, reason=outcome.reason)

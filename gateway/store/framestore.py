@@ -380,14 +380,12 @@ class FrameStore:
         """Ids of messages in ``state``, oldest activity first."""
         return [int(r[0]) for r in self.db.execute("SELECT id FROM messages WHERE state=? ORDER BY last_at", (state,))]
 
-    def active_since(self, t: float) -> list[int]:
-        """Messages to acknowledge again (periodic ACKs): receiving ones with a frame since ``t``,
-        ones assembled since ``t`` and not yet finished, and ones finished (done or failed) since ``t``."""
+    def active_since(self, t: float, finished_since: float | None = None) -> list[int]:
+        """Messages to acknowledge again (periodic ACKs): receiving ones with a frame since ``t``, and
+        ones finished (done or failed) since ``finished_since``, so a lost DONE or FAILED is repeated."""
         rows = self.db.execute(
-            "SELECT id FROM messages WHERE state='receiving' AND last_at>=? "
-            "UNION SELECT id FROM messages WHERE state='assembled' AND assembled_at>=? "
-            "UNION SELECT id FROM messages WHERE done_at>=?",
-            (t, t, t),
+            "SELECT id FROM messages WHERE state='receiving' AND last_at>=? UNION SELECT id FROM messages WHERE done_at>=?",
+            (t, float("inf") if finished_since is None else finished_since),
         )
         return [int(r[0]) for r in rows]
 

@@ -49,7 +49,7 @@ def store_error(e: BaseException, what: str) -> StoreError:
         code is None and any(w in str(e) for w in ("disk is full", "readonly", "disk I/O", "unable to open"))
     )
     if host:
-        return StoreUnavailable(f"{what}: {e}; free space or make it writable: the daemon retries by itself")
+        return StoreUnavailable(f"{what}: {e} (the disk refuses: it is full or read-only, or the file is gone)")
     return StoreError(f"{what}: {e}")
 
 
