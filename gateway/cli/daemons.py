@@ -89,7 +89,7 @@ def send_main(argv: list[str]) -> int:
         # Ask what the sender takes first: a request over its size limit is cut off by the socket unanswered.
         limits = _ask(ctx, a.sender, {"cmd": "limits"}, a.timeout, a.retries)
         if isinstance(limits, str):
-            print(f"satgw send: {limits}", file=sys.stderr)
+            print(f"satgw send: {limits}; nothing was sent", file=sys.stderr)
             return EXIT_NO_REPLY
         try:
             data = _read_image(path, int(limits.get("max_image_bytes") or 2**31))
