@@ -147,7 +147,7 @@ def test_a_held_message_sends_only_probes_at_growing_intervals_until_done():
     out = s.on_ack(3, 2, frozenset(), AckStatus.HELD, 0.5)
     assert out.held and out.newly_acked == [0, 1] and not out.complete and s.is_held(3)
     assert s.on_ack(3, 2, frozenset(), AckStatus.HELD, 0.6).held is False  # only news is news
-    assert s.next(4.4) is None and s.next_deadline(1.0) == pytest.approx(4.5)
+    assert s.next(16.4) is None and s.next_deadline(1.0) == pytest.approx(16.5)
     probes = []
     t = 0.5
     for _ in range(4):
@@ -157,10 +157,19 @@ def test_a_held_message_sends_only_probes_at_growing_intervals_until_done():
         s.sent(3, pick.index, t)
         probes.append(t)
     gaps = [b - a for a, b in zip(probes, probes[1:])]
-    assert gaps == pytest.approx([8.0, 16.0, 32.0])  # 4 RTOs, doubling
+    assert gaps == pytest.approx([32.0, 60.0, 60.0])  # 16 RTOs, doubling, up to the RTO ceiling
     assert s.over_limit(1e6) == []  # probing never fails a held message
     done = s.on_ack(3, 2, frozenset(), AckStatus.DONE, t + 1)
     assert done.complete and s.progress(3)["probes"] == 4
+
+
+def test_probes_wait_for_every_other_frame():
+    s = TransmitScheduler(RtoEstimator(1.0, 0.1, 60.0))
+    s.add(1, priority=5, created=0.0, n=1, has_meta=False)
+    drain(s, 0.0)
+    s.on_ack(1, 1, frozenset(), AckStatus.HELD, 0.1)
+    s.add(2, priority=0, created=1.0, n=2, has_meta=False)
+    assert drain(s, 100.0) == [(2, 0), (2, 1), (1, 0)]  # the high-priority probe still goes last (no META: frame 0)
 
 
 def test_failed_tells_the_reason_and_a_held_message_the_ground_lost_is_sent_again():

@@ -27,7 +27,8 @@ from packetizer.ack import AckStatus
 
 META_INDEX = -1  #: pseudo-index of a message's META frame in this module
 #: First probe of a held message after this many RTOs; then twice as long each time, up to the RTO ceiling.
-PROBE_RTOS = 4
+#: The ground sends DONE by itself (and repeats it), so a probe is the fallback for a DONE lost several times.
+PROBE_RTOS = 16
 
 
 @dataclass
@@ -188,12 +189,16 @@ class TransmitScheduler:
         return f.sent_at is not None and now - f.sent_at >= self._timeout(f)
 
     def next(self, now: float) -> Send | None:
-        """The frame to send at ``now``, or None if every queued frame is acked or in flight."""
+        """The frame to send at ``now``, or None if every queued frame is acked or in flight.
+
+        Probes of held messages go last: only when no message has a frame to send.
+        """
+        probe: Send | None = None
         for key in self._order:
             m = self._msgs[key[2]]
             if m.held:
-                if now >= m.probe_due:
-                    return Send(m.mid, self._probe_index(m), True)
+                if probe is None and now >= m.probe_due:
+                    probe = Send(m.mid, self._probe_index(m), True)
                 continue
             if m.meta is not None and not m.meta.acked:
                 if m.meta.tx == 0:
@@ -221,7 +226,7 @@ class TransmitScheduler:
                 m.meta.lost or (self._expired(m.meta, now) and all(f.acked for f in m.frames))
             ):
                 return Send(m.mid, META_INDEX, True)
-        return None
+        return probe
 
     def next_deadline(self, now: float) -> float | None:
         """Earliest wall time at which a retransmit timeout fires (for the event loop's sleep)."""

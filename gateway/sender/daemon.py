@@ -290,15 +290,16 @@ class SenderDaemon(LinkAttachedDaemon):
                 self.log.info("delivered", id=mid, sent=prog["sent"], retransmitted=prog["retransmitted"],
                               probes=prog["probes"])
                 return
-            if out.newly_acked:
-                self.spool.record_acks(mid, out.newly_acked)
-            if out.held:
+            if out.held:  # one commit: a held job's frames are all acknowledged by definition
                 self.spool.mark_held(mid)
                 self.counters["held"] += 1
                 self.log.info("held", id=mid, note="the ground has every frame; waiting for it to write the picture")
+                return
             if out.released:
                 self.spool.mark_in_flight(mid, time.time())
                 self.log.warning("released", id=mid, note="the ground lost what it held; sending it again")
+            if out.newly_acked:
+                self.spool.record_acks(mid, out.newly_acked)
         except StoreUnavailable as e:
             self.faults.report(SPOOL, str(e))
             if out.complete:
