@@ -199,7 +199,7 @@ class LinkDaemon:
                     self.refused[side] += 1  # not the peer that proved the key
                     continue
                 offer(parts[1], now())
-            elif parts and parts[0] == HELLO and (len(parts) == 1 or (len(parts) == 2 and len(parts[1]) == SIGNED_SIZE)):
+            elif parts and parts[0] == HELLO and (len(parts) == 1 or len(parts) == 2 and len(parts[1]) == SIGNED_SIZE):
                 self._hello(side, ident, parts[1] if len(parts) == 2 else None)
             else:
                 self.garbage[side] += 1

@@ -245,7 +245,8 @@ def _operator_keys(curve_dir: str) -> CurveKeys:
     """CURVE client keys for talking to the link: the operator pair from 'satgw keys', else the sender's."""
     d = Path(curve_dir)
     me = "operator" if (d / "operator.key_secret").exists() else "sender"
-    return CurveKeys(load_key(d / f"{me}.key"), load_key(d / f"{me}.key_secret"), server_public=load_key(d / "link.key"))
+    return CurveKeys(load_key(d / f"{me}.key"), load_key(d / f"{me}.key_secret"),
+                     server_public=load_key(d / "link.key"))
 
 
 # --- satgw keys ---------------------------------------------------------------------------------

@@ -66,12 +66,14 @@ def _decoded(im: Image.Image) -> Image.Image:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise RequestError(f"the image looks like a decompression bomb ({e})") from None
     except Exception as e:  # truncated data, bad chunks, broken entropy coding: all mean "damaged"
-        raise RequestError(f"the image is truncated or damaged and cannot be decoded ({type(e).__name__}: {e})") from None
+        raise RequestError(
+            f"the image is truncated or damaged and cannot be decoded ({type(e).__name__}: {e})"
+        ) from None
     return im
 
 
 def to_rgb8(im: Image.Image) -> np.ndarray:
-    """``im`` as an HxWx3 uint8 array: 16/32-bit greyscale scaled to 8 bits, float scaled from 0..1, the rest converted."""
+    """``im`` as HxWx3 uint8: 16/32-bit greyscale scaled to 8 bits, floats from 0..1, the other modes converted."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
         # 16-bit samples (I;16*, and PNG/TIFF 16-bit greyscale read as I): 65535 is white.

@@ -384,7 +384,8 @@ class FrameStore:
         """Messages to acknowledge again (periodic ACKs): receiving ones with a frame since ``t``, and
         ones finished (done or failed) since ``finished_since``, so a lost DONE or FAILED is repeated."""
         rows = self.db.execute(
-            "SELECT id FROM messages WHERE state='receiving' AND last_at>=? UNION SELECT id FROM messages WHERE done_at>=?",
+            "SELECT id FROM messages WHERE state='receiving' AND last_at>=? "
+            "UNION SELECT id FROM messages WHERE done_at>=?",
             (t, float("inf") if finished_since is None else finished_since),
         )
         return [int(r[0]) for r in rows]

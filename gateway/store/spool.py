@@ -199,7 +199,8 @@ class Spool:
         """One tiny committed write: raises StoreUnavailable while the disk refuses (used to see it recover)."""
         with transaction(self.db, f"spool {self.path}: cannot write"):
             self.db.execute(
-                "INSERT INTO settings (key, value) VALUES ('probe', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                "INSERT INTO settings (key, value) VALUES ('probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (repr(time.time()),),
             )
 
@@ -252,8 +253,10 @@ class Spool:
                 with transaction(self.db, f"spool {self.path}: cannot store the job"):
                     self.db.execute(
                         "INSERT INTO messages (id, state, priority, codec, packets, parity, source_name, sha256, "
-                        "image, image_size, accepted_at, request_id) VALUES (?, 'accepted', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (mid, priority, codec, packets, parity, source_name, digest, image, len(image), now, request_id),
+                        "image, image_size, accepted_at, request_id) "
+                        "VALUES (?, 'accepted', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (mid, priority, codec, packets, parity, source_name, digest, image, len(image), now,
+                         request_id),
                     )
                 return mid
             except StoreError as e:
