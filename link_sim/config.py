@@ -26,6 +26,7 @@ from typing import Any
 from gateway.transport.config_reader import Section, read_yaml, show
 from gateway.transport.contact_plan import AlwaysUp, Availability, parse_availability
 from gateway.transport.curve import CurveKeys, load_key
+from gateway.transport.http_listen import MetricsSettings, read_metrics_section
 from link_sim.errors import ConfigError
 from link_sim.presets import link_preset
 
@@ -111,6 +112,7 @@ class LinkConfig:
     endpoints: Endpoints = field(default_factory=Endpoints)
     curve: CurveKeys | None = None  # the daemon's server keys; None = plain TCP
     stats_interval_s: float = 10.0  # wall seconds between stats log lines
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)  # where /metrics is served (off by default)
     name: str = ""
     description: str = ""
     auth_key_file: str | None = None  # the frame key: a side is taken only by a hello signed with it
@@ -236,6 +238,7 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
     curve = _curve(top.section("curve"), Path(base_dir)) if top.has("curve") else None
     top.raw("curve")
     stats_interval = top.number("stats_interval_s", 10.0, lo=0.0, hi=86400.0, lo_open=True)
+    metrics = read_metrics_section(top.section("metrics"))
     name = top.string("name", "")
     description = top.string("description", "")
     key_file = top.path_value("auth_key_file", None, "the frame key file shared with the daemons")
@@ -244,7 +247,8 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
     top.done()
     assert time_scale is not None and seed is not None and stats_interval is not None
     return LinkConfig(
-        forward, ret, availability, time_scale, seed, endpoints, curve, stats_interval, name, description, key_file
+        forward, ret, availability, time_scale, seed, endpoints, curve, stats_interval, metrics, name, description,
+        key_file,
     )
 
 

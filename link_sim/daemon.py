@@ -47,17 +47,20 @@ import zmq
 from link_sim.channel import Channel
 from link_sim.clock import RealClock
 from link_sim.config import Endpoints, LinkConfig, load_link_config
+from gateway.errors import ConfigError as GatewayConfigError
 from link_sim.errors import ConfigError, LinkSimError
 from link_sim.link import FORWARD, RETURN, Link
+from link_sim.metrics import LinkMetrics
 from link_sim.stages import Packet
 from link_sim.trace import TraceWriter
-from gateway.errors import ConfigError as _GatewayConfigError
 from gateway.transport.control_server import ControlServer
 from gateway.transport.curve import CurveKeys
 from gateway.transport.eventlog import EventLog
 from gateway.transport.hello import SIGNED_SIZE, HelloRefused, HelloVerifier
+from gateway.transport.http_listen import check_exposure, parse_listen
 from gateway.transport.keyfile import load_frame_key
 from gateway.transport.link_peer import FRAME, HELLO
+from gateway.transport.metrics_http import MetricsServer, serve_metrics
 from gateway.transport.sockets import make_socket
 
 MAX_CONTROL_BYTES = 64 * 1024  # control requests are tiny maps; bigger ones are refused by ZMQ unread
@@ -84,7 +87,7 @@ class LinkDaemon:
         if config.auth_key_file:
             try:  # created when missing, like the daemons do: whichever process starts first makes the key
                 self.hellos = HelloVerifier(load_frame_key(config.auth_key_file, create=True))
-            except _GatewayConfigError as e:
+            except GatewayConfigError as e:
                 raise ConfigError(f"auth_key_file / --auth-key: {e}") from None
         self._stopping = False
         self.ctx = zmq.Context()
@@ -110,6 +113,12 @@ class LinkDaemon:
             batch=64,
             on_garbage=self._count_control_garbage,
         )
+        self.metrics = LinkMetrics(config, self._stats)
+        try:
+            self.metrics_server: MetricsServer | None = serve_metrics(self.metrics.registry, config.metrics)
+        except GatewayConfigError as e:
+            self.ctx.destroy(linger=0)
+            raise ConfigError(str(e)) from None
 
     def _count_control_garbage(self) -> None:
         self.garbage["control"] += 1
@@ -140,6 +149,8 @@ class LinkDaemon:
         if self.hellos is None and self.config.curve is None:
             self.log.warning("open_link", note="neither CURVE nor a frame key: any peer that can reach the link can "
                                                "take a side; give --auth-key (the daemons' frame key) or a curve block")
+        if self.metrics_server is not None:
+            self.log.info("metrics", url=self.metrics_server.url)
         interval = self.config.stats_interval_s
         next_stats = time.monotonic() + interval
         try:
@@ -167,6 +178,9 @@ class LinkDaemon:
         if self.trace:
             self.trace.close()
             self.trace = None
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         self.ctx.destroy(linger=0)
 
     def _poll_timeout_ms(self, next_stats: float) -> int:
@@ -296,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-interval", type=float, help="wall seconds between stats log lines")
     p.add_argument("--auth-key", help="the daemons' frame key file: only peers whose hellos are signed with it "
                                       "may take a side")
+    p.add_argument("--metrics-listen", help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9103)")
     return p
 
 
@@ -310,12 +325,23 @@ def apply_overrides(config: LinkConfig, args: argparse.Namespace) -> LinkConfig:
     for opt, ep in (("--sender-side", args.sender_side), ("--ground-side", args.ground_side), ("--control", args.control)):
         if ep is not None and "://" not in ep:
             raise ConfigError(f"{opt}: must be a ZMQ endpoint like tcp://127.0.0.1:5551, got {ep!r}")
+    metrics = config.metrics
+    if args.metrics_listen is not None:
+        try:
+            listen = parse_listen(args.metrics_listen)
+            check_exposure(listen, metrics.token_file, "--metrics-listen")
+        except ValueError as err:
+            raise ConfigError(f"--metrics-listen: {err}") from None
+        except GatewayConfigError as err:
+            raise ConfigError(f"{err}; set metrics.token_file in the link config") from None
+        metrics = replace(metrics, listen=listen)
     e = config.endpoints
     return replace(
         config,
         time_scale=config.time_scale if args.time_scale is None else args.time_scale,
         seed=config.seed if args.seed is None else args.seed,
         stats_interval_s=config.stats_interval_s if args.stats_interval is None else args.stats_interval,
+        metrics=metrics,
         endpoints=Endpoints(args.sender_side or e.sender_side, args.ground_side or e.ground_side, args.control or e.control),
         auth_key_file=args.auth_key or config.auth_key_file,
     )

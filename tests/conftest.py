@@ -30,3 +30,14 @@ def load_tool() -> Callable[[str], ModuleType]:
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI a skipped browser test fails the run: CI installs Chromium, so a skip there means it broke."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI") and item.get_closest_marker("browser") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"browser test skipped under CI (CI must install Chromium, see .ci/run): {reason}"

@@ -25,17 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
-def make_images(count: int, size: int = 80) -> list[tuple[str, bytes]]:
-    """Distinct small PNG crops of skimage sample photos."""
+def make_images(count: int, size: int = 80, width: int | None = None) -> list[tuple[str, bytes]]:
+    """Distinct small PNG crops (``width`` x ``size`` pixels; square by default) of skimage sample photos."""
     from skimage import data
 
     sources = [data.astronaut(), data.chelsea(), data.coffee()]
+    w = width or size
     out = []
     for i in range(count):
         src = sources[i % len(sources)]
         y = (i * 13) % (src.shape[0] - size)
-        x = (i * 29) % (src.shape[1] - size)
-        out.append((f"img{i:03d}.png", png_bytes(np.ascontiguousarray(src[y : y + size, x : x + size, :3]))))
+        x = (i * 29) % (src.shape[1] - w)
+        out.append((f"img{i:03d}.png", png_bytes(np.ascontiguousarray(src[y : y + size, x : x + w, :3]))))
     return out
 
 
@@ -44,10 +45,10 @@ class Rig(Daemons):
 
     def __init__(self, tmp: Path, preset: str | Path = "harsh", time_scale: float = 50.0, seed: int = 1,
                  sender_args: list[str] | None = None, receiver_args: list[str] | None = None,
-                 link_auth: bool = True) -> None:
+                 link_auth: bool = True, metrics: bool = False) -> None:
         super().__init__(tmp, str(preset), time_scale, seed=seed,
                          extra_args={"sender": sender_args or [], "receiver": receiver_args or []},
-                         link_auth=link_auth)
+                         link_auth=link_auth, metrics=metrics)
         self.tmp = self.run_dir
 
     def start(self, names: tuple[str, ...] = ("link", "receiver", "sender"),  # type: ignore[override]

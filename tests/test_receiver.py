@@ -151,8 +151,10 @@ def webp_message(mid: int, frames: int = 3, parity: int = 0) -> tuple[list[Frame
     return split_message(mid, bits, CODEC, parity), bits, img
 
 
-def meta(mid: int, k: int, n: int, name: str = "astronaut.png") -> Frame:
-    return Frame(FrameType.META, mid, 0, k, n, MessageMeta(name, 1234, "webp").pack(CODEC.payload_capacity))
+def meta(mid: int, k: int, n: int, name: str = "astronaut.png", accepted_at: float | None = None) -> Frame:
+    """The META frame; without ``accepted_at`` it is what a sender before the latency field sent."""
+    payload = MessageMeta(name, 1234, "webp", accepted_at).pack(CODEC.payload_capacity)
+    return Frame(FrameType.META, mid, 0, k, n, payload)
 
 
 def outputs(tmp_path: Path) -> list[str]:
@@ -170,7 +172,8 @@ def test_frames_are_stored_acked_assembled_decoded_and_described(ground, tmp_pat
     daemon, link, lines = ground()
     frames, bits, img = webp_message(11, parity=1)
     k, n = frames[0].k, frames[0].n
-    link.send([meta(11, k, n), *frames[1:]])  # the first data frame is lost: parity fills it in
+    accepted = time.time() - 5.0
+    link.send([meta(11, k, n, accepted_at=accepted), *frames[1:]])  # the first data frame is lost: parity fills it in
     assert link.wait_ack(11).complete
     wait_for(lambda: outputs(tmp_path) == ["11.json", "11.png"], 20, "the outputs")
     rec = json.loads((tmp_path / "outbox" / "11.json").read_text())
@@ -179,6 +182,9 @@ def test_frames_are_stored_acked_assembled_decoded_and_described(ground, tmp_pat
     assert (rec["frames_total"], rec["frames_data"], rec["frames_received"], rec["frames_lost"]) == (n, k, n - 1, 1)
     assert rec["bitstream_bytes"] == len(bits) and (rec["width"], rec["height"]) == (80, 80)
     assert rec["timings"]["decode_s"] >= 0 and rec["timings"]["first_frame_at"] <= rec["timings"]["assembled_at"]
+    t = rec["timings"]
+    assert t["accepted_at"] == accepted and t["latency_s"] >= 5
+    assert t["latency_s"] == pytest.approx(t["decoded_at"] - accepted, abs=1e-3)
     status = request(f"ipc://{tmp_path}/control", {"cmd": "status"}, timeout=5)
     assert status["counts"]["done"] == 1 and status["counters"]["decoded"] == 1 and status["link"]["up"]
     assert lines.events("decoded")[0]["id"] == 11
@@ -196,6 +202,8 @@ def test_duplicates_after_completion_get_a_complete_ack_and_no_second_output(gro
     wait_for(lambda: daemon.counters["duplicate"] >= len(frames), 10, "the duplicates to be counted")
     assert outputs(tmp_path) == ["12.json", "12.png"]
     assert (tmp_path / "outbox" / "12.json").stat().st_mtime_ns == first
+    # That META had no acceptance time (an older sender): the latency is unknown, not made up.
+    assert json.loads((tmp_path / "outbox" / "12.json").read_text())["timings"]["latency_s"] is None
 
 
 def test_garbage_is_counted_by_kind_and_the_daemon_goes_on(ground, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("gateway.cli.images:encode_main", "encode an image into a packet budget (rate controlled)"),
     "decode": ("gateway.cli.images:decode_main", "decode a bitstream file to PNG"),
     "bundle": ("gateway.codec.cadc.bundle_cli:main", "inspect model bundles (satgw bundle check PATH)"),
+    "web": ("gateway.web.main:main", "serve the ground station's live web page (pictures, link, queue)"),
     "demo": ("gateway.eval.demo:main", "run the whole chain on sample photos and write demo-out/"),
 }
 

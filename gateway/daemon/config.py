@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar
 
 from gateway.errors import ConfigError
 from gateway.transport.config_reader import Section, read_yaml, set_dotted
+from gateway.transport.http_listen import MetricsSettings, read_metrics_section
 from gateway.transport.keyfile import load_frame_key
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -86,7 +87,7 @@ class ArqSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class DaemonConfig:
-    """What both daemons' configs have: their control socket, the link, frames, CURVE, logging, the bundle."""
+    """What both daemons' configs have: their control socket, the link, frames, CURVE, logging, the bundle, metrics."""
 
     control: str
     log_level: str
@@ -94,6 +95,7 @@ class DaemonConfig:
     link: LinkSettings
     frame: FrameSettings
     curve_dir: str | None
+    metrics: MetricsSettings = MetricsSettings()  #: where /metrics is served (off by default)
     source: str = "<defaults>"  #: the file it was read from
 
 
@@ -218,6 +220,7 @@ def _attachment(top: Section, control: str) -> dict[str, Any]:
         "link": _link(top.section("link")),
         "frame": _frame(top.section("frame")),
         "curve_dir": _curve_dir(top.section("curve")),
+        "metrics": read_metrics_section(top.section("metrics")),
         "source": top.source,
     }
 

@@ -35,6 +35,7 @@ from gateway.transport.curve import curve_client_keys
 from gateway.transport.eventlog import EventLog
 from gateway.transport.lazy_pirate import LazyPirate
 from gateway.transport.link_peer import HEARTBEAT_S, LinkPeer
+from gateway.transport.metrics_http import MetricsServer, serve_metrics
 from gateway.transport.sockets import make_socket
 from packetizer.frame import FrameCodec
 from packetizer.replay import ReplayWindow
@@ -118,6 +119,8 @@ class LinkAttachedDaemon:
         self._next_hello = 0.0
         self._next_schedule = 0.0
         self._stopping = False
+        self._metrics_cfg = cfg.metrics
+        self.metrics_server: MetricsServer | None = None
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -143,6 +146,19 @@ class LinkAttachedDaemon:
     def _shutdown(self) -> None:
         """Release the daemon's own resources (threads, databases) at the end of :meth:`run`."""
 
+    def _serve_metrics(self, registry: Any) -> None:
+        """Serve ``registry`` at ``metrics.listen`` when configured (call once the daemon is built).
+
+        Binding here, not in :meth:`run`, makes a busy port a start-up error with a clear message.
+        """
+        try:
+            self.metrics_server = serve_metrics(registry, self._metrics_cfg)
+        except ConfigError:
+            self.ctx.destroy(linger=0)
+            raise
+        if self.metrics_server is not None:
+            self.log.info("metrics", url=self.metrics_server.url)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def stop(self, *_: Any) -> None:
@@ -159,6 +175,8 @@ class LinkAttachedDaemon:
                     self._loop_failed(e)
         finally:
             self._shutdown()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.ctx.destroy(linger=0)
         return 0
 

@@ -30,6 +30,7 @@ def add_link_options(p: argparse.ArgumentParser, side: str) -> None:
     p.add_argument("--curve-dir", help="folder of CURVE keys from 'satgw keys'")
     p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--metrics-listen", help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9101)")
 
 
 def link_overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -40,6 +41,7 @@ def link_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "link.control": NULL if a.contact_plan and not a.link_control else a.link_control,
         "link.contact_plan": a.contact_plan,
         "frame.auth_key_file": a.auth_key, "curve.dir": a.curve_dir, "log_level": a.log_level, "bundle": a.bundle,
+        "metrics.listen": a.metrics_listen,
     }
 
 

@@ -1,10 +1,12 @@
 """``satgw demo``: the whole chain on sample photographs, in one command.
 
 Starts the link simulator, the ground station and the sender as separate
-processes on loopback, sends every sample image at each budget with CADC and
-with the best classical backend for that image and budget, shows progress,
-then writes ``demo-out/`` (reconstructions, contact sheets, JSON and an
-``index.html`` report) and stops every process, also on Ctrl-C.
+processes on loopback, with the ground station's live web page (``satgw
+web``; its URL is printed: open it to watch the pictures land) and every
+daemon's Prometheus metrics; sends every sample image at each budget with
+CADC and with the best classical backend for that image and budget, shows
+progress, then writes ``demo-out/`` (reconstructions, contact sheets, JSON and
+an ``index.html`` report) and stops every process, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import time
 from contextlib import ExitStack
@@ -202,6 +205,16 @@ def _print_table(rows: list[DemoRow], console: Any) -> None:
     console.print(table)
 
 
+def _port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on loopback now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``satgw demo``."""
     from rich.console import Console
@@ -216,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated seconds per wall second (default 10)")
     p.add_argument("--limit", type=int, help="send only the first N images")
     p.add_argument("--timeout", type=float, default=600.0, help="wall seconds to wait for deliveries")
+    p.add_argument("--web-port", type=int, default=8080,
+                   help="loopback port of the live page (default 8080; another free one if it is taken)")
     a = p.parse_args(argv)
 
     def _interrupt(*_: object) -> None:
@@ -244,13 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     rows, _ = plan(images, budgets, cadc, frame_size, console)
     img_map = dict(images)
 
-    daemons = Daemons(out / "run", str(link_preset(a.link)), a.time_scale, a.bundle)
-    console.print(f"starting link ({a.link}, time scale {a.time_scale:g}), ground station and sender ...")
+    web_port = a.web_port if _port_free(a.web_port) else None
+    daemons = Daemons(out / "run", str(link_preset(a.link)), a.time_scale, a.bundle, metrics=True, web_port=web_port)
+    console.print(f"starting link ({a.link}, time scale {a.time_scale:g}), ground station, sender and web page ...")
     interrupted = False
+    everything = ("link", "receiver", "sender", "web")
     with ExitStack() as stack:
         stack.callback(daemons.stop)
-        daemons.start()
-        daemons.wait_ready()
+        daemons.start(everything)
+        daemons.wait_ready(everything)
+        console.print(f"[bold green]live page: {daemons.web_url}[/bold green]  (open it to watch the pictures land)")
+        console.print("metrics: " + ", ".join(f"{n} {u}" for n, u in daemons.metrics_url.items()))
         try:
             run_transfers(daemons, rows, img_map, frame_size, a.timeout, console)
         except KeyboardInterrupt:
@@ -266,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     index = write_index(out, rows, sheets, info)
     _print_table(rows, console)
     console.print(f"report: {index}")
+    console.print(f"the live page again, from the files alone: satgw web --outbox {daemons.outbox} "
+                  f"--store {daemons.run_dir / 'frames.db'} --receiver none --link-control none")
     delivered = sum(r.state == "delivered" for r in rows)
     console.print(f"{delivered}/{len(rows)} transfers delivered")
     if interrupted:

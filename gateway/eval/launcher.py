@@ -1,8 +1,10 @@
-"""Launch the link, ground-station and sender daemons as child processes on loopback.
+"""Launch the link, ground-station and sender daemons (and the web page) as child processes on loopback.
 
 Used by ``satgw demo``, the benchmarks and the end-to-end tests: free ports,
-one log file per daemon, readiness by ping, SIGTERM (then SIGKILL) on stop,
-SIGKILL on demand, and small helpers to talk to the daemons' control sockets.
+one log file per daemon, readiness by ping (the web page: by ``/healthz``),
+SIGTERM (then SIGKILL) on stop, SIGKILL on demand, and small helpers to talk
+to the daemons' control sockets. With ``metrics=True`` every daemon serves
+Prometheus metrics on a loopback port (:attr:`Daemons.metrics_url`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,13 +66,15 @@ class Daemons:
         seed: int | None = None,
         extra_args: dict[str, list[str]] | None = None,
         link_auth: bool = True,
+        metrics: bool = False,
+        web_port: int | None = None,
     ) -> None:
         self.run_dir = run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         self.frame_key = run_dir / "frame.key"
         ensure_key_file(self.frame_key)
         key = ["--auth-key", str(self.frame_key)]
-        p = free_ports(5)
+        p = free_ports(9)
         self.ep = {
             "sender_side": f"tcp://127.0.0.1:{p[0]}", "ground_side": f"tcp://127.0.0.1:{p[1]}",
             "link_control": f"tcp://127.0.0.1:{p[2]}", "sender": f"tcp://127.0.0.1:{p[3]}",
@@ -93,6 +99,18 @@ class Daemons:
                             "--control", self.ep["sender"], "--link-endpoint", self.ep["sender_side"],
                             "--link-control", self.ep["link_control"], *key],
         }
+        #: daemon name -> its /metrics URL (empty without ``metrics``)
+        self.metrics_url: dict[str, str] = {}
+        if metrics:
+            for name, port in zip(("link", "receiver", "sender"), p[5:8]):
+                self.commands[name] += ["--metrics-listen", f"127.0.0.1:{port}"]
+                self.metrics_url[name] = f"http://127.0.0.1:{port}/metrics"
+        # The web page, started only when asked (start(("web",))): port 0 means any free one.
+        web = p[8] if not web_port else web_port
+        self.web_url = f"http://127.0.0.1:{web}/"
+        self.commands["web"] = py + ["web", "--outbox", str(self.outbox), "--store", str(run_dir / "frames.db"),
+                                     "--receiver", self.ep["receiver"], "--sender", self.ep["sender"],
+                                     "--link-control", self.ep["link_control"], "--listen", f"127.0.0.1:{web}"]
         if bundle:
             for name in ("receiver", "sender"):
                 self.commands[name] += ["--bundle", str(bundle)]
@@ -108,7 +126,13 @@ class Daemons:
                                                     cwd=self.run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def ping(self, name: str, timeout: float = 0.5) -> bool:
-        """Whether daemon ``name`` answers on its control socket."""
+        """Whether daemon ``name`` answers on its control socket (the web page: on ``/healthz``)."""
+        if name == "web":
+            try:
+                with urllib.request.urlopen(self.web_url + "healthz", timeout=timeout) as r:
+                    return r.status == 200
+            except (OSError, urllib.error.URLError):
+                return False
         try:
             return bool(request(self.ep[CONTROL[name]], {"cmd": "ping"}, timeout=timeout, retries=1).get("ok"))
         except SatgwError:

@@ -33,6 +33,7 @@ from gateway.errors import BundleError, StoreError
 from gateway.ground.bundle_check import CheckCache, check_decoders, fingerprint
 from gateway.ground.decode_worker import DecodeOutcome, DecodeWorker
 from gateway.ground.meta_waits import MetaWaits
+from gateway.ground.metrics import GroundMetrics
 from gateway.ground.output import DecodeJob, add_source
 from gateway.ground.retries import DecodeRetries
 from gateway.protocol.pacer import Pacer
@@ -74,6 +75,8 @@ class ReceiverDaemon(LinkAttachedDaemon):
         self.decoding: set[int] = set()
         self.counters: Counter = Counter()
         self._next_periodic = 0.0
+        self.metrics = GroundMetrics(self)
+        self._serve_metrics(self.metrics.registry)
 
     def _check_bundle(self, log: EventLog) -> dict[str, Any]:
         """Round-trip a test picture through the decoders where decodes run; BundleError when broken.
@@ -283,6 +286,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
             self.faults.clear(DECODE)
             self.to_ack.add(mid)  # DONE: the picture is on disk
             self.counters["decoded"] += 1
+            self.metrics.delivered(rec)
             self.log.info("decoded", id=mid, source=rec.source_name, codec=rec.codec, bpp=rec.bpp,
                           decode_s=rec.timings.decode_s)
             if rec.source_name is None and self.store.has_meta(mid):

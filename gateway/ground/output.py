@@ -43,7 +43,12 @@ class DecodeJob:
 
 @dataclass(frozen=True)
 class Timings:
-    """When the message arrived and how long decoding took (wall-clock seconds)."""
+    """When the message was accepted and arrived, and how long decoding took (wall-clock seconds).
+
+    ``accepted_at`` is the sender's clock (from the META frame; None from an
+    older sender); ``latency_s`` runs from it to ``decoded_at``, the
+    end-to-end latency an operator sees.
+    """
 
     first_frame_at: float
     assembled_at: float | None
@@ -51,6 +56,8 @@ class Timings:
     transfer_s: float | None
     decode_s: float
     decode_stages_ms: dict[str, float] | None
+    accepted_at: float | None = None
+    latency_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ def decode_message(job: DecodeJob) -> OutputRecord:
     msg, meta = job.message, MessageMeta.unpack(job.message.meta)
     h, w = image.shape[:2]
     n, fs = msg.n, job.frame_size
+    decoded_at = time.time()
     record = OutputRecord(
         message_id=msg.id,
         source_name=meta.name,
@@ -137,10 +145,12 @@ def decode_message(job: DecodeJob) -> OutputRecord:
         timings=Timings(
             first_frame_at=msg.first_at,
             assembled_at=msg.assembled_at,
-            decoded_at=time.time(),
+            decoded_at=decoded_at,
             transfer_s=None if msg.assembled_at is None else round(msg.assembled_at - msg.first_at, 4),
             decode_s=round(decode_s, 4),
             decode_stages_ms=decode_info.get("timings_ms"),
+            accepted_at=meta.accepted_at,
+            latency_s=None if meta.accepted_at is None else round(decoded_at - meta.accepted_at, 4),
         ),
         png=f"{msg.id}.png",
     )

@@ -1,7 +1,9 @@
 """The META frame's payload: what the ground station learns about a message besides its bitstream.
 
-One small msgpack map ``{"name", "size", "codec"}`` (the source file name, its
-size in bytes, the codec), sent in one META frame outside the image budget.
+One small msgpack map ``{"name", "size", "codec", "accepted_at"}`` (the source
+file name, its size in bytes, the codec, and when the sender accepted it, in
+UTC seconds: the start of the end-to-end latency the ground reports), sent in
+one META frame outside the image budget.
 The sender packs it to fit one frame's payload (dropping the name if it must);
 the ground station reads it as untrusted input: bounded, and anything
 malformed reads as an empty record.
@@ -24,13 +26,15 @@ class MessageMeta:
     name: str | None = None
     size: int | None = None
     codec: str | None = None
+    accepted_at: float | None = None  #: sender's wall clock (Unix seconds) when the job was accepted
 
     def pack(self, capacity: int) -> bytes:
         """The payload, at most ``capacity`` bytes (the name is dropped when it would not fit)."""
-        raw = msgpack.packb({"name": (self.name or "")[:MAX_NAME], "size": self.size, "codec": self.codec},
-                            use_bin_type=True)
+        fields = {"name": (self.name or "")[:MAX_NAME], "size": self.size, "codec": self.codec,
+                  "accepted_at": self.accepted_at}
+        raw = msgpack.packb(fields, use_bin_type=True)
         if len(raw) > capacity:
-            raw = msgpack.packb({"name": "", "size": self.size, "codec": self.codec}, use_bin_type=True)
+            raw = msgpack.packb({**fields, "name": ""}, use_bin_type=True)
         return raw
 
     @classmethod
@@ -45,9 +49,12 @@ class MessageMeta:
             return cls()
         if not isinstance(m, dict):
             return cls()
-        name, size, codec = m.get("name"), m.get("size"), m.get("codec")
+        name, size, codec, accepted = m.get("name"), m.get("size"), m.get("codec"), m.get("accepted_at")
         return cls(
             name if isinstance(name, str) else None,
             size if isinstance(size, int) and not isinstance(size, bool) else None,
             codec if isinstance(codec, str) else None,
+            # Older senders send no time; a non-number or an absurd one reads as unknown.
+            float(accepted) if isinstance(accepted, (int, float)) and not isinstance(accepted, bool)
+            and 0 < accepted < 1e11 else None,
         )

@@ -35,6 +35,7 @@ from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
 from gateway.sender.acceptance import OPTIONS, check_job
 from gateway.sender.encoder import SPOOL, Encoder
 from gateway.sender.inbox import Inbox
+from gateway.sender.metrics import SenderMetrics
 from gateway.store.spool import MAX_REQUEST_ID, Spool
 from gateway.transport.eventlog import EventLog
 from packetizer.ack import AckStatus, unpack_acks
@@ -67,7 +68,8 @@ class SenderDaemon(LinkAttachedDaemon):
                                        max_transmissions=arq.max_transmissions)
         self.pacer = Pacer(1.0, burst=arq.burst_frames)
         self.encoded: queue.Queue[int] = queue.Queue()
-        self.encoder = Encoder(cfg, self.codec, log, self.encoded, self.faults)
+        self.metrics = SenderMetrics(self)
+        self.encoder = Encoder(cfg, self.codec, log, self.encoded, self.faults, self.metrics)
         self.inbox = Inbox(cfg.inbox, lambda data, name: self._accept(data, name, {}),
                            self.spool.find_active_by_source, log, cfg.limits.max_image_bytes) if cfg.inbox else None
         self.counters = dict.fromkeys(
@@ -80,6 +82,7 @@ class SenderDaemon(LinkAttachedDaemon):
         self._in_flight: set[int] = set()
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         self._next_inbox = 0.0
+        self._serve_metrics(self.metrics.registry)
 
     # --- lifecycle --------------------------------------------------------------------------
 

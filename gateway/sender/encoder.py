@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from gateway.daemon.config import SenderConfig
 from gateway.daemon.faults import FaultBoard
@@ -27,6 +28,9 @@ from gateway.transport.eventlog import EventLog
 from packetizer.errors import PacketizerError
 from packetizer.frame import Frame, FrameCodec, FrameType
 
+if TYPE_CHECKING:
+    from gateway.sender.metrics import SenderMetrics
+
 FIRST_PAUSE_S = 0.5
 MAX_PAUSE_S = 30.0
 SPOOL = "spool"  # the resource reported to the fault board
@@ -36,10 +40,11 @@ class Encoder(threading.Thread):
     """Encodes accepted jobs (rate control + packetizer) and hands their ids to the event loop."""
 
     def __init__(
-        self, cfg: SenderConfig, codec: FrameCodec, log: EventLog, done: "queue.Queue[int]", faults: FaultBoard
+        self, cfg: SenderConfig, codec: FrameCodec, log: EventLog, done: "queue.Queue[int]", faults: FaultBoard,
+        metrics: "SenderMetrics | None" = None,
     ) -> None:
         super().__init__(name="encoder", daemon=True)
-        self.cfg, self.codec, self.log, self.done, self.faults = cfg, codec, log, done, faults
+        self.cfg, self.codec, self.log, self.done, self.faults, self.metrics = cfg, codec, log, done, faults, metrics
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.failures = 0  #: rounds that failed (the spool refused, or a bug) since start
@@ -97,7 +102,8 @@ class Encoder(threading.Thread):
             result = fit(get_codec(row.codec, self.cfg.bundle), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
-            payload = MessageMeta(row.source_name, row.image_size, row.codec).pack(self.codec.payload_capacity)
+            payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(
+                self.codec.payload_capacity)
         except SatgwError as e:  # a bad image, no setting fits: the message says why
             self._fail(spool, row, str(e), "warning")
             return
@@ -109,10 +115,15 @@ class Encoder(threading.Thread):
             return
         spool.mark_encoded(row.id, result.bitstream, result.as_dict(), frames,
                            Frame(FrameType.META, row.id, 0, k, n, payload))
+        seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.encoded(seconds)
         self.log.info("encoded", id=row.id, source=row.source_name, codec=row.codec, bytes=result.bytes, k=k, n=n,
-                      seconds=round(time.perf_counter() - t0, 3))
+                      seconds=round(seconds, 3))
         self.done.put(row.id)
 
     def _fail(self, spool: Spool, row: MessageRow, reason: str, level: str) -> None:
         spool.mark_failed(row.id, reason)  # a spool error here propagates: the job is tried again later
+        if self.metrics is not None:
+            self.metrics.encode_failed()
         self.log.log(level, "encode_failed", id=row.id, source=row.source_name, reason=reason)

@@ -37,11 +37,14 @@ from typing import Any
 from gateway.errors import StoreError
 from gateway.store import frame_rows, link_state
 from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
+from gateway.store.readonly import state_counts
 from gateway.store.sqlite import open_durable_db, transaction
 from packetizer.ack import AckStatus
 from packetizer.frame import Frame, FrameType
 from packetizer.segment import assemble
 
+#: A message's states, in the order it moves through them.
+STATES = ("receiving", "assembled", "done", "failed")
 #: How each message state is acknowledged.
 _ACK_STATUS = {"receiving": AckStatus.RECEIVING, "assembled": AckStatus.HELD, "done": AckStatus.DONE,
                "failed": AckStatus.FAILED}
@@ -402,10 +405,7 @@ class FrameStore:
 
     def counts(self) -> dict[str, int]:
         """Messages per state."""
-        out = {"receiving": 0, "assembled": 0, "done": 0, "failed": 0}
-        for s, c in self.db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"):
-            out[s] = int(c)
-        return out
+        return state_counts(self.db, STATES)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The most recently active messages, for status displays."""

@@ -51,6 +51,7 @@ from typing import Any, Iterable
 from gateway.errors import StoreError
 from gateway.store import frame_rows, link_state
 from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
+from gateway.store.readonly import state_counts
 from gateway.store.sqlite import add_missing_columns, open_durable_db, store_error, transaction
 from packetizer.frame import Frame, FrameType
 
@@ -328,10 +329,7 @@ class Spool:
 
     def counts(self) -> dict[str, int]:
         """Number of messages per state (every state present, zero included)."""
-        out = dict.fromkeys(STATES, 0)
-        for state, c in self.db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"):
-            out[state] = int(c)
-        return out
+        return state_counts(self.db, STATES)
 
     def active_count(self) -> int:
         """Messages not yet delivered, failed or expired."""
