@@ -59,6 +59,11 @@ class FaultBoard:
         with self._lock:
             return resource in self._active
 
+    def onset_counts(self) -> dict[str, int]:
+        """A copy of :attr:`onsets` (safe from another thread, e.g. a metrics scrape)."""
+        with self._lock:
+            return dict(self.onsets)
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The active faults: resource -> {error, since (wall time), failures}."""
         with self._lock:

@@ -74,7 +74,7 @@ class SenderDaemon(LinkAttachedDaemon):
                            self.spool.find_active_by_source, log, cfg.limits.max_image_bytes) if cfg.inbox else None
         self.counters = dict.fromkeys(
             ("frames_sent", "retransmissions", "meta_sent", "probes", "ack_frames", "bad_frames", "link_refused",
-             "delivered", "failed", "expired", "held", "accepted", "repeated_requests", "refused"), 0)
+             "delivered", "failed", "failed_by_ground", "expired", "held", "accepted", "repeated_requests", "refused"), 0)
         self.spool_lost: str | None = None  # why the spool file can no longer be trusted (then no new jobs)
         self._saved_window = self.codec.replay.state if self.codec.replay is not None else None
         # message id -> (DATA/PARITY frames by index, META frame): exactly what the spool holds and the wire gets.
@@ -232,7 +232,7 @@ class SenderDaemon(LinkAttachedDaemon):
             self._fail(mid, f"stored frame {index} cannot be packed ({e}); was frame.size or tag_len changed?")
             return None
 
-    def _fail(self, mid: int, reason: str) -> None:
+    def _fail(self, mid: int, reason: str, by_ground: bool = False) -> None:
         try:
             self.spool.mark_failed(mid, reason)
         except StoreUnavailable as e:  # kept: failed again (and recorded) once the spool takes writes
@@ -243,6 +243,8 @@ class SenderDaemon(LinkAttachedDaemon):
             pass  # not active any more (an illegal transition): nothing to record
         self._retire(mid)
         self.counters["failed"] += 1
+        if by_ground:
+            self.counters["failed_by_ground"] += 1
         self.log.warning("failed", id=mid, reason=reason)
 
     # --- acknowledgements -------------------------------------------------------------------
@@ -281,7 +283,7 @@ class SenderDaemon(LinkAttachedDaemon):
         if out.ignored:
             return
         if out.failed is not None:
-            self._fail(mid, f"the ground station cannot decode it: {out.failed}")
+            self._fail(mid, f"the ground station cannot decode it: {out.failed}", by_ground=True)
             return
         try:
             if out.complete:
