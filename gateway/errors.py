@@ -4,8 +4,9 @@ Every error the gateway raises on purpose derives from :class:`SatgwError`, so a
 daemon can catch that one type around untrusted input and keep running. Each
 class says what went wrong: a config (:class:`ConfigError`), an image or
 bitstream (:class:`CodecError` and below), a budget (:class:`BudgetError`), a
-job (:class:`RequestError`), storage (:class:`StoreError`), a daemon or peer
-(:class:`DaemonError`). The packetizer keeps its own hierarchy
+job (:class:`RequestError`), storage (:class:`StoreError`; :class:`StoreUnavailable`
+when its disk refuses), the host rather than the input (:class:`HostError`), a daemon
+or peer (:class:`DaemonError`). The packetizer keeps its own hierarchy
 (:class:`packetizer.errors.PacketizerError`); the link simulator's derives
 from this one.
 """
@@ -66,6 +67,21 @@ class StoreError(SatgwError):
 
     It cannot be opened, is corrupt or locked, the id is unknown, or the state
     change is not allowed.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """Durable storage cannot be written right now: its disk is full or read-only, or its file is gone.
+
+    Nothing was written. It is the host's fault, not the data's: keep the work and try again once the
+    operator has made room (the daemons report it in ``status`` and their log, and recover by themselves).
+    """
+
+
+class HostError(SatgwError):
+    """The host failed, not the input: a full or read-only disk, memory, a model bundle that does not load.
+
+    Work that fails this way is kept and retried later, never dropped.
     """
 
 

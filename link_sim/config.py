@@ -115,6 +115,7 @@ class LinkConfig:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)  # where /metrics is served (off by default)
     name: str = ""
     description: str = ""
+    auth_key_file: str | None = None  # the frame key: a side is taken only by a hello signed with it
 
     @property
     def frame_size(self) -> int:
@@ -240,10 +241,14 @@ def parse_link_config(data: Any, source: str = "<config>", base_dir: str | os.Pa
     metrics = read_metrics_section(top.section("metrics"))
     name = top.string("name", "")
     description = top.string("description", "")
+    key_file = top.path_value("auth_key_file", None, "the frame key file shared with the daemons")
+    if key_file is not None and not Path(key_file).is_absolute():
+        key_file = str(Path(base_dir) / key_file)  # like the CURVE key files: relative to the preset
     top.done()
     assert time_scale is not None and seed is not None and stats_interval is not None
     return LinkConfig(
-        forward, ret, availability, time_scale, seed, endpoints, curve, stats_interval, metrics, name, description
+        forward, ret, availability, time_scale, seed, endpoints, curve, stats_interval, metrics, name, description,
+        key_file,
     )
 
 

@@ -8,13 +8,21 @@ channel to the ground-side peer heard from last; frames from the ground side
 A frame with nowhere to go is dropped as ``no_peer``; one the peer cannot take
 right now (its queue is full) as ``peer_busy``.
 
+Who may be a side: with CURVE, only clients on the allow-list connect at all.
+With the frame key (``--auth-key`` or ``auth_key_file`` in the preset), a
+peer takes a side only with a hello signed with that key
+(:mod:`gateway.transport.hello`), and only that peer's frames are carried;
+everything else is counted in ``refused`` and dropped. Without either, any
+peer that can reach the link can take a side, and the daemon says so at start.
+
 Simulation time is the wall time since start times ``time_scale``.  The
 daemon is one thread: a zmq Poller for the sockets, the channels' heaps for
 due deliveries.
 
 Control requests are msgpack maps with ``cmd``:
 
-* ``stats``: ``{"ok": true, "now", "up", "forward": counters, "return": counters, "peers", "garbage"}``
+* ``stats``: ``{"ok": true, "now", "up", "forward": counters, "return": counters, "peers", "garbage",
+  "refused"}`` (``refused``: per side, hellos and frames from peers that did not prove the key)
 * ``schedule``: ``{"ok": true, "now", "up", "next_change_in", "time_scale",
   "forward_rate_bps", "return_rate_bps", "frame_size", "return_frame_size"}``
 * ``ping``: ``{"ok": true, "pong": true}``
@@ -48,7 +56,9 @@ from link_sim.trace import TraceWriter
 from gateway.transport.control_server import ControlServer
 from gateway.transport.curve import CurveKeys
 from gateway.transport.eventlog import EventLog
+from gateway.transport.hello import SIGNED_SIZE, HelloRefused, HelloVerifier
 from gateway.transport.http_listen import check_exposure, parse_listen
+from gateway.transport.keyfile import load_frame_key
 from gateway.transport.link_peer import FRAME, HELLO
 from gateway.transport.metrics_http import MetricsServer, serve_metrics
 from gateway.transport.sockets import make_socket
@@ -72,6 +82,13 @@ class LinkDaemon:
         self.link = Link(config, self.clock, on_drop=self._trace_drop if self.trace else None)
         self.peers: dict[str, bytes | None] = {"sender": None, "ground": None}
         self.garbage = {"sender": 0, "ground": 0, "control": 0}
+        self.refused = {"sender": 0, "ground": 0}
+        self.hellos: HelloVerifier | None = None
+        if config.auth_key_file:
+            try:  # created when missing, like the daemons do: whichever process starts first makes the key
+                self.hellos = HelloVerifier(load_frame_key(config.auth_key_file, create=True))
+            except GatewayConfigError as e:
+                raise ConfigError(f"auth_key_file / --auth-key: {e}") from None
         self._stopping = False
         self.ctx = zmq.Context()
         try:
@@ -126,7 +143,12 @@ class LinkDaemon:
             control=self.bound.control,
             time_scale=self.config.time_scale,
             seed=self.config.seed,
+            hello_auth=self.hellos is not None,
+            curve=self.config.curve is not None,
         )
+        if self.hellos is None and self.config.curve is None:
+            self.log.warning("open_link", note="neither CURVE nor a frame key: any peer that can reach the link can "
+                                               "take a side; give --auth-key (the daemons' frame key) or a curve block")
         if self.metrics_server is not None:
             self.log.info("metrics", url=self.metrics_server.url)
         interval = self.config.stats_interval_s
@@ -185,12 +207,33 @@ class LinkDaemon:
                 if len(parts) < 3:  # a flood of parts is read and thrown away, never kept
                     parts.append(part)
             if len(parts) == 2 and parts[0] == FRAME and len(parts[1]) == frame_size:
-                self.peers[side] = ident
+                if self.hellos is None:
+                    self.peers[side] = ident
+                elif ident != self.peers[side]:
+                    self.refused[side] += 1  # not the peer that proved the key
+                    continue
                 offer(parts[1], now())
-            elif len(parts) == 1 and parts[0] == HELLO:
-                self.peers[side] = ident
+            elif parts and parts[0] == HELLO and (len(parts) == 1 or len(parts) == 2 and len(parts[1]) == SIGNED_SIZE):
+                self._hello(side, ident, parts[1] if len(parts) == 2 else None)
             else:
                 self.garbage[side] += 1
+
+    def _hello(self, side: str, ident: bytes, signed: bytes | None) -> None:
+        """A peer says hello on ``side``: it takes the side if it proves the key (or no key is required)."""
+        if self.hellos is None:
+            self.peers[side] = ident
+            return
+        try:
+            if signed is None:
+                raise HelloRefused("an unsigned hello; this link requires the frame key (frame.auth_key_file)")
+            self.hellos.verify(side, signed)
+        except HelloRefused as e:
+            self.refused[side] += 1
+            self.log.throttled(f"hello:{side}", 10, "warning", "hello_refused", side=side, reason=str(e))
+            return
+        if self.peers[side] != ident:
+            self.log.info("peer", side=side, note="a peer proved the frame key and takes this side")
+        self.peers[side] = ident
 
     def _deliver(self) -> None:
         t = self.clock.now()
@@ -230,6 +273,7 @@ class LinkDaemon:
             **self.link.stats(),
             "peers": {side: peer is not None for side, peer in self.peers.items()},
             "garbage": dict(self.garbage),
+            "refused": dict(self.refused),
         }
 
     def _trace_drop(self, direction: str, pkt: Packet, cause: str) -> None:
@@ -264,6 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ground-side", help="endpoint the ground station connects to")
     p.add_argument("--control", help="endpoint of the control (stats/schedule) socket")
     p.add_argument("--stats-interval", type=float, help="wall seconds between stats log lines")
+    p.add_argument("--auth-key", help="the daemons' frame key file: only peers whose hellos are signed with it "
+                                      "may take a side")
     p.add_argument("--metrics-listen", help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9103)")
     return p
 
@@ -297,6 +343,7 @@ def apply_overrides(config: LinkConfig, args: argparse.Namespace) -> LinkConfig:
         stats_interval_s=config.stats_interval_s if args.stats_interval is None else args.stats_interval,
         metrics=metrics,
         endpoints=Endpoints(args.sender_side or e.sender_side, args.ground_side or e.ground_side, args.control or e.control),
+        auth_key_file=args.auth_key or config.auth_key_file,
     )
 
 

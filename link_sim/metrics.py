@@ -3,8 +3,9 @@
 Everything is read from the link's own counters when scraped (the ``stats``
 reply of its control socket), per direction: frames in, delivered, dropped by
 cause (loss, burst, queue, outage, no_peer, peer_busy), corrupted, duplicated,
-queue depth, and the time the transmitter was busy, whose rate is the link's
-utilization. Names in ``docs/metrics.md``.
+queue depth, the time the transmitter was busy, whose rate is the link's
+utilization, and per side what came from peers that did not prove the frame
+key. Names in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -91,3 +92,9 @@ class LinkMetrics:
         for side, seen in st.get("peers", {}).items():
             peers.add_metric([side], 1.0 if seen else 0.0)
         yield peers
+        refused = CounterMetricFamily("satgw_link_peer_messages_refused_total",
+                                      "Hellos and frames from peers that did not prove the frame key (or are not "
+                                      "the side's authenticated peer), dropped", labels=["side"])
+        for side, count in st.get("refused", {}).items():
+            refused.add_metric([side], float(count))
+        yield refused

@@ -1,20 +1,31 @@
-"""ACK frames: per message, which frame indices arrived, plus a complete flag.
+"""ACK frames: per message, which frame indices arrived, or what became of the message.
 
 One ACK frame carries as many entries as fit. Each entry is::
 
     message_id u32 | n u16 | flags u8 | body
 
-``flags`` bit 0 is the complete flag; bits 1-2 pick the body encoding
-(the smallest one is chosen per entry):
+``flags`` bits 0-1 are the entry's :class:`AckStatus`; bits 2-3 pick the body
+encoding of a RECEIVING entry (the smallest one is chosen per entry; 0 for
+every other status); bits 4-7 are zero:
 
-* ALL (0): no body; every index 0..n-1 arrived.
-* BITMAP (1): ceil(n/8) bytes; bit i (LSB-first within byte i // 8) is index i.
-* RUNS (2): count u8, then count x (start u16, length u16) runs of arrived indices.
-* WINDOW (3): base u16, nbits u16, ceil(nbits/8) bitmap bytes for indices
-  base..base+nbits-1. Used only when one entry's bitmap does not fit a frame;
-  the entry is then sent as several windows, and the receiver must union the
-  ``received`` sets of entries with the same message id (ACKs only ever say
-  what arrived, never what was lost).
+* RECEIVING (0): the message is still being received; the body says which
+  indices arrived:
+
+  * ALL (0): no body; every index 0..n-1 arrived.
+  * BITMAP (1): ceil(n/8) bytes; bit i (LSB-first within byte i // 8) is index i.
+  * RUNS (2): count u8, then count x (start u16, length u16) runs of arrived indices.
+  * WINDOW (3): base u16, nbits u16, ceil(nbits/8) bitmap bytes for indices
+    base..base+nbits-1. Used only when one entry's bitmap does not fit a frame;
+    the entry is then sent as several windows, and the receiver must union the
+    ``received`` sets of entries with the same message id (ACKs only ever say
+    what arrived, never what was lost).
+
+* DONE (1): no body; the picture and its record are durably on the ground's disk.
+* HELD (2): no body; the ground holds every frame it needs (the reassembled
+  bitstream is committed) but has not written the picture yet: it is decoding,
+  or retrying because its disk or memory refused. Stop sending; ask later.
+* FAILED (3): body = length u8, then that many bytes of UTF-8: why the
+  bitstream can never be decoded (a NACK: resending cannot help).
 
 ACK frame header: type ACK, message_id 0, index i of the batch, k = n = the
 number of frames in the batch. Byte tables: ``docs/frames.md``.
@@ -22,6 +33,7 @@ number of frames in the batch. Byte tables: ``docs/frames.md``.
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +44,11 @@ from packetizer.frame import MAX_U16, MAX_U32, Frame, FrameCodec, FrameType
 _ENTRY = struct.Struct(">IHB")
 _RUN = struct.Struct(">HH")
 _WINDOW = struct.Struct(">HH")
-_COMPLETE = 0x01
+_STATUS_MASK = 0x03
+_KIND_SHIFT = 2
 _ALL, _BITMAP, _RUNS, _WINDOWED = 0, 1, 2, 3
+#: Most UTF-8 bytes of a FAILED entry's reason (longer reasons are cut at a character boundary).
+MAX_REASON_BYTES = 120
 _MAX_RUNS = 255
 #: Most frame indices one ACK frame may expand to. A 450-byte frame of forged
 #: ALL entries could otherwise claim 61 x 65535 indices (hundreds of MB of sets).
@@ -41,14 +56,39 @@ MAX_ACK_INDICES = 1 << 17
 _BIT_POSITIONS = tuple(tuple(b for b in range(8) if v >> b & 1) for v in range(256))
 
 
+class AckStatus(enum.IntEnum):
+    """What the ground station says about one message."""
+
+    RECEIVING = 0  #: still being received: ``received`` lists the indices that arrived
+    DONE = 1  #: the picture and its record are durably written: delivered
+    HELD = 2  #: every frame needed is stored; the picture is not written yet (decoding or retrying)
+    FAILED = 3  #: the bitstream is bad and will never decode; ``reason`` says why
+
+
 @dataclass(frozen=True)
 class AckEntry:
-    """What the receiver holds of one message: indices that arrived, and whether it is complete."""
+    """What the receiver says of one message: its status and, while RECEIVING, the indices that arrived.
+
+    ``received`` is empty for every other status; ``reason`` is set only for FAILED.
+    """
 
     message_id: int
     n: int
     received: frozenset[int]
-    complete: bool
+    status: AckStatus = AckStatus.RECEIVING
+    reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the message is delivered (the picture is on the ground's disk)."""
+        return self.status == AckStatus.DONE
+
+
+def _reason_bytes(reason: str | None) -> bytes:
+    raw = (reason or "").encode("utf-8", "replace")
+    if len(raw) <= MAX_REASON_BYTES:
+        return raw
+    return raw[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -80,12 +120,20 @@ def _encode_entry(entry: AckEntry, capacity: int) -> list[tuple[bytes, int]]:
         raise HeaderError(f"ACK message_id {mid!r} does not fit 32 bits")
     if not isinstance(n, int) or not 0 <= n <= MAX_U16:
         raise HeaderError(f"ACK n {n!r} does not fit 16 bits")
+    try:
+        status = AckStatus(entry.status)
+    except ValueError:
+        raise HeaderError(f"ACK status {entry.status!r} is not one of {[s.name for s in AckStatus]}") from None
+    if status == AckStatus.FAILED:
+        reason = _reason_bytes(entry.reason)
+        return [(_ENTRY.pack(mid, n, status) + bytes([len(reason)]) + reason, 0)]
+    if status != AckStatus.RECEIVING:
+        return [(_ENTRY.pack(mid, n, status), 0)]
     indices = sorted(received)
     if indices and (indices[0] < 0 or indices[-1] >= n):
         raise HeaderError(f"ACK for message {mid} lists indices outside 0..{n - 1}")
-    flags = _COMPLETE if entry.complete else 0
     if len(indices) == n:
-        return [(_ENTRY.pack(mid, n, flags | _ALL << 1), n)]
+        return [(_ENTRY.pack(mid, n, _ALL << _KIND_SHIFT), n)]
     bitmap_len = (n + 7) // 8
     runs = _runs(indices) if indices else []
     if len(runs) <= _MAX_RUNS and 1 + 4 * len(runs) <= bitmap_len:
@@ -95,7 +143,7 @@ def _encode_entry(entry: AckEntry, capacity: int) -> list[tuple[bytes, int]]:
         body = _bitmap(indices, 0, n)
         kind = _BITMAP
     if _ENTRY.size + len(body) <= capacity:
-        return [(_ENTRY.pack(mid, n, flags | kind << 1) + body, len(indices))]
+        return [(_ENTRY.pack(mid, n, kind << _KIND_SHIFT) + body, len(indices))]
     window_bits = (capacity - _ENTRY.size - _WINDOW.size) * 8
     pieces = []
     pos = 0
@@ -106,7 +154,8 @@ def _encode_entry(entry: AckEntry, capacity: int) -> list[tuple[bytes, int]]:
         while pos < len(indices) and indices[pos] < end:
             inside.append(indices[pos])
             pos += 1
-        piece = _ENTRY.pack(mid, n, flags | _WINDOWED << 1) + _WINDOW.pack(base, nbits) + _bitmap(inside, base, nbits)
+        head = _ENTRY.pack(mid, n, _WINDOWED << _KIND_SHIFT) + _WINDOW.pack(base, nbits)
+        piece = head + _bitmap(inside, base, nbits)
         pieces.append((piece, len(inside)))
     return pieces
 
@@ -159,10 +208,24 @@ def unpack_acks(frame: Frame) -> list[AckEntry]:
             raise HeaderError("ACK payload ends inside an entry header")
         mid, n, flags = _ENTRY.unpack_from(data, pos)
         pos += _ENTRY.size
-        if flags & ~0x07:
+        if flags & ~0x0F:
             raise HeaderError(f"ACK entry for message {mid} has unknown flag bits 0x{flags:02x}")
-        complete = bool(flags & _COMPLETE)
-        kind = flags >> 1
+        status = AckStatus(flags & _STATUS_MASK)
+        kind = flags >> _KIND_SHIFT
+        if status != AckStatus.RECEIVING:
+            if kind:
+                raise HeaderError(f"ACK entry for message {mid}: a {status.name} entry has no body encoding")
+            reason = None
+            if status == AckStatus.FAILED:
+                if pos >= size:
+                    raise HeaderError(f"ACK reason for message {mid} is truncated")
+                end = pos + 1 + data[pos]
+                if end > size or data[pos] > MAX_REASON_BYTES:
+                    raise HeaderError(f"ACK reason for message {mid} is truncated or too long")
+                reason = data[pos + 1 : end].decode("utf-8", "replace")
+                pos = end
+            out.append(AckEntry(mid, n, frozenset(), status, reason))
+            continue
         if kind == _ALL:
             if n > budget:
                 raise HeaderError(f"ACK frame expands to more than {MAX_ACK_INDICES} indices: not from pack_acks")
@@ -205,5 +268,5 @@ def unpack_acks(frame: Frame) -> list[AckEntry]:
         budget -= len(received)
         if budget < 0:
             raise HeaderError(f"ACK frame expands to more than {MAX_ACK_INDICES} indices: not from pack_acks")
-        out.append(AckEntry(mid, n, received, complete))
+        out.append(AckEntry(mid, n, received))
     return out

@@ -36,6 +36,10 @@ class AuthError(FrameError):
     """The HMAC tag does not match: wrong key, or a forged or tampered frame."""
 
 
+class ReplayError(FrameError):
+    """An authenticated frame's epoch and sequence number were seen before, or are too old: a replay; drop it."""
+
+
 class HeaderError(FrameError):
     """A header field (type, index, counts, length, padding) is out of range or inconsistent."""
 

@@ -1,9 +1,9 @@
 """Fixed-size link frames: header, payload, zero padding, optional HMAC tag, CRC-32C.
 
-Wire layout (big-endian; byte tables in ``docs/frames.md``)::
+Wire layout, format version 2 (big-endian; byte tables in ``docs/frames.md``)::
 
     0      magic 0xA5
-    1      version (high nibble, = 1) | frame type (low nibble)
+    1      version (high nibble, = 2) | frame type (low nibble)
     2..5   message id (u32)
     6..7   index (u16)
     8..9   k, data-frame count (u16)
@@ -11,10 +11,14 @@ Wire layout (big-endian; byte tables in ``docs/frames.md``)::
     12..13 length (u16): payload length; for PARITY frames the length of the
            message's last data block (the parity payload fills the frame)
     14..   payload, then zero padding
-    [tag]  optional truncated HMAC-SHA256 over bytes 0 .. tag start
+    [replay] authenticated frames only: epoch (u32) and sequence number (u32)
+           of the sender, under the tag, so a recorded frame replayed later is
+           recognised (:class:`packetizer.replay.ReplayWindow`)
+    [tag]  authenticated frames only: truncated HMAC-SHA256 over bytes 0 .. tag start
     -4..   CRC-32C over every byte before it (stored little-endian)
 
-Overhead is 18 bytes (14 header + 4 CRC) plus ``tag_len`` when authenticated.
+Overhead is 18 bytes (14 header + 4 CRC); an authenticated frame adds the
+8-byte replay field and ``tag_len``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import enum
 import hmac
 import struct
+import time
 from dataclasses import dataclass
 
 import crcmod.predefined
@@ -35,12 +40,16 @@ from packetizer.errors import (
     FrameSizeError,
     HeaderError,
 )
+from packetizer.replay import ReplayWindow
 
 MAGIC = 0xA5
-VERSION = 1
+#: Version 2 added the replay field of authenticated frames and the ACK statuses (docs/frames.md).
+VERSION = 2
 HEADER_SIZE = 14
 CRC_SIZE = 4
 OVERHEAD = HEADER_SIZE + CRC_SIZE
+#: Epoch (u32) and sequence number (u32) of an authenticated frame, covered by its tag.
+REPLAY_SIZE = 8
 MIN_FRAME_SIZE = 64
 MAX_FRAME_SIZE = 9000
 MAX_U16 = 0xFFFF
@@ -49,6 +58,7 @@ MAX_U32 = 0xFFFFFFFF
 MAX_FEC_FRAMES = 256
 
 _HEADER = struct.Struct(">BBIHHHH")
+_REPLAY = struct.Struct(">II")
 # crcmod picks its C extension automatically when it is built; the pure-Python
 # fallback would be ~100x slower, so this module insists on the fast one.
 crc32c = crcmod.predefined.mkCrcFun("crc-32c")
@@ -111,6 +121,8 @@ def make_frame(
 def payload_capacity(frame_size: int = 450, tag_len: int = 0) -> int:
     """Payload bytes one frame of ``frame_size`` carries with a ``tag_len``-byte HMAC tag (0: no tag).
 
+    An authenticated frame also carries the 8-byte replay field (:data:`REPLAY_SIZE`).
+
     Raises :class:`FrameSizeError` for a frame size outside 64..9000 and
     :class:`FrameError` for a tag length other than 0 or 4..32.
     """
@@ -120,7 +132,7 @@ def payload_capacity(frame_size: int = 450, tag_len: int = 0) -> int:
         )
     if tag_len != 0 and not (isinstance(tag_len, int) and 4 <= tag_len <= 32):
         raise FrameError(f"tag_len {tag_len} is out of range: use 4..32 bytes of HMAC-SHA256")
-    return frame_size - OVERHEAD - tag_len
+    return frame_size - OVERHEAD - (tag_len + REPLAY_SIZE if tag_len else 0)
 
 
 class FrameCodec:
@@ -128,9 +140,22 @@ class FrameCodec:
 
     With ``auth_key`` every frame carries a ``tag_len``-byte truncated
     HMAC-SHA256, and frames without the right tag raise :class:`AuthError`.
+    Authenticated frames are also stamped with this codec's ``epoch`` and a
+    sequence number that grows with every :meth:`pack` (``epoch`` defaults to
+    the wall clock in seconds; a daemon passes one that never goes back, see
+    docs/frames.md). Give ``replay`` (a :class:`ReplayWindow`) to drop frames
+    whose stamp was seen before or is too old (:class:`ReplayError`).
     """
 
-    def __init__(self, frame_size: int = 450, auth_key: bytes | None = None, tag_len: int = 8) -> None:
+    def __init__(
+        self,
+        frame_size: int = 450,
+        auth_key: bytes | None = None,
+        tag_len: int = 8,
+        *,
+        epoch: int | None = None,
+        replay: ReplayWindow | None = None,
+    ) -> None:
         if auth_key is not None and (not isinstance(auth_key, (bytes, bytearray)) or len(auth_key) == 0):
             raise FrameError("auth_key must be non-empty bytes (or None for no authentication)")
         self.tag_len: int = tag_len if auth_key is not None else 0
@@ -138,8 +163,26 @@ class FrameCodec:
         self.frame_size: int = frame_size
         self.auth_key: bytes | None = bytes(auth_key) if auth_key is not None else None
         self._tag_at = frame_size - CRC_SIZE - self.tag_len
+        # Padding runs up to the replay field (authenticated) or the CRC.
+        self._pad_end = self._tag_at - REPLAY_SIZE if auth_key is not None else self._tag_at
         self._crc_at = frame_size - CRC_SIZE
         self._blank = bytes(frame_size)
+        if epoch is None:
+            epoch = int(time.time())
+        if not isinstance(epoch, int) or not 0 <= epoch <= MAX_U32:
+            raise FrameError(f"epoch {epoch!r} must be an integer in 0..{MAX_U32}")
+        self.epoch: int = epoch
+        self.seq: int = 0  #: the sequence number the next authenticated frame gets
+        self.replay = replay
+
+    def _stamp(self) -> bytes:
+        """The replay field of the next authenticated frame (a new epoch once 2**32 frames are numbered)."""
+        if self.seq > MAX_U32:
+            self.epoch = min(self.epoch + 1, MAX_U32)
+            self.seq = 0
+        stamp = _REPLAY.pack(self.epoch, self.seq)
+        self.seq += 1
+        return stamp
 
     def __repr__(self) -> str:
         auth = f", tag_len={self.tag_len}" if self.auth_key is not None else ""
@@ -167,19 +210,21 @@ class FrameCodec:
             length = self._check_fields(t, message_id, index, k, n, plen, frame.last_len)
         # Concatenating bytes beats filling a bytearray in place for 450-byte frames.
         body = _HEADER.pack(MAGIC, _VERSION_BITS | t, message_id, index, k, n, length) + payload
-        short = self._tag_at - len(body)
+        short = self._pad_end - len(body)
         if short:
             body += self._blank[:short]
         if self.auth_key is not None:
+            body += self._stamp()
             body += hmac.digest(self.auth_key, body, "sha256")[: self.tag_len]
         return body + crc32c(body).to_bytes(CRC_SIZE, "little")
 
     def unpack(self, data: bytes) -> Frame:
         """Decode and verify one frame; raises only :class:`FrameError` subclasses.
 
-        Checks, in order: size, magic, version, CRC-32C, HMAC tag, header
-        fields, zero padding. Nothing is allocated from header values before
-        they have been checked against the frame size.
+        Checks, in order: size, magic, version, CRC-32C, HMAC tag, replay
+        window (authenticated frames, when the codec has one), header fields,
+        zero padding. Nothing is allocated from header values before they have
+        been checked against the frame size.
         """
         if not isinstance(data, bytes):
             if not isinstance(data, (bytearray, memoryview)):
@@ -202,6 +247,8 @@ class FrameCodec:
             expected = hmac.digest(self.auth_key, memoryview(data)[:tag_at], "sha256")[: self.tag_len]
             if not hmac.compare_digest(expected, data[tag_at : self._crc_at]):
                 raise AuthError("HMAC tag mismatch: wrong key, or a forged or tampered frame; drop it")
+            if self.replay is not None:
+                self.replay.check(*_REPLAY.unpack_from(data, self._pad_end))
         _, vt, message_id, index, k, n, length = _HEADER.unpack_from(data)
         t = vt & 0x0F
         if t == 0 and index < k <= n and (n == k or n <= MAX_FEC_FRAMES) and length <= self.payload_capacity:
@@ -215,7 +262,7 @@ class FrameCodec:
                 plen, last_len = length, 0
             self._check_fields(t, message_id, index, k, n, plen, last_len, HeaderError)
         end = HEADER_SIZE + plen
-        pad_end = self._tag_at
+        pad_end = self._pad_end
         if end != pad_end and data.count(0, end, pad_end) != pad_end - end:
             raise HeaderError("padding after the payload is not zero: a foreign or buggy sender")
         frame = _new(Frame)  # inlined make_frame: this is the hottest line of the receiver

@@ -38,3 +38,15 @@ def crash_first_time(job: Any) -> dict[str, int]:
         marker.touch()
         os._exit(3)
     return ok(job)
+
+
+def disk_full(job: Any) -> None:
+    """Fails the way a full outbox does (the host's fault, not the bitstream's)."""
+    from gateway.errors import HostError
+
+    raise HostError("cannot write the picture to the outbox: No space left on device")
+
+
+def checked(arg: Any) -> dict[str, Any]:
+    """A start-up check that passes, saying where it ran."""
+    return {"pid": os.getpid(), "arg": arg}

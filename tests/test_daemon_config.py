@@ -114,3 +114,25 @@ def test_auth_key_file(tmp_path: Path) -> None:
         read_auth_key(str(tmp_path / "short"))
     with pytest.raises(ConfigError, match="^frame.auth_key_file: cannot read"):
         read_auth_key(str(tmp_path / "missing"))
+
+
+def test_the_sample_configs_authenticate_frames_with_a_generated_key(tmp_path: Path) -> None:
+    s, r = load_sender_config(DAEMONS / "sender.yaml"), load_receiver_config(DAEMONS / "receiver.yaml")
+    assert s.frame.auth_key_file == r.frame.auth_key_file == "var/keys/frame.key"
+    assert s.frame.create_key and r.frame.create_key
+    key_file = tmp_path / "keys" / "frame.key"
+    first = read_auth_key(str(key_file), create=True)
+    assert first is not None and len(first) >= 32 and key_file.stat().st_mode & 0o777 == 0o600
+    assert read_auth_key(str(key_file), create=True) == first  # the second daemon reads the same key
+    assert (r.decode.retry_initial_s, r.decode.retry_max_s, r.decode.check_bundle, r.limits.max_image_pixels) == (
+        1.0, 60.0, True, 64_000_000)
+
+
+def test_new_receiver_keys_are_checked() -> None:
+    with pytest.raises(ConfigError, match="decode.check_bundle: must be true or false"):
+        load_receiver_config(None, {**LINK, "link.contact_plan": "x.yaml", "decode.check_bundle": "yes"})
+    with pytest.raises(ConfigError, match="decode.retry_max_s: must be at least decode.retry_initial_s"):
+        load_receiver_config(None, {**LINK, "link.contact_plan": "x.yaml", "decode.retry_initial_s": 10,
+                                    "decode.retry_max_s": 5})
+    with pytest.raises(ConfigError, match="limits.max_image_pixels"):
+        load_receiver_config(None, {**LINK, "link.contact_plan": "x.yaml", "limits.max_image_pixels": 0})

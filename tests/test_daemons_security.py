@@ -1,9 +1,10 @@
-"""Forged frames (wrong HMAC) are rejected and counted; without the CURVE key a peer cannot inject."""
+"""Hostile peers: forged frames (wrong HMAC) are rejected and counted; without the frame key a peer cannot take
+a side of the link; without the CURVE key a peer cannot inject."""
 
 from __future__ import annotations
 
+import json
 import os
-import secrets
 import subprocess
 import time
 
@@ -17,10 +18,8 @@ from test_daemons import PY, check_outputs, make_images, rig_factory, wait_for  
 
 
 def test_forged_hmac_frames_rejected_and_counted(rig_factory, tmp_path):
-    key = tmp_path / "hmac.key"
-    key.write_bytes(secrets.token_hex(32).encode())
-    rig = rig_factory(preset="clean", time_scale=1.0, sender_args=["--auth-key", str(key)],
-                      receiver_args=["--auth-key", str(key)]).start()
+    # An open link (no hello check), so the forged frames reach the ground, whose HMAC check must drop them.
+    rig = rig_factory(preset="clean", time_scale=1.0, link_auth=False).start()
     # A forger on the sender side of the link: well-formed frames, right CRC, wrong key.
     forger_codec = FrameCodec(450, auth_key=b"not-the-key-at-all-0123456789", tag_len=8)
     ctx = zmq.Context()
@@ -41,6 +40,36 @@ def test_forged_hmac_frames_rejected_and_counted(rig_factory, tmp_path):
     st = rig.receiver_status()
     assert st["counters"].get("bad_AuthError", 0) > 0
     assert 4242 not in {m["id"] for m in st["messages"]}
+
+
+def test_a_peer_without_the_frame_key_cannot_take_a_side_of_the_link(rig_factory, tmp_path):
+    # Before issue 16: a DEALER saying [b"H"] every 10 ms became the ground side, captured 156 frames in 25 s
+    # and stopped all delivery, HMAC or not.
+    rig = rig_factory(preset="clean", time_scale=1.0).start()
+    ctx = zmq.Context()
+    thieves = [LinkPeer(ctx, rig.ep["ground_side"]), LinkPeer(ctx, rig.ep["sender_side"])]
+    wrong_key = LinkPeer(ctx, rig.ep["ground_side"], hello_key=b"not-the-frame-key-0123456789", side="ground")
+    injected = FrameCodec(450).pack(Frame(FrameType.DATA, 999, 0, 1, 1, b"injected"))
+    sent = {}
+    captured = 0
+    for i, (name, data) in enumerate(make_images(4)):
+        sent[rig.submit(name, data, packets=3)] = name
+        for _ in range(25):  # a hello every 10 ms from each thief, and frames
+            for t in (*thieves, wrong_key):
+                t.send_hello()
+            thieves[1].send_frame(injected)
+            time.sleep(0.01)
+            captured += sum(t.recv_frame() is not None for t in (*thieves, wrong_key))
+    wait_for(lambda: len(rig.outputs()) == len(sent), 60, what="every image despite the thieves")
+    check_outputs(rig, sent)
+    captured += sum(t.recv_frame(200) is not None for t in (*thieves, wrong_key))
+    assert captured == 0
+    stats = rig.link_stats()
+    assert stats["refused"]["ground"] >= 100 and stats["refused"]["sender"] >= 100
+    assert 999 not in {m["id"] for m in rig.receiver_status()["messages"]}
+    for t in (*thieves, wrong_key):
+        t.close()
+    ctx.destroy(linger=0)
 
 
 def test_curve_peer_without_key_cannot_inject(rig_factory, tmp_path):
@@ -83,6 +112,11 @@ def test_curve_peer_without_key_cannot_inject(rig_factory, tmp_path):
         return link.request({"cmd": "stats"})["forward"]["in"] == rig.sender_status()["counters"]["frames_sent"]
 
     wait_for(link_saw_only_the_sender, 10, what="the link's forward count to match the sender's")
+    # satgw status reaches a CURVE link with the operator key from 'satgw keys' (before: no CURVE option at all)
+    st = subprocess.run([PY, "-m", "gateway.cli", "status", "--json", "--curve-dir", str(keys), "--sender",
+                         rig.ep["sender"], "--receiver", rig.ep["receiver"], "--link", rig.ep["link_control"]],
+                        capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0 and json.loads(st.stdout)["link"]["ok"], st.stdout + st.stderr
     link.close()
     intruder.close()
     plain.close()

@@ -83,6 +83,7 @@ def test_a_hanging_decoder_is_killed_after_the_timeout(make_worker, tmp_path) ->
     assert o.status == "crashed" and "longer than 1 s" in o.reason
     assert time.monotonic() - t0 < 30
     w.run = decode_runners.ok  # the next child runs the next job
+    w.timeout_s = 60.0  # starting a child takes longer than 1 s on a loaded machine
     w.submit(job(10, tmp_path))
     assert outcomes(w, 1)[0].status == "ok"
 
@@ -97,3 +98,32 @@ def test_thread_mode_reports_the_same_outcomes(make_worker, tmp_path) -> None:
     assert outcomes(w, 1)[0].status == "error"
     with pytest.raises(ValueError):
         DecodeWorker("fork")
+
+
+def test_whose_fault_a_failure_is_decides_whether_it_is_tried_again(make_worker, tmp_path) -> None:
+    from gateway.errors import BundleError, ChecksumMismatch, ModelMismatch
+    from gateway.ground.decode_worker import outcome_of
+
+    w = make_worker("process", decode_runners.disk_full)
+    w.submit(job(3, tmp_path))
+    (o,) = outcomes(w, 1)
+    assert (o.status, o.reason) == ("retry", "HostError: cannot write the picture to the outbox: No space left on device")
+    cases = {
+        PermissionError(13, "Permission denied"): "retry",
+        MemoryError(): "retry",
+        RuntimeError("DefaultCPUAllocator: can't allocate memory"): "retry",
+        BundleError("part 'vae' could not be loaded"): "retry",
+        ModelMismatch("made by model 61a9, loaded 1234"): "retry",  # another bundle here than at the sender
+        ChecksumMismatch("symbols disagree with the header"): "error",
+        KeyError("a bug"): "crashed",
+    }
+    assert {type(e).__name__: outcome_of(1, e).status for e in cases} == {
+        type(e).__name__: s for e, s in cases.items()}
+
+
+def test_the_start_up_check_runs_where_decodes_run(make_worker) -> None:
+    w = make_worker("process", decode_runners.ok)
+    o = w.check(decode_runners.checked, "bundle-path", 60)
+    assert o.status == "ok" and o.record["arg"] == "bundle-path" and o.record["pid"] != os.getpid()
+    w.submit(job(4, Path(".")))
+    assert outcomes(w, 1)[0].record["pid"] == o.record["pid"]  # the checked child goes on decoding

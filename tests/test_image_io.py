@@ -58,3 +58,39 @@ def test_capabilities_are_declared_with_defaults() -> None:
     assert np.array_equal(decoded, webp.decode(data)) and info == {}
     with pytest.raises(CodecError):
         as_rgb_array(np.zeros((4, 4), np.uint8))
+
+
+def test_sixteen_bit_and_float_greyscale_are_scaled_not_clipped() -> None:
+    import io
+
+    ramp = (np.arange(64 * 4).reshape(4, 64) * 256).astype(np.uint16)  # 0 .. 65280
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    rgb = read_rgb(buf.getvalue())
+    assert rgb.shape == (4, 64, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], np.rint(ramp / 257).astype(np.uint8))  # before: all 255 past 255
+    assert np.array_equal(rgb[..., 0], rgb[..., 2])
+    buf = io.BytesIO()
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(buf, "TIFF")
+    assert abs(int(read_rgb(buf.getvalue())[3, 63, 1]) - 254) <= 1
+
+
+def test_unreadable_truncated_and_bomb_files_are_refused_with_sentences() -> None:
+    from gateway.codec.image_io import probe_image
+
+    img = (np.random.default_rng(1).integers(0, 256, (64, 64, 3))).astype(np.uint8)
+    png = png_bytes(img)
+    assert probe_image(png, 64 * 64) == (64, 64)
+    for data, words in (
+        (b"plain text, not a picture", "not an image"),
+        (png[: len(png) // 2], "truncated or damaged"),
+    ):
+        for reader in (probe_image, read_rgb):
+            with pytest.raises(RequestError, match=words) as e:
+                reader(data)
+            assert "BytesIO" not in str(e.value)  # before: "cannot identify image file <_io.BytesIO object at 0x...>"
+    bomb = Image.new("L", (6000, 6000))  # 36 MP of zeros: a few kB of PNG
+    buf = __import__("io").BytesIO()
+    bomb.save(buf, "PNG")
+    with pytest.raises(RequestError, match="6000x6000 = 36000000 pixels, above the limit"):
+        probe_image(buf.getvalue(), 32_000_000)  # refused from the header: nothing decoded

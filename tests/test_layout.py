@@ -36,7 +36,7 @@ ROOMS: dict[str, set[str]] = {
     "store": {"errors"},
     "daemon": {"transport", "protocol", "store", "errors"},
     "sender": {"daemon", "store", "protocol", "ratecontrol", "codec", "transport", "errors"},
-    "ground": {"daemon", "store", "protocol", "codec", "transport", "errors"},
+    "ground": {"daemon", "store", "protocol", "codec", "transport", "errors", "paths"},
     "eval": {"codec", "ratecontrol", "transport", "errors", "paths"},
     # The ground station's live page: reads the store and the outbox, asks daemons through the transport.
     "web": {"daemon", "store", "protocol", "transport", "errors", "paths"},

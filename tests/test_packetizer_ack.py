@@ -1,4 +1,4 @@
-"""ACK frames: compact round trips, many messages per frame, oversized entries, garbage."""
+"""ACK frames: compact round trips, many messages per frame, oversized entries, statuses and reasons, garbage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packetizer.ack import MAX_ACK_INDICES, AckEntry, pack_acks, unpack_acks
+from packetizer.ack import MAX_ACK_INDICES, MAX_REASON_BYTES, AckEntry, AckStatus, pack_acks, unpack_acks
 from packetizer.errors import FrameError, HeaderError
 from packetizer.frame import Frame, FrameCodec, FrameType
 
@@ -38,7 +38,11 @@ def ack_entries(draw, max_n: int = 300):
         received = frozenset(i for i in range(n) if rnd.random() < 0.5)
     else:
         received = frozenset(i for i in range(n) if (i // 17) % 3)
-    return AckEntry(draw(st.integers(0, 2**32 - 1)), n, received, draw(st.booleans()))
+    status = draw(st.sampled_from(list(AckStatus)))
+    if status != AckStatus.RECEIVING:
+        received = frozenset()  # only a RECEIVING entry lists indices
+    reason = draw(st.text(max_size=40)) if status == AckStatus.FAILED else None
+    return AckEntry(draw(st.integers(0, 2**32 - 1)), n, received, status, reason)
 
 
 @settings(max_examples=60, deadline=None)
@@ -52,25 +56,26 @@ def test_entries_round_trip_exactly(entries: list[AckEntry], frame_size: int) ->
 
 
 def entry_key(e: AckEntry) -> tuple:
-    return (e.message_id, e.n, sorted(e.received), e.complete)
+    return (e.message_id, e.n, sorted(e.received), e.status, e.reason or "")
 
 
-def merged(entries: list[AckEntry]) -> dict[tuple[int, int, bool], set[int]]:
-    """What a sender learns: per message, the union of the indices reported received."""
-    out: dict[tuple[int, int, bool], set[int]] = defaultdict(set)
+def merged(entries: list[AckEntry]) -> dict[tuple[int, int, AckStatus, str], set[int]]:
+    """What a sender learns: per message and status, the union of the indices reported received."""
+    out: dict[tuple[int, int, AckStatus, str], set[int]] = defaultdict(set)
     for e in entries:
-        out[(e.message_id, e.n, e.complete)] |= e.received
+        out[(e.message_id, e.n, e.status, e.reason or "")] |= e.received
     return dict(out)
 
 
 def test_one_frame_acknowledges_many_messages() -> None:
-    complete = [AckEntry(mid, 40, frozenset(range(40)), True) for mid in range(61)]
+    complete = [AckEntry(mid, 40, frozenset(), AckStatus.DONE) for mid in range(61)]
     frames, back = round_trip(complete)
-    assert frames == 1 and back == complete  # 7 bytes per completed message
-    partial = [AckEntry(mid, 64, frozenset(range(0, 64, 2)), False) for mid in range(28)]
+    assert frames == 1 and back == complete  # 7 bytes per delivered message
+    assert all(e.complete for e in back)
+    partial = [AckEntry(mid, 64, frozenset(range(0, 64, 2))) for mid in range(28)]
     frames, back = round_trip(partial)
     assert frames == 1 and back == partial  # 15-byte bitmaps
-    gaps = [AckEntry(mid, 64, frozenset(range(64)) - {10, 11, 50}, False) for mid in range(28)]
+    gaps = [AckEntry(mid, 64, frozenset(range(64)) - {10, 11, 50}) for mid in range(28)]
     frames, back = round_trip(gaps)
     assert frames == 1 and back == gaps  # the 8-byte bitmap beats 3 runs (13 bytes) at n=64
     mixed = complete + partial + gaps
@@ -79,7 +84,7 @@ def test_one_frame_acknowledges_many_messages() -> None:
 
 
 def test_runs_beat_bitmaps_for_long_messages() -> None:
-    entry = AckEntry(1, 2428, frozenset(range(2428)) - {5, 6, 2000}, False)  # a 1 MiB message, 3 lost
+    entry = AckEntry(1, 2428, frozenset(range(2428)) - {5, 6, 2000})  # a 1 MiB message, 3 lost
     wire = pack_acks([entry], CODEC)
     frame = CODEC.unpack(wire[0])
     assert len(frame.payload) == 7 + 1 + 3 * 4
@@ -87,7 +92,7 @@ def test_runs_beat_bitmaps_for_long_messages() -> None:
 
 
 def test_an_entry_bigger_than_a_frame_is_split_into_windows() -> None:
-    entry = AckEntry(77, 65535, frozenset(range(0, 65535, 3)), False)
+    entry = AckEntry(77, 65535, frozenset(range(0, 65535, 3)))
     frames, back = round_trip([entry])
     assert frames > 1
     assert all(e.message_id == 77 and e.n == 65535 for e in back)
@@ -96,12 +101,42 @@ def test_an_entry_bigger_than_a_frame_is_split_into_windows() -> None:
 
 def test_pack_rejects_impossible_entries() -> None:
     with pytest.raises(HeaderError):
-        pack_acks([AckEntry(1, 4, frozenset({4}), False)], CODEC)
+        pack_acks([AckEntry(1, 4, frozenset({4}))], CODEC)
     with pytest.raises(HeaderError):
-        pack_acks([AckEntry(1, 70000, frozenset(), False)], CODEC)
+        pack_acks([AckEntry(1, 70000, frozenset())], CODEC)
     with pytest.raises(HeaderError):
-        pack_acks([AckEntry(2**32, 1, frozenset(), False)], CODEC)
+        pack_acks([AckEntry(2**32, 1, frozenset())], CODEC)
+    with pytest.raises(HeaderError):
+        pack_acks([AckEntry(1, 1, frozenset(), 7)], CODEC)  # type: ignore[arg-type]
     assert pack_acks([], CODEC) == []
+
+
+def test_held_done_and_failed_say_what_became_of_a_message() -> None:
+    entries = [
+        AckEntry(1, 5, frozenset({0, 3})),
+        AckEntry(2, 5, frozenset(), AckStatus.HELD),
+        AckEntry(3, 5, frozenset(), AckStatus.DONE),
+        AckEntry(4, 5, frozenset(), AckStatus.FAILED, "BitstreamError: payload checksum 1f2e != header 0000"),
+    ]
+    frames, back = round_trip(entries)
+    assert frames == 1 and back == entries
+    assert [e.complete for e in back] == [False, False, True, False]
+
+
+def test_a_failed_entrys_reason_is_cut_at_a_character_boundary() -> None:
+    long = "é" * 200  # 400 bytes of UTF-8
+    _, back = round_trip([AckEntry(9, 1, frozenset(), AckStatus.FAILED, long)])
+    assert back[0].status == AckStatus.FAILED and back[0].reason == "é" * (MAX_REASON_BYTES // 2)
+
+
+def test_status_entries_with_a_body_encoding_or_a_truncated_reason_are_refused() -> None:
+    head = (1).to_bytes(4, "big") + (3).to_bytes(2, "big")
+    with pytest.raises(HeaderError, match="no body encoding"):
+        unpack_acks(Frame(FrameType.ACK, 0, 0, 1, 1, head + bytes([int(AckStatus.DONE) | 1 << 2])))
+    with pytest.raises(HeaderError, match="reason"):
+        unpack_acks(Frame(FrameType.ACK, 0, 0, 1, 1, head + bytes([int(AckStatus.FAILED), 10]) + b"short"))
+    with pytest.raises(HeaderError, match="flag bits"):
+        unpack_acks(Frame(FrameType.ACK, 0, 0, 1, 1, head + b"\x10"))
 
 
 @settings(max_examples=300, deadline=None)
@@ -121,6 +156,6 @@ def test_forged_ack_cannot_blow_up_memory() -> None:
         unpack_acks(Frame(FrameType.ACK, 0, 0, 1, 1, all_flags))
     with pytest.raises(FrameError):
         unpack_acks(Frame(FrameType.DATA, 0, 0, 1, 1, b""))
-    truncated = (1).to_bytes(4, "big") + b"\x00\x10\x02"  # bitmap of 16 bits with no bytes
+    truncated = (1).to_bytes(4, "big") + b"\x00\x10\x04"  # bitmap of 16 bits with no bytes
     with pytest.raises(HeaderError):
         unpack_acks(Frame(FrameType.ACK, 0, 0, 1, 1, truncated))

@@ -59,7 +59,7 @@ def test_default_codec_overhead_is_18_bytes() -> None:
     assert codec.frame_size == 450
     assert OVERHEAD == HEADER_SIZE + CRC_SIZE == 18
     assert codec.payload_capacity == 432
-    assert FrameCodec(auth_key=b"k", tag_len=8).payload_capacity == 424
+    assert FrameCodec(auth_key=b"k", tag_len=8).payload_capacity == 416  # + 8-byte tag, 8-byte replay stamp
 
 
 @FAST
@@ -114,7 +114,7 @@ def test_any_burst_of_up_to_32_bits_is_detected(seed: int, start: int, length: i
 @given(st.binary(min_size=0, max_size=600))
 def test_random_bytes_raise_only_frame_errors(data: bytes) -> None:
     codec = FrameCodec()
-    for candidate in (data, data[:450].ljust(450, b"\0"), b"\xa5\x10" + data[:448].ljust(448, b"\1")):
+    for candidate in (data, data[:450].ljust(450, b"\0"), b"\xa5\x20" + data[:448].ljust(448, b"\1")):
         try:
             frame = codec.unpack(candidate)
         except FrameError:
@@ -127,7 +127,7 @@ def test_random_bytes_raise_only_frame_errors(data: bytes) -> None:
 def test_random_bytes_with_a_valid_crc_raise_only_frame_errors(body: bytes) -> None:
     # A correct CRC gets garbage past the integrity check into header validation.
     codec = FrameCodec()
-    wire = reseal(bytearray(b"\xa5" + bytes([0x10 | (body[0] & 0x07)]) + body[2:] + bytes(4)))
+    wire = reseal(bytearray(b"\xa5" + bytes([0x20 | (body[0] & 0x07)]) + body[2:] + bytes(4)))
     try:
         frame = codec.unpack(wire)
     except FrameError:
@@ -146,11 +146,11 @@ def test_wrong_size_magic_version_and_type_are_rejected_cleanly() -> None:
         codec.unpack("not bytes")  # type: ignore[arg-type]
     with pytest.raises(BadMagic):
         codec.unpack(reseal(bytearray(b"\x00" + wire[1:])))
-    for version in (0, 2, 15):
+    for version in (0, 1, 3, 15):  # 1: the format before the replay stamp
         with pytest.raises(BadVersion):
             codec.unpack(reseal(bytearray(wire[:1] + bytes([version << 4]) + wire[2:])))
     with pytest.raises(HeaderError):
-        codec.unpack(reseal(bytearray(wire[:1] + bytes([0x17]) + wire[2:])))
+        codec.unpack(reseal(bytearray(wire[:1] + bytes([0x27]) + wire[2:])))
     with pytest.raises(CRCError):
         codec.unpack(wire[:-1] + bytes([wire[-1] ^ 0x80]))
     assert codec.unpack(bytearray(wire)) == codec.unpack(memoryview(wire))
@@ -221,4 +221,6 @@ def test_codec_parameters_are_checked() -> None:
     with pytest.raises(FrameError):
         FrameCodec(auth_key=b"k", tag_len=33)
     assert issubclass(FrameError, PacketizerError)
-    assert FrameCodec(64, auth_key=b"k", tag_len=32).payload_capacity == 14
+    assert FrameCodec(64, auth_key=b"k", tag_len=32).payload_capacity == 6
+    with pytest.raises(FrameError):
+        FrameCodec(auth_key=b"k", epoch=2**32)

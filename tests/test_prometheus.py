@@ -10,6 +10,7 @@ Grafana dashboard against what was served.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import urllib.error
@@ -22,9 +23,12 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.daemon.config import load_receiver_config, load_sender_config
+from gateway.daemon.faults import FaultBoard
+from gateway.daemon.metrics import fault_families
 from gateway.daemon.startup import daemon_parser, link_overrides
 from gateway.errors import ConfigError
 from gateway.eval.launcher import wait_for
+from gateway.transport.eventlog import EventLog
 from gateway.transport.http_listen import ListenAddress, MetricsSettings, parse_listen
 from gateway.transport.metrics_http import MetricsServer
 from link_sim.config import parse_link_config
@@ -120,6 +124,32 @@ def test_metrics_server_serves_only_metrics_and_checks_the_token(tmp_path) -> No
         MetricsServer(registry, MetricsSettings(ListenAddress("127.0.0.1", 0), str(short)))
 
 
+def test_resource_faults_are_exported_while_active_and_counted() -> None:
+    board = FaultBoard(EventLog("test", stream=io.StringIO()))
+    registry = CollectorRegistry()
+
+    class Collector:
+        def collect(self):
+            yield from fault_families("satgw_test", board, ("spool", "spool_file"))
+
+    registry.register(Collector())
+
+    def read() -> dict[str, float]:
+        return {f"{s.name}{{{s.labels['resource']}}}": s.value
+                for fam in registry.collect() for s in fam.samples if s.name.endswith(("_fault", "_total"))}
+
+    assert read() == {"satgw_test_resource_fault{spool}": 0, "satgw_test_resource_fault{spool_file}": 0,
+                      "satgw_test_resource_faults_total{spool}": 0, "satgw_test_resource_faults_total{spool_file}": 0}
+    board.report("spool", "database or disk is full")
+    board.report("spool", "database or disk is full")
+    assert read()["satgw_test_resource_fault{spool}"] == 1 and read()["satgw_test_resource_faults_total{spool}"] == 1
+    board.clear("spool")
+    board.report("outbox", "read-only file system")  # a resource not listed still shows
+    m = read()
+    assert m["satgw_test_resource_fault{spool}"] == 0 and m["satgw_test_resource_faults_total{spool}"] == 1
+    assert m["satgw_test_resource_fault{outbox}"] == 1
+
+
 # --- the numbers --------------------------------------------------------------------------------
 
 
@@ -160,6 +190,11 @@ def test_counters_move_during_a_transfer_and_match_the_daemons_counts(tmp_path) 
         assert s["satgw_sender_encode_seconds_count"] == 8
         assert s["satgw_sender_bytes_sent_total"] == c["frames_sent"] * 450
         assert s["satgw_sender_spool_size_bytes"] > 0
+        # Delivery semantics and faults (issue 16): every job was held or went straight to DONE, none failed.
+        assert s["satgw_sender_images_held_total"] == c["held"]
+        assert s['satgw_sender_images_failed_total{stage="ground"}'] == 0
+        assert s['satgw_sender_resource_fault{resource="spool"}'] == 0 and s["satgw_sender_accepting"] == 1
+        assert s['satgw_sender_resource_faults_total{resource="spool_file"}'] == 0
 
         rc = rig.receiver_status()["counters"]
         outputs = rig.outputs()
@@ -174,6 +209,9 @@ def test_counters_move_during_a_transfer_and_match_the_daemons_counts(tmp_path) 
         assert g["satgw_ground_image_latency_seconds_sum"] == pytest.approx(
             sum(o["timings"]["latency_s"] for o in outputs.values()), abs=0.01)
         assert g["satgw_ground_frame_store_size_bytes"] > 0
+        assert g["satgw_ground_decode_retries_total"] == rc.get("decode_retries", 0)
+        assert g['satgw_ground_resource_fault{resource="decode"}'] == 0
+        assert g["satgw_ground_decode_retrying_messages"] == 0
 
         stats = rig.link_stats()
         for d in ("forward", "return"):
@@ -185,6 +223,8 @@ def test_counters_move_during_a_transfer_and_match_the_daemons_counts(tmp_path) 
         assert sum(stats["forward"]["dropped"].values()) + stats["forward"]["corrupted"] > 0
         assert lk['satgw_link_busy_seconds_total{direction="forward"}'] > 0
         assert lk["satgw_link_up"] == 1 and lk["satgw_link_time_scale"] == 50
+        for side in ("sender", "ground"):  # both daemons proved the frame key: nothing refused
+            assert lk[f'satgw_link_peer_messages_refused_total{{side="{side}"}}'] == stats["refused"][side] == 0
         assert set(sent) == set(outputs)
 
         # The sample Grafana dashboard asks only for series the daemons serve.

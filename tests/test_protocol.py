@@ -8,6 +8,7 @@ from gateway.protocol.link_window import LinkWindow
 from gateway.protocol.pacer import Pacer
 from gateway.protocol.rto import RtoEstimator
 from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
+from packetizer.ack import AckStatus
 
 
 def drain(s: TransmitScheduler, now: float, limit: int = 100) -> list[tuple[int, int]]:
@@ -56,12 +57,12 @@ def test_selective_repeat_from_ack_bitmap():
     s = TransmitScheduler(RtoEstimator(10.0, 0.1, 60.0), reorder_frames=0)
     s.add(9, priority=0, created=0.0, n=5, has_meta=False)
     drain(s, 0.0)
-    out = s.on_ack(9, 5, frozenset({0, 2, 4}), False, 0.5)
+    out = s.on_ack(9, 5, frozenset({0, 2, 4}), AckStatus.RECEIVING, 0.5)
     assert out.newly_acked == [0, 2, 4]
     again = drain(s, 0.6)
     assert again == [(9, 1), (9, 3)]  # exactly the holes, long before the RTO
     assert s.progress(9)["retransmitted"] == 2
-    out = s.on_ack(9, 5, frozenset(range(5)), True, 1.0)
+    out = s.on_ack(9, 5, frozenset(range(5)), AckStatus.DONE, 1.0)
     assert out.complete
 
 
@@ -83,7 +84,7 @@ def test_rtt_samples_follow_karn_and_set_rto():
     s = TransmitScheduler(rto)
     s.add(1, priority=0, created=0.0, n=3, has_meta=False)
     drain(s, 0.0)
-    s.on_ack(1, 3, frozenset({0, 1, 2}), False, 0.2)
+    s.on_ack(1, 3, frozenset({0, 1, 2}), AckStatus.RECEIVING, 0.2)
     assert rto.samples == 3 and rto.srtt == pytest.approx(0.2)
     assert 0.2 <= rto.rto < 1.0
     # a retransmitted frame gives no sample
@@ -91,7 +92,7 @@ def test_rtt_samples_follow_karn_and_set_rto():
     drain(s, 1.0)
     s.next(3.0)
     s.sent(2, 0, 3.0)
-    s.on_ack(2, 1, frozenset({0}), False, 3.1)
+    s.on_ack(2, 1, frozenset({0}), AckStatus.RECEIVING, 3.1)
     assert rto.samples == 3
 
 
@@ -99,7 +100,7 @@ def test_meta_repeated_when_receiver_waits_for_it():
     s = TransmitScheduler(RtoEstimator(10.0, 0.1, 60.0))
     s.add(4, priority=0, created=0.0, n=2, k=2)
     drain(s, 0.0)
-    s.on_ack(4, 2, frozenset({0, 1}), False, 0.3)
+    s.on_ack(4, 2, frozenset({0, 1}), AckStatus.RECEIVING, 0.3)
     p = s.next(0.3)
     assert p is not None and p.index == META_INDEX and p.retransmission
 
@@ -108,10 +109,10 @@ def test_foreign_acks_ignored_and_receiver_loss_resends():
     s = TransmitScheduler(RtoEstimator(10.0, 0.1, 60.0))
     s.add(1, priority=0, created=0.0, n=2, has_meta=False)
     drain(s, 0.0)
-    assert s.on_ack(1, 7, frozenset({0}), False, 0.1).ignored  # wrong n
-    assert s.on_ack(99, 2, frozenset({0}), False, 0.1).ignored  # unknown message
-    s.on_ack(1, 2, frozenset({0, 1}), False, 0.1)
-    out = s.on_ack(1, 2, frozenset({1}), False, 0.2)  # the receiver lost frame 0 (store wiped)
+    assert s.on_ack(1, 7, frozenset({0}), AckStatus.RECEIVING, 0.1).ignored  # wrong n
+    assert s.on_ack(99, 2, frozenset({0}), AckStatus.RECEIVING, 0.1).ignored  # unknown message
+    s.on_ack(1, 2, frozenset({0, 1}), AckStatus.RECEIVING, 0.1)
+    out = s.on_ack(1, 2, frozenset({1}), AckStatus.RECEIVING, 0.2)  # the receiver lost frame 0 (store wiped)
     assert out.unacked == [0]
     assert drain(s, 0.2) == [(1, 0)]
 
@@ -134,3 +135,51 @@ def test_link_window_stops_before_outage():
     assert not w.can_send(100.75, 0.15)  # the frame would still be on the air when the link goes down
     w.update_from_schedule({"up": False, "next_change_in": 5.0, "time_scale": 10.0}, now=101.0)
     assert not w.can_send(101.0, 0.15)
+
+
+def test_a_held_message_sends_only_probes_at_growing_intervals_until_done():
+    # Before issue 16 the ground said "complete" at assembly and the sender forgot the message at once,
+    # though the picture was not written yet.
+    rto = RtoEstimator(1.0, 0.1, 60.0)
+    s = TransmitScheduler(rto)
+    s.add(3, priority=0, created=0.0, n=2, k=2)
+    drain(s, 0.0)
+    out = s.on_ack(3, 2, frozenset(), AckStatus.HELD, 0.5)
+    assert out.held and out.newly_acked == [0, 1] and not out.complete and s.is_held(3)
+    assert s.on_ack(3, 2, frozenset(), AckStatus.HELD, 0.6).held is False  # only news is news
+    assert s.next(16.4) is None and s.next_deadline(1.0) == pytest.approx(16.5)
+    probes = []
+    t = 0.5
+    for _ in range(4):
+        t = s.next_deadline(t)
+        pick = s.next(t)
+        assert pick is not None and pick.index == META_INDEX and pick.retransmission
+        s.sent(3, pick.index, t)
+        probes.append(t)
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == pytest.approx([32.0, 60.0, 60.0])  # 16 RTOs, doubling, up to the RTO ceiling
+    assert s.over_limit(1e6) == []  # probing never fails a held message
+    done = s.on_ack(3, 2, frozenset(), AckStatus.DONE, t + 1)
+    assert done.complete and s.progress(3)["probes"] == 4
+
+
+def test_probes_wait_for_every_other_frame():
+    s = TransmitScheduler(RtoEstimator(1.0, 0.1, 60.0))
+    s.add(1, priority=5, created=0.0, n=1, has_meta=False)
+    drain(s, 0.0)
+    s.on_ack(1, 1, frozenset(), AckStatus.HELD, 0.1)
+    s.add(2, priority=0, created=1.0, n=2, has_meta=False)
+    assert drain(s, 100.0) == [(2, 0), (2, 1), (1, 0)]  # the high-priority probe still goes last (no META: frame 0)
+
+
+def test_failed_tells_the_reason_and_a_held_message_the_ground_lost_is_sent_again():
+    s = TransmitScheduler(RtoEstimator(1.0, 0.1, 60.0))
+    s.add(4, priority=0, created=0.0, n=2)
+    drain(s, 0.0)
+    assert s.on_ack(4, 2, frozenset(), AckStatus.FAILED, 0.5, "BitstreamError: bad").failed == "BitstreamError: bad"
+    s.add(5, priority=0, created=0.0, n=2)
+    drain(s, 0.0)
+    s.on_ack(5, 2, frozenset(), AckStatus.HELD, 0.5)
+    out = s.on_ack(5, 2, frozenset(), AckStatus.RECEIVING, 0.7)  # its store was wiped
+    assert out.released and out.unacked == [0, 1]
+    assert drain(s, 0.8) == [(5, META_INDEX), (5, 0), (5, 1)]

@@ -29,7 +29,7 @@ from gateway.protocol.meta import MessageMeta
 from gateway.ratecontrol import Budget, fit
 from gateway.transport.eventlog import EventLog
 from gateway.transport.link_peer import FRAME
-from packetizer.ack import unpack_acks
+from packetizer.ack import AckStatus, unpack_acks
 from packetizer.frame import Frame, FrameCodec, FrameType
 from packetizer.segment import split_message
 
@@ -85,10 +85,10 @@ class FakeLink:
         for f in frames:
             self.sock.send_multipart([self.peer, FRAME, f if isinstance(f, bytes) else CODEC.pack(f)])
 
-    def wait_ack(self, mid: int, complete: bool = True, timeout: float = 20) -> Any:
+    def wait_ack(self, mid: int, status: AckStatus = AckStatus.DONE, timeout: float = 20) -> Any:
         deadline = time.monotonic() + timeout
-        while not (mid in self.acks and self.acks[mid].complete == complete):
-            assert time.monotonic() < deadline, f"no {'complete ' if complete else ''}ACK for {mid}"
+        while not (mid in self.acks and self.acks[mid].status == status):
+            assert time.monotonic() < deadline, f"no {status.name} ACK for {mid} (last: {self.acks.get(mid)})"
             self._read(50)
         return self.acks[mid]
 
@@ -119,16 +119,19 @@ def ground(tmp_path: Path) -> Iterator[Any]:
             # Built in the loop's own thread: its SQLite connection belongs to the thread that opened it.
             try:
                 made.append(ReceiverDaemon(cfg, EventLog("receiver", "debug", stream=lines), worker=worker))
-            except BaseException as e:
+            except BaseException as e:  # handed to the test, which raises it
                 made.append(e)
-                raise
+                return
             finally:
                 ready.set()
             made[0].run()
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
-        assert ready.wait(30) and isinstance(made[0], ReceiverDaemon), made
+        assert ready.wait(120), "the daemon did not finish starting (its bundle check included)"
+        if not isinstance(made[0], ReceiverDaemon):
+            link.close()
+            raise made[0]
         started.append((made[0], link, thread))
         return made[0], link, lines
 
@@ -224,13 +227,14 @@ def test_without_its_meta_frame_a_message_is_assembled_after_the_grace_period(gr
     assert json.loads((tmp_path / "outbox" / "14.json").read_text())["source_name"] is None
 
 
-def test_a_corrupt_bitstream_fails_with_its_reason_and_is_still_acked_complete(ground, tmp_path: Path) -> None:
+def test_a_corrupt_bitstream_fails_with_its_reason_and_the_sender_is_told_why(ground, tmp_path: Path) -> None:
     daemon, link, lines = ground()
     frames = split_message(15, b"\x13" + bytes(900), CODEC)  # frames fine, bitstream header nonsense
     link.send([meta(15, frames[0].k, frames[0].n), *frames])
-    assert link.wait_ack(15).complete  # resending cannot help: the sender is told it is done
+    nack = link.wait_ack(15, AckStatus.FAILED)  # resending cannot help: the sender is told why
+    assert nack.reason.startswith("decode failed: BitstreamError") and not nack.complete
     failed = wait_for(lambda: (m := message(tmp_path, 15)) and m["state"] == "failed" and m, 20, "the message to fail")
-    assert failed["reason"].startswith("decode failed: BitstreamError")
+    assert failed["reason"].startswith(nack.reason)
     assert outputs(tmp_path) == []
 
 

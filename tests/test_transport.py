@@ -116,3 +116,23 @@ def test_the_link_simulator_builds_its_windows_from_a_contact_plan(tmp_path: Pat
     with pytest.raises(ConfigError, match="availability.contact_plan: .*missing.yaml: contact plan not found"):
         parse_link_config({"forward": {"rate_bps": 1}, "return": {"rate_bps": 1},
                            "availability": {"contact_plan": "missing.yaml"}}, base_dir=tmp_path)
+
+
+def test_signed_hellos_prove_the_key_the_side_and_freshness() -> None:
+    from gateway.transport.hello import HelloRefused, HelloVerifier, sign_hello
+
+    key = b"0123456789abcdef0123"
+    v = HelloVerifier(key, max_skew_s=60)
+    first = sign_hello(key, "ground", now=1000.0)
+    v.verify("ground", first, now=1000.5)
+    v.verify("ground", sign_hello(key, "ground", now=1001.0), now=1001.0)
+    cases = [
+        ("ground", first, 1001.5, "not newer"),  # a recorded hello, replayed
+        ("sender", sign_hello(key, "ground", now=1002.0), 1002.0, "other side"),
+        ("ground", sign_hello(b"another key entirely!", "ground", now=1003.0), 1003.0, "signature"),
+        ("ground", sign_hello(key, "ground", now=900.0), 1004.0, "clock"),
+        ("ground", b"H" * 5, 1005.0, "34 bytes"),
+    ]
+    for side, hello, now, words in cases:
+        with pytest.raises(HelloRefused, match=words):
+            v.verify(side, hello, now=now)

@@ -219,6 +219,38 @@ def test_the_page_reads_the_ground_and_never_writes(ground: dict[str, Path], tmp
     assert not (tmp_path / "no.db").exists() and not (tmp_path / "no-outbox").exists()
 
 
+class FakeSources:
+    """Daemon replies as given, instead of asking over ZMQ (the page's :class:`Sources` interface)."""
+
+    def __init__(self, receiver: dict[str, Any], sender: dict[str, Any]) -> None:
+        self.endpoints = Endpoints(receiver="ipc://ground", sender="ipc://sender")
+        self.errors: dict[str, str] = {}
+        self.replies = {"receiver": receiver, "sender": sender, "link_stats": None, "link_schedule": None}
+
+    def poll(self) -> dict[str, Any]:
+        return self.replies
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_page_shows_held_jobs_faults_and_decode_retries(ground: dict[str, Path]) -> None:
+    full = {"error": "database or disk is full", "since": 1.0, "failures": 3}
+    receiver = {"ok": True, "counters": {"frames_in": 9}, "decoding": 0, "faults": {"decode": full},
+                "retrying": [{"id": 11, "reason": "the outbox is full", "failures": 2, "retry_in_s": 4.0}]}
+    jobs = [{"id": i, "state": st, "priority": 0, "codec": "webp", "source_name": f"{st}.png", "n": 3, "acked": 3,
+             "sent": 3, "retransmitted": 0} for i, st in enumerate(("accepted", "held", "in_flight", "encoded",
+                                                                    "delivered"))]
+    sender = {"ok": True, "counts": {"held": 1}, "messages": jobs, "faults": {"spool": full}}
+    state = PageState(OutboxView(ground["outbox"]), FrameStoreReader(ground["store"]), FakeSources(receiver, sender))
+    state.refresh()
+    doc = json.loads(state.snapshot()[1])
+    # On the air first, then held (complete on the ground, its picture not yet written), then what waits.
+    assert [m["state"] for m in doc["sender"]["queue"]] == ["in_flight", "held", "encoded", "accepted"]
+    assert doc["sender"]["faults"] == {"spool": full} and doc["ground"]["faults"] == {"decode": full}
+    assert doc["ground"]["retrying"][0]["reason"] == "the outbox is full"
+
+
 def test_beyond_loopback_the_page_needs_a_token(ground: dict[str, Path]) -> None:
     port = free_ports(1)[0]
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "web", "--outbox", str(ground["outbox"]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,14 +13,26 @@ from typing import Any
 import zmq
 
 from gateway.errors import DaemonError
-from gateway.transport.curve import generate_keypair
+from gateway.transport.curve import CurveKeys, generate_keypair, load_key
+from gateway.transport.keyfile import ensure_key_file
 from gateway.transport.lazy_pirate import ask
 
+EXIT_REFUSED = 1  # the daemon answered no (the reason is printed)
+EXIT_NO_REPLY = 3  # nobody answered: the request may or may not have been taken (satgw send says how to find out)
+EXIT_USAGE = 2
 
-def _ask(ctx: zmq.Context, endpoint: str, req: dict[str, Any], timeout: float, retries: int = 1) -> dict[str, Any] | str:
+
+def _ask(
+    ctx: zmq.Context,
+    endpoint: str,
+    req: dict[str, Any],
+    timeout: float,
+    retries: int = 1,
+    curve: CurveKeys | None = None,
+) -> dict[str, Any] | str:
     """The daemon's reply, or why there is none (text)."""
     try:
-        return ask(endpoint, req, timeout_s=timeout, retries=retries, ctx=ctx)
+        return ask(endpoint, req, timeout_s=timeout, retries=retries, ctx=ctx, curve=curve)
     except DaemonError as e:
         return str(e)
 
@@ -26,9 +40,32 @@ def _ask(ctx: zmq.Context, endpoint: str, req: dict[str, Any], timeout: float, r
 # --- satgw send ---------------------------------------------------------------------------------
 
 
+def _read_image(path: Path, limit: int) -> bytes:
+    """The file's bytes, refusing what is not a plain file or is above ``limit`` bytes (checked before reading)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a plain file")
+    if st.st_size > limit:
+        raise ValueError(f"{path} is {st.st_size} bytes, above the sender's limits.max_image_bytes = {limit}")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} grew above the sender's limits.max_image_bytes = {limit} while being read")
+    return data
+
+
 def send_main(argv: list[str]) -> int:
-    """``satgw send IMAGE``: submit an image to the sender daemon; prints its message id once spooled."""
-    p = argparse.ArgumentParser(prog="satgw send", description="Submit an image to a running sender daemon.")
+    """``satgw send IMAGE``: submit an image to the sender daemon; prints its message id once spooled.
+
+    Every request carries a request id (``--request-id``, else a random one):
+    the sender makes one job per id, so the retries here, or running the
+    command again with the same ``--request-id`` after a lost reply, never
+    make a second job. Exit status: 0 accepted (the id is printed), 1 refused
+    (the reason is printed), 2 usage or an unreadable file, 3 no reply.
+    """
+    p = argparse.ArgumentParser(prog="satgw send", description="Submit an image to a running sender daemon.",
+                                epilog="Exit status: 0 accepted, 1 refused (reason printed), 2 usage or unreadable "
+                                       "file, 3 no reply (the request may have been taken: see the message).")
     p.add_argument("image", help="image file (any format Pillow reads)")
     p.add_argument("--packets", type=int, help="image budget in frames (default: the sender's)")
     p.add_argument("--priority", type=int, help="higher goes first (default: the sender's)")
@@ -37,28 +74,44 @@ def send_main(argv: list[str]) -> int:
     p.add_argument("--sender", default="tcp://127.0.0.1:5601", help="the sender's control endpoint")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each try")
     p.add_argument("--retries", type=int, default=3, help="tries before giving up")
+    p.add_argument("--request-id", help="this request's id (default: a new random one); the sender makes at most "
+                                        "one job per id, so repeating a command whose reply was lost is safe")
     a = p.parse_args(argv)
+    rid = a.request_id or secrets.token_hex(16)
+    if not 0 < len(rid) <= 64:
+        print("satgw send: --request-id must be 1..64 characters", file=sys.stderr)
+        return EXIT_USAGE
     path = Path(a.image)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        print(f"satgw send: cannot read {path}: {e.strerror}", file=sys.stderr)
-        return 2
-    req: dict[str, Any] = {"cmd": "send", "name": path.name, "image": data}
-    for key in ("packets", "priority", "codec", "parity"):
-        if getattr(a, key) is not None:
-            req[key] = getattr(a, key)
+    lost = (f"the image may have been accepted; to find out without sending it twice, run the same command "
+            f"again with --request-id {rid}")
     ctx = zmq.Context()
     try:
+        # Ask what the sender takes first: a request over its size limit is cut off by the socket unanswered.
+        limits = _ask(ctx, a.sender, {"cmd": "limits"}, a.timeout, a.retries)
+        if isinstance(limits, str):
+            print(f"satgw send: {limits}; nothing was sent", file=sys.stderr)
+            return EXIT_NO_REPLY
+        try:
+            data = _read_image(path, int(limits.get("max_image_bytes") or 2**31))
+        except OSError as e:
+            print(f"satgw send: cannot read {path}: {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        except ValueError as e:
+            print(f"satgw send: refused: {e}", file=sys.stderr)
+            return EXIT_REFUSED
+        req: dict[str, Any] = {"cmd": "send", "name": path.name, "image": data, "request_id": rid}
+        for key in ("packets", "priority", "codec", "parity"):
+            if getattr(a, key) is not None:
+                req[key] = getattr(a, key)
         reply = _ask(ctx, a.sender, req, a.timeout, a.retries)
     finally:
         ctx.destroy(linger=0)
     if isinstance(reply, str):
-        print(f"satgw send: {reply}", file=sys.stderr)
-        return 1
+        print(f"satgw send: {reply}; {lost}", file=sys.stderr)
+        return EXIT_NO_REPLY
     if not reply.get("ok"):
         print(f"satgw send: refused: {reply.get('error')}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     print(reply["id"])
     return 0
 
@@ -87,13 +140,21 @@ def status_main(argv: list[str]) -> int:
     p.add_argument("--receiver", default="tcp://127.0.0.1:5602", help="the ground station's control endpoint")
     p.add_argument("--link", default="tcp://127.0.0.1:5553", help="the link's control endpoint")
     p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--curve-dir", help="folder from 'satgw keys': reach a link that requires CURVE (uses the "
+                                       "operator key pair, else the sender's)")
     p.add_argument("--json", action="store_true", help="print the raw replies as JSON instead of tables")
     a = p.parse_args(argv)
+    try:
+        link_curve = _operator_keys(a.curve_dir) if a.curve_dir else None
+    except (OSError, ValueError) as e:
+        print(f"satgw status: cannot load CURVE keys from {a.curve_dir} ({e}); run 'satgw keys {a.curve_dir}'",
+              file=sys.stderr)
+        return EXIT_USAGE
     ctx = zmq.Context()
     try:
         snd = _ask(ctx, a.sender, {"cmd": "status"}, a.timeout)
         rcv = _ask(ctx, a.receiver, {"cmd": "status"}, a.timeout)
-        lnk = _ask(ctx, a.link, {"cmd": "stats"}, a.timeout)
+        lnk = _ask(ctx, a.link, {"cmd": "stats"}, a.timeout, curve=link_curve)
     finally:
         ctx.destroy(linger=0)
     if a.json:
@@ -137,6 +198,7 @@ def status_main(argv: list[str]) -> int:
                 (r.get("reason") or "")[:60],
             )
         con.print(m)
+        _print_faults(con, "sender", snd)
     if isinstance(rcv, str):
         con.print(f"[red]ground station[/red] {a.receiver}: {rcv}")
         ok = False
@@ -148,6 +210,10 @@ def status_main(argv: list[str]) -> int:
         for k, v in sorted(rcv.get("counters", {}).items()):
             ct.add_row(k, str(v))
         con.print(ct)
+        for r in rcv.get("retrying", []):
+            con.print(f"  [yellow]retrying[/yellow] message {r['id']} in {r['retry_in_s']} s "
+                      f"(failed {r['failures']} times): {r['reason']}")
+        _print_faults(con, "ground station", rcv)
     if isinstance(lnk, str):
         con.print(f"[red]link[/red] {a.link}: {lnk}")
         ok = False
@@ -167,23 +233,46 @@ def status_main(argv: list[str]) -> int:
     return 0 if ok else 1
 
 
+def _print_faults(con: Any, who: str, reply: dict[str, Any]) -> None:
+    """One red line per resource fault a daemon reports (disk full, read-only, a file deleted under it)."""
+    for resource, f in (reply.get("faults") or {}).items():
+        con.print(f"  [red]{who}: {resource} failing[/red] ({f.get('failures')} times): {f.get('error')}")
+    if reply.get("accepting") is False:
+        con.print(f"  [red]{who} is not accepting jobs[/red]")
+
+
+def _operator_keys(curve_dir: str) -> CurveKeys:
+    """CURVE client keys for talking to the link: the operator pair from 'satgw keys', else the sender's."""
+    d = Path(curve_dir)
+    me = "operator" if (d / "operator.key_secret").exists() else "sender"
+    return CurveKeys(load_key(d / f"{me}.key"), load_key(d / f"{me}.key_secret"),
+                     server_public=load_key(d / "link.key"))
+
+
 # --- satgw keys ---------------------------------------------------------------------------------
 
 
 def keys_main(argv: list[str]) -> int:
-    """``satgw keys DIR``: CURVE key pairs for sender, receiver and link, plus a matching link config snippet."""
-    p = argparse.ArgumentParser(prog="satgw keys", description="Make CURVE key pairs for the daemons.")
-    p.add_argument("dir", help="folder to write sender/receiver/link .key and .key_secret files into")
+    """``satgw keys DIR``: CURVE key pairs for the daemons and the operator, a link config snippet, the frame key."""
+    p = argparse.ArgumentParser(prog="satgw keys", description="Make CURVE key pairs and the frame key for the "
+                                                               "daemons.")
+    p.add_argument("dir", help="folder to write sender/receiver/link/operator .key and .key_secret files and "
+                               "frame.key into")
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     a = p.parse_args(argv)
     d = Path(a.dir)
-    existing = [n for n in ("sender", "receiver", "link") if (d / f"{n}.key_secret").exists()]
+    names = ("sender", "receiver", "link", "operator")
+    existing = [n for n in names if (d / f"{n}.key_secret").exists()]
     if existing and not a.force:
         print(f"satgw keys: {d} already holds keys for {', '.join(existing)}; pass --force to replace them", file=sys.stderr)
         return 1
-    for name in ("sender", "receiver", "link"):
+    for name in names:
         pub, sec = generate_keypair(d, name)
         print(f"{name}: {pub} {sec}")
+    if a.force:
+        (d / "frame.key").unlink(missing_ok=True)
+    ensure_key_file(d / "frame.key")
+    print(f"frame key: {d / 'frame.key'} (frame.auth_key_file of both daemons, --auth-key of satgw link)")
     snippet = d / "link-curve.yaml"
     snippet.write_text(
         "# paste under a link preset (satgw link --config ...) to require these keys\n"
@@ -193,6 +282,7 @@ def keys_main(argv: list[str]) -> int:
         "  allowed_clients:\n"
         f"    - {os.path.abspath(d / 'sender.key')}\n"
         f"    - {os.path.abspath(d / 'receiver.key')}\n"
+        f"    - {os.path.abspath(d / 'operator.key')}   # satgw status --curve-dir\n"
     )
     print(f"link config snippet: {snippet}; daemons: set curve.dir: {d}")
     return 0

@@ -4,6 +4,12 @@ Every part of satgw that turns bytes into pixels or pixels into files goes
 through here, so an image is read with one size check, resized with one
 filter, and written durably one way (temp file, fsync, rename, directory
 fsync: after a crash either the old file or the whole new one is there).
+
+Reading refuses what it cannot take with a :class:`~gateway.errors.RequestError`
+whose message is a sentence for the person who sent the file (not an
+image, truncated, too many pixels), checks the size from the header before
+any pixel is decoded, and brings every mode to 8-bit RGB with the right
+scaling (16-bit and 32-bit greyscale are scaled down, not clipped to white).
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from gateway.errors import CodecError, RequestError
 
@@ -30,18 +37,81 @@ def as_rgb_array(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _open(data: bytes, max_pixels: int | None) -> Image.Image:
+    """Open image bytes and check the size from the header; RequestError with a sentence when refused."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise RequestError("the file is not an image in a format this sender reads (JPEG, PNG, WebP, AVIF, "
+                           "TIFF, ...)") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise RequestError(f"the image declares an absurd size ({e}); it looks like a decompression bomb") from None
+    except Exception as e:  # Pillow raises many types on damaged headers
+        raise RequestError(f"the image header cannot be read ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        im.close()
+        raise RequestError(f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} pixels")
+    return im
+
+
+def _decoded(im: Image.Image) -> Image.Image:
+    """Decode every pixel of ``im`` (in place); RequestError with a sentence when the data is damaged."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise RequestError(f"the image looks like a decompression bomb ({e})") from None
+    except Exception as e:  # truncated data, bad chunks, broken entropy coding: all mean "damaged"
+        raise RequestError(
+            f"the image is truncated or damaged and cannot be decoded ({type(e).__name__}: {e})"
+        ) from None
+    return im
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """``im`` as HxWx3 uint8: 16/32-bit greyscale scaled to 8 bits, floats from 0..1, the other modes converted."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit samples (I;16*, and PNG/TIFF 16-bit greyscale read as I): 65535 is white.
+        grey = np.asarray(im, dtype=np.float64)
+        grey = np.rint(np.clip(grey, 0, 65535) / 257.0).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if mode == "F":
+        f = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        scale = 255.0 if f.size and float(f.max()) <= 1.0 else 1.0  # 0..1 floats, or already 0..255
+        grey = np.rint(np.clip(f * scale, 0, 255)).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    return np.asarray(im.convert("RGB"))
+
+
+def probe_image(data: bytes, max_pixels: int | None = None) -> tuple[int, int]:
+    """Check that ``data`` is a whole image of at most ``max_pixels`` and return its (width, height).
+
+    The size is checked from the header before decoding; then every pixel is
+    decoded once (JPEGs at reduced scale, which still reads all their data),
+    so truncated and damaged files are refused at once with a RequestError.
+    """
+    with _open(data, max_pixels) as im:
+        size = im.size
+        if im.format == "JPEG":
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        _decoded(im)
+        return size
+
+
 def read_rgb(data: bytes, max_pixels: int | None = None) -> np.ndarray:
-    """Decode image file bytes (any format Pillow reads) to an RGB uint8 array.
+    """Decode image file bytes (any format Pillow reads) to an RGB uint8 array (:func:`to_rgb8`).
 
     An image above ``max_pixels`` is refused (:class:`RequestError`) from its
-    header, before any pixel is decoded. Unreadable bytes raise Pillow's
-    ``UnidentifiedImageError`` (an ``OSError``).
+    header, before any pixel is decoded; so are bytes that are not an image,
+    and damaged or truncated images (each with a sentence saying which).
     """
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise RequestError(f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} pixels")
-        return np.asarray(im.convert("RGB"))
+    with _open(data, max_pixels) as im:
+        return to_rgb8(_decoded(im))
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int], *, reducing_gap: float | None = None) -> np.ndarray:

@@ -6,7 +6,7 @@ touches a socket or a file: unknown keys, wrong types, out-of-range values
 and nulls where a value is needed raise :class:`gateway.errors.ConfigError`
 naming the dotted key and the file. Durations under ``arq`` and ``ack`` are
 in *link* seconds (simulated time; they are divided by the link's time scale
-at run time); ``ttl_s``, ``inbox_poll_s`` and ``decode.timeout_s`` are
+at run time); ``ttl_s``, ``inbox_poll_s`` and the ``decode`` durations are
 wall-clock seconds. Relative paths are relative to the current directory.
 """
 
@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 from gateway.errors import ConfigError
 from gateway.transport.config_reader import Section, read_yaml, set_dotted
 from gateway.transport.http_listen import MetricsSettings, read_metrics_section
+from gateway.transport.keyfile import load_frame_key
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: An override value that sets a key to null (a plain None override means "not given").
@@ -40,11 +41,16 @@ class LinkSettings:
 
 @dataclass(frozen=True)
 class FrameSettings:
-    """The frame format both daemons and the link agree on."""
+    """The frame format both daemons and the link agree on.
+
+    With ``create_key``, a missing ``auth_key_file`` is generated at start
+    (32 random bytes, mode 0600) so the sample configs authenticate frames out of the box.
+    """
 
     size: int
     auth_key_file: str | None
     tag_len: int
+    create_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,14 @@ class AckSettings:
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """Where and how long decoding may run."""
+    """Where and how long decoding may run, and how a decode the host made fail is retried."""
 
     worker: str
     timeout_s: float
-    max_attempts: int
+    max_attempts: int  #: decodes that crash or hang on one bitstream before it fails
+    retry_initial_s: float = 1.0  #: first wait after a decode failed for a host reason (disk, memory, bundle)
+    retry_max_s: float = 60.0  #: longest wait between such retries (they never give up)
+    check_bundle: bool = True  #: round-trip a test picture through the CADC bundle at start; refuse a broken one
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ class ReceiverLimits:
     max_pending_messages: int
     max_frames_per_message: int
     max_batch_frames: int
+    max_image_pixels: int = 64_000_000  #: a bitstream claiming a bigger picture fails before it is decoded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +181,7 @@ def _frame(s: Section) -> FrameSettings:
         size=_int(s, "size", 450, 64, 9000),
         auth_key_file=s.path_value("auth_key_file", None, "a pre-shared HMAC key file"),
         tag_len=_int(s, "tag_len", 8, 4, 32),
+        create_key=s.boolean("create_key", False),
     )
     s.done()
     return frame
@@ -270,13 +281,19 @@ def _receiver(top: Section) -> ReceiverConfig:
         worker=d.choice("worker", "process", ("process", "thread")),
         timeout_s=_num(d, "timeout_s", 600.0, 1, 86400),
         max_attempts=_int(d, "max_attempts", 3, 1, 100),
+        retry_initial_s=_num(d, "retry_initial_s", 1.0, 0.01, 3600),
+        retry_max_s=_num(d, "retry_max_s", 60.0, 0.01, 86400),
+        check_bundle=d.boolean("check_bundle", True),
     )
+    if decode.retry_max_s < decode.retry_initial_s:
+        d.fail(d.key_path("retry_max_s"), "must be at least decode.retry_initial_s")
     d.done()
     lim = top.section("limits")
     limits = ReceiverLimits(
         max_pending_messages=_int(lim, "max_pending_messages", 2000, 1, 10_000_000),
         max_frames_per_message=_int(lim, "max_frames_per_message", 4096, 1, 65535),
         max_batch_frames=_int(lim, "max_batch_frames", 256, 1, 100000),
+        max_image_pixels=_int(lim, "max_image_pixels", 64_000_000, 1, 2**31),
     )
     lim.done()
     cfg = ReceiverConfig(
@@ -325,15 +342,14 @@ def load_receiver_config(path: str | Path | None, overrides: dict[str, Any] | No
     return _load(path, overrides, _receiver)
 
 
-def read_auth_key(path: str | None) -> bytes | None:
-    """The HMAC pre-shared key from ``path`` (raw bytes, surrounding whitespace stripped), or None."""
+def read_auth_key(path: str | None, create: bool = False) -> bytes | None:
+    """The HMAC pre-shared key from ``path`` (raw bytes, surrounding whitespace stripped), or None.
+
+    With ``create`` a missing file is generated first (:func:`gateway.transport.keyfile.ensure_key_file`).
+    """
     if path is None:
         return None
-    p = Path(path)
     try:
-        key = p.read_bytes().strip()
-    except OSError as e:
-        raise ConfigError(f"frame.auth_key_file: cannot read {p} ({e.strerror}); create it or fix the path") from e
-    if len(key) < 16:
-        raise ConfigError(f"frame.auth_key_file: {p} holds {len(key)} bytes; use at least 16 random bytes")
-    return key
+        return load_frame_key(path, create=create)
+    except ConfigError as e:
+        raise ConfigError(f"frame.auth_key_file: {e}") from e

@@ -8,17 +8,25 @@ control socket for its ``schedule`` (lazy pirate) or, without one, by
 evaluating their own contact plan. :class:`LinkAttachedDaemon` owns all of
 that and the loop around it; a daemon adds its frames, its timers and its
 commands through a few hooks.
+
+With a frame key, the daemon stamps its frames with an epoch that only grows
+and keeps an anti-replay window over its peer's frames (docs/frames.md); both
+live in the daemon's database (``link_state``: the spool or the frame store).
+An exception escaping one loop turn is logged and the loop goes on: a bug or
+a failing resource costs that turn, never the daemon.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+import traceback
+from typing import Any, Mapping, Protocol
 
 import zmq
 
 from gateway.daemon.config import DaemonConfig, read_auth_key
+from gateway.daemon.faults import FaultBoard
 from gateway.errors import ConfigError
 from gateway.protocol.link_window import LinkWindow
 from gateway.transport.contact_plan import ContactPlan, load_contact_plan
@@ -30,6 +38,21 @@ from gateway.transport.link_peer import HEARTBEAT_S, LinkPeer
 from gateway.transport.metrics_http import MetricsServer, serve_metrics
 from gateway.transport.sockets import make_socket
 from packetizer.frame import FrameCodec
+from packetizer.replay import ReplayWindow
+
+LOOP_ERROR_PAUSE_S = 0.05  # after a failed turn, so a persistent fault cannot spin a core
+
+
+class LinkState(Protocol):
+    """Where a daemon keeps its epoch and its peer's replay window (the spool, the frame store)."""
+
+    def next_epoch(self) -> int:
+        """This start's epoch (committed)."""
+        ...
+
+    def peer_window(self) -> tuple[int, int] | None:
+        """The saved (epoch, highest seq) of the peer's frames."""
+        ...
 
 
 class LinkAttachedDaemon:
@@ -50,10 +73,17 @@ class LinkAttachedDaemon:
         *,
         commands: Mapping[str, Handler],
         control_max_bytes: int,
+        link_state: LinkState | None = None,
     ) -> None:
         link, frame, control = cfg.link, cfg.frame, cfg.control
         self.log, self.link_settings = log, link
-        self.codec = FrameCodec(frame.size, read_auth_key(frame.auth_key_file), frame.tag_len)
+        self.faults = FaultBoard(log)
+        key = read_auth_key(frame.auth_key_file, frame.create_key)
+        if key is not None and link_state is not None:
+            self.codec = FrameCodec(frame.size, key, frame.tag_len, epoch=link_state.next_epoch(),
+                                    replay=ReplayWindow.restored(link_state.peer_window()))
+        else:
+            self.codec = FrameCodec(frame.size, key, frame.tag_len)
         self.curve = curve_client_keys(cfg.curve_dir, role)
         self._plan: ContactPlan | None = None
         if link.control is None:
@@ -65,7 +95,8 @@ class LinkAttachedDaemon:
         self.ctx = zmq.Context()
         try:
             self.control = make_socket(self.ctx, zmq.REP, control, bind=True, max_msg_size=control_max_bytes)
-            self.peer = LinkPeer(self.ctx, link.endpoint, self.curve)
+            self.peer = LinkPeer(self.ctx, link.endpoint, self.curve, hello_key=key,
+                                 side="sender" if role == "sender" else "ground")
         except zmq.ZMQError as e:
             self.ctx.destroy(linger=0)
             raise ConfigError(f"control / link.endpoint: cannot open sockets ({e}); pick free endpoints") from None
@@ -138,22 +169,35 @@ class LinkAttachedDaemon:
         """Serve until :meth:`stop`; returns the exit status."""
         try:
             while not self._stopping:
-                now = time.monotonic()
-                link_timer = min(self._next_hello, self._next_schedule)
-                events = self._poll(self._wait_s(now, link_timer))
-                if self.peer.sock in events:
-                    self._on_link_frames()
-                if self.control in events:
-                    self.control_server.serve()
-                now = time.monotonic()
-                self._follow_link(now)
-                self._turn(now)
+                try:
+                    self._one_turn()
+                except Exception as e:  # a failing resource or a bug costs this turn, not the daemon
+                    self._loop_failed(e)
         finally:
             self._shutdown()
             if self.metrics_server is not None:
                 self.metrics_server.close()
             self.ctx.destroy(linger=0)
         return 0
+
+    def _one_turn(self) -> None:
+        now = time.monotonic()
+        link_timer = min(self._next_hello, self._next_schedule)
+        events = self._poll(self._wait_s(now, link_timer))
+        if self.peer.sock in events:
+            self._on_link_frames()
+        if self.control in events:
+            self.control_server.serve()
+        now = time.monotonic()
+        self._follow_link(now)
+        self._turn(now)
+
+    def _loop_failed(self, e: Exception) -> None:
+        """Log an exception that escaped a loop turn (at most every few seconds per kind) and pause briefly."""
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        self.log.throttled(f"loop:{type(e).__name__}", 5, "error", "loop_error", error=f"{type(e).__name__}: {e}",
+                           at=f"{where.filename}:{where.lineno}" if where else None)
+        time.sleep(LOOP_ERROR_PAUSE_S)
 
     def _poll(self, wait_s: float) -> dict[zmq.Socket, int]:
         # The lazy pirate replaces its socket after a lost reply: watch the current one.

@@ -1,4 +1,4 @@
-"""What both daemons' Prometheus collectors export alike: their database and their attachment to the link.
+"""What both daemons' Prometheus collectors export alike: their database, their attachment to the link, their faults.
 
 The sender and the ground station each have a collector of their own
 (:mod:`gateway.sender.metrics`, :mod:`gateway.ground.metrics`); these are the
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
+from gateway.daemon.faults import FaultBoard
 from gateway.protocol.link_window import LinkWindow
 from gateway.store.readonly import open_readonly, size_on_disk, state_counts
 from gateway.transport.metrics_http import CounterSpec, counter_families, gauge, labelled_gauge
@@ -43,3 +44,22 @@ def link_families(prefix: str, window: LinkWindow, frame_size: int, frames: int,
     yield gauge(f"{prefix}_link_capacity_bytes_per_second",
                 f"Forward link capacity in bytes per wall second (utilization: rate(bytes_{moved}) / this)", cap)
     yield gauge(f"{prefix}_frame_size_bytes", "Size of one frame on the wire", frame_size)
+
+
+def fault_families(prefix: str, faults: FaultBoard, resources: Sequence[str]) -> Iterator[Metric]:
+    """``<prefix>_resource_fault{resource}`` (1 while it has a fault) and ``<prefix>_resource_faults_total``.
+
+    ``resources`` are the ones the daemon can report, listed at 0 before their first fault so that an alert on
+    ``== 1`` has a series to look at; a resource reported that is not in the list is exported too.
+    """
+    active = faults.snapshot()
+    onsets = faults.onset_counts()
+    names = list(dict.fromkeys([*resources, *active, *onsets]))
+    yield labelled_gauge(f"{prefix}_resource_fault",
+                         "1 while the resource has a fault (disk full, read-only, file deleted or replaced), else 0",
+                         "resource", {r: 1 if r in active else 0 for r in names})
+    total = CounterMetricFamily(f"{prefix}_resource_faults", "Resource faults that started since the daemon started",
+                                labels=["resource"])
+    for r in names:
+        total.add_metric([r], float(onsets.get(r, 0)))
+    yield total

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from gateway.errors import DaemonError, SatgwError
 from gateway.paths import config_dir
+from gateway.transport.keyfile import ensure_key_file
 from gateway.transport.lazy_pirate import ask
 
 
@@ -48,7 +49,11 @@ class Daemons:
     Endpoints are fresh loopback ports (:attr:`ep`); each daemon logs to
     ``<run_dir>/<name>.log`` and the link traces every frame's fate to
     :attr:`trace`. ``extra_args`` are appended to a daemon's command line (a
-    later ``--config`` replaces the shipped one).
+    later ``--config`` replaces the shipped one). All three share one frame
+    key (:attr:`frame_key`, made in the run folder) as the shipped configs
+    intend: frames are authenticated and only the two daemons may take a side
+    of the link. ``link_auth=False`` starts the link without it (an open link,
+    for tests of what the ground does with forged frames).
     """
 
     def __init__(
@@ -60,11 +65,15 @@ class Daemons:
         *,
         seed: int | None = None,
         extra_args: dict[str, list[str]] | None = None,
+        link_auth: bool = True,
         metrics: bool = False,
         web_port: int | None = None,
     ) -> None:
         self.run_dir = run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.frame_key = run_dir / "frame.key"
+        ensure_key_file(self.frame_key)
+        key = ["--auth-key", str(self.frame_key)]
         p = free_ports(9)
         self.ep = {
             "sender_side": f"tcp://127.0.0.1:{p[0]}", "ground_side": f"tcp://127.0.0.1:{p[1]}",
@@ -78,15 +87,17 @@ class Daemons:
             "link": py + ["link", "--config", link, "--time-scale", str(time_scale),
                           "--sender-side", self.ep["sender_side"], "--ground-side", self.ep["ground_side"],
                           "--control", self.ep["link_control"], "--trace", str(self.trace),
-                          "--stats-interval", "5"] + (["--seed", str(seed)] if seed is not None else []),
+                          "--stats-interval", "5"] + (["--seed", str(seed)] if seed is not None else [])
+                    + (key if link_auth else []),
             # The shipped daemon configs, with endpoints and state folders of this run.
             "receiver": py + ["receiver", "--config", str(config_dir() / "daemons" / "receiver.yaml"),
                               "--store", str(run_dir / "frames.db"), "--outbox", str(self.outbox),
                               "--control", self.ep["receiver"], "--link-endpoint", self.ep["ground_side"],
-                              "--link-control", self.ep["link_control"]],
+                              "--link-control", self.ep["link_control"], *key],
             "sender": py + ["sender", "--config", str(config_dir() / "daemons" / "sender.yaml"),
-                            "--spool", str(run_dir / "spool.db"), "--inbox", str(run_dir / "inbox"),                            "--control", self.ep["sender"], "--link-endpoint", self.ep["sender_side"],
-                            "--link-control", self.ep["link_control"]],
+                            "--spool", str(run_dir / "spool.db"), "--inbox", str(run_dir / "inbox"),
+                            "--control", self.ep["sender"], "--link-endpoint", self.ep["sender_side"],
+                            "--link-control", self.ep["link_control"], *key],
         }
         #: daemon name -> its /metrics URL (empty without ``metrics``)
         self.metrics_url: dict[str, str] = {}
@@ -127,7 +138,7 @@ class Daemons:
         except SatgwError:
             return False
 
-    def wait_ready(self, names: tuple[str, ...] = ("link", "receiver", "sender"), timeout: float = 30.0) -> None:
+    def wait_ready(self, names: tuple[str, ...] = ("link", "receiver", "sender"), timeout: float = 120.0) -> None:
         """Wait until every named daemon answers; raise SatgwError (with a log's end) if one exits or none do."""
         deadline = time.monotonic() + timeout
         waiting = list(names)

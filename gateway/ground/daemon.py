@@ -4,12 +4,21 @@
 that owns the sockets: the DEALER to the link (frames in, ACK frames out), a
 REP control socket for ``satgw status`` and a lazy-pirate REQ to the link's
 control socket (return rate, time scale, availability). Order of operations
-for every batch of frames: verify (CRC, HMAC) -> commit to the frame store ->
-only then acknowledge. ACK frames are paced at the return link's rate;
-between two ACK frames the set of messages to acknowledge grows, so ACKs
-batch by themselves under load and go out at once when idle. Reassembly is
-:meth:`~gateway.store.framestore.FrameStore.assemble` over the stored frames; decoding runs in a
-:class:`~gateway.ground.decode_worker.DecodeWorker`.
+for every batch of frames: verify (CRC, HMAC, replay window) -> commit to the
+frame store -> only then acknowledge. ACK frames are paced at the return
+link's rate; between two ACK frames the set of messages to acknowledge grows,
+so ACKs batch by themselves under load and go out at once when idle.
+Reassembly is :meth:`~gateway.store.framestore.FrameStore.assemble` over the
+stored frames; decoding runs in a :class:`~gateway.ground.decode_worker.DecodeWorker`.
+
+"Delivered" means on disk: a message is acknowledged HELD from assembly
+until its PNG and JSON are durably written (then DONE), and FAILED only when
+its bitstream is itself bad. A decode the host made fail (outbox full or
+read-only, memory, the bundle) is retried with backoff
+(:class:`~gateway.ground.retries.DecodeRetries`) and shown in ``status``; a
+frame store that refuses writes is reported and recovered from without a
+restart. At start the daemon checks its CADC bundle and refuses to run with
+a broken one (:mod:`gateway.ground.bundle_check`).
 """
 
 from __future__ import annotations
@@ -20,9 +29,13 @@ from typing import Any
 
 from gateway.daemon.config import ReceiverConfig
 from gateway.daemon.link_attached import LinkAttachedDaemon
-from gateway.ground.decode_worker import DecodeWorker
+from gateway.errors import BundleError, StoreError
+from gateway.ground.bundle_check import CheckCache, check_decoders, fingerprint
+from gateway.ground.decode_worker import DecodeOutcome, DecodeWorker
+from gateway.ground.meta_waits import MetaWaits
 from gateway.ground.metrics import GroundMetrics
-from gateway.ground.output import DecodeJob
+from gateway.ground.output import DecodeJob, add_source
+from gateway.ground.retries import DecodeRetries
 from gateway.protocol.pacer import Pacer
 from gateway.store.framestore import FrameStore
 from gateway.transport.eventlog import EventLog
@@ -31,6 +44,9 @@ from packetizer.errors import PacketizerError
 
 MAX_ACK_QUEUE = 64  # ACK frames waiting for the return link; older ones are superseded by newer state
 STATUS_MESSAGES = 100  # messages listed by ``status``
+STORE, DECODE = "frame_store", "decode"  # resources reported to the fault board
+#: A DONE or FAILED is repeated in the periodic ACKs for this many ACK intervals (the sender's probes cover the rest).
+REPEAT_FINISHED = 3
 
 
 class ReceiverDaemon(LinkAttachedDaemon):
@@ -41,17 +57,44 @@ class ReceiverDaemon(LinkAttachedDaemon):
         lim = cfg.limits
         self.store = FrameStore(cfg.store, synchronous=cfg.store_synchronous, max_pending=lim.max_pending_messages,
                                 max_frames_per_message=lim.max_frames_per_message)
-        super().__init__("receiver", cfg, log, commands={"status": self._cmd_status}, control_max_bytes=65536)
+        self.worker = worker or DecodeWorker(cfg.decode.worker, cfg.decode.timeout_s)
+        try:
+            self.checked = self._check_bundle(log) if cfg.decode.check_bundle else {"cadc": "not checked"}
+            super().__init__("receiver", cfg, log, commands={"status": self._cmd_status}, control_max_bytes=65536,
+                             link_state=self.store)
+        except BaseException:
+            self.worker.close()
+            self.store.close()
+            raise
         self.ack_pacer = Pacer(1.0, burst=2)
         self.ack_queue: deque[bytes] = deque()
         self.to_ack: set[int] = set()
-        self.waiting_meta: dict[int, float] = {}  # message id -> wall time it stops waiting for META
+        self.meta_waits = MetaWaits(lim.max_pending_messages)
+        self.retries = DecodeRetries(cfg.decode.retry_initial_s, cfg.decode.retry_max_s)
+        self.assemble_again: set[int] = set()  # ready messages whose assembly the store refused
         self.decoding: set[int] = set()
-        self.worker = worker or DecodeWorker(cfg.decode.worker, cfg.decode.timeout_s)
         self.counters: Counter = Counter()
         self._next_periodic = 0.0
         self.metrics = GroundMetrics(self)
         self._serve_metrics(self.metrics.registry)
+
+    def _check_bundle(self, log: EventLog) -> dict[str, Any]:
+        """Round-trip a test picture through the decoders where decodes run; BundleError when broken.
+
+        Skipped when these exact bundle bytes passed before on this host (:class:`CheckCache`).
+        """
+        cache, key = CheckCache(), fingerprint(self.cfg.bundle)
+        known = cache.get(key)
+        if known is not None:
+            log.info("bundle_checked", cached=True, **known)
+            return known
+        outcome = self.worker.check(check_decoders, self.cfg.bundle, self.cfg.decode.timeout_s)
+        if outcome.status != "ok":
+            raise BundleError(f"refusing to start: {outcome.reason}")
+        log.info("bundle_checked", cached=False, **outcome.record)
+        if isinstance(outcome.record.get("cadc"), dict):
+            cache.put(key, outcome.record)
+        return outcome.record
 
     def _scale(self) -> float:
         return self.window.time_scale or 1.0
@@ -62,10 +105,11 @@ class ReceiverDaemon(LinkAttachedDaemon):
         """Resume what the frame store holds, then serve until :meth:`stop`; returns the exit status."""
         for mid in self.store.with_state("assembled"):
             self._submit_decode(mid)
+        now = time.monotonic()
         for mid in self.store.with_state("receiving"):
             st = self.store.ack_state(mid)
             if st is not None and len(st.received) >= self.store.message(mid).k:
-                self._try_assemble(mid, time.monotonic())
+                self._on_ready(mid, now)
         self.log.info("start", store=self.cfg.store, outbox=self.cfg.outbox, link=self.cfg.link.endpoint,
                       hmac=self.codec.auth_key is not None, curve=self.curve is not None, counts=self.store.counts())
         return super().run()
@@ -81,8 +125,11 @@ class ReceiverDaemon(LinkAttachedDaemon):
         wait = max(0.0, min(link_timer, self._next_periodic) - now)
         if self.ack_queue or self.to_ack:
             wait = min(wait, self.ack_pacer.wait(now))
-        if self.decoding or self.waiting_meta:
-            wait = min(wait, 0.02)
+        if self.decoding:
+            wait = min(wait, 0.02)  # the worker's results are polled
+        for due in (self.meta_waits.next_due(), self.retries.next_due()):
+            if due is not None:
+                wait = min(wait, max(0.0, due - now))
         return min(wait, 0.1)
 
     def _on_link_frames(self) -> None:
@@ -90,10 +137,17 @@ class ReceiverDaemon(LinkAttachedDaemon):
 
     def _turn(self, now: float) -> None:
         if now >= self._next_periodic:
-            ack = self.cfg.ack
-            self.to_ack.update(self.store.active_since(time.time() - ack.active_s / self._scale()))
+            ack, wall = self.cfg.ack, time.time()
+            self.to_ack.update(self.store.active_since(wall - ack.active_s / self._scale(),
+                                                       wall - REPEAT_FINISHED * ack.interval_s / self._scale()))
             self._next_periodic = now + ack.interval_s / self._scale()
-        self._check_meta_waits(now)
+            for mid in list(self.assemble_again):
+                self.assemble_again.discard(mid)
+                self._assemble(mid)
+        for mid in self.meta_waits.due(now):
+            self._assemble(mid)
+        for mid in self.retries.due(now):
+            self._submit_decode(mid)
         self._collect_decodes()
         self._send_acks()
 
@@ -114,53 +168,80 @@ class ReceiverDaemon(LinkAttachedDaemon):
             try:
                 batch.append(self.codec.unpack(raw))
             except PacketizerError as e:
-                # CRC errors are the link's bit errors; AuthError means a forged or foreign frame.
+                # CRC errors are the link's bit errors; AuthError means a forged or foreign frame,
+                # ReplayError a recorded one played again.
                 self.counters["bad_" + type(e).__name__] += 1
                 self.counters["bad_frames"] += 1
                 self.log.throttled("bad:" + type(e).__name__, 5, "warning", "bad_frame", error=str(e))
         if not batch:
             return
         now = time.monotonic()
+        window = self.codec.replay.state if self.codec.replay is not None else None
         try:
-            res = self.store.store_batch(batch, time.time())
-        except Exception as e:  # sqlite3 errors: nothing stored, nothing acked; the sender repeats
+            res = self.store.store_batch(batch, time.time(), window)
+        except StoreError as e:  # nothing stored, nothing acked: the sender repeats once the store takes them
             self.counters["store_errors"] += 1
-            self.log.error("store_error", error=f"{type(e).__name__}: {e}")
+            self.faults.report(STORE, str(e))
             return
+        self.faults.clear(STORE)
         self.counters.update(res.counts)
         self.to_ack |= res.touched | res.complete_seen
+        for mid in res.evicted:
+            self.meta_waits.discard(mid)
+        for mid in res.late_meta:
+            self._add_source(mid)
         for mid in res.ready:
-            self._try_assemble(mid, now)
+            self._on_ready(mid, now)
 
-    def _try_assemble(self, mid: int, now: float) -> None:
+    def _add_source(self, mid: int) -> None:
+        """A META frame came after the picture was written without it: put the file name in the record."""
+        try:
+            if add_source(self.cfg.outbox, mid, self.store.message(mid).meta):
+                self.log.info("record_updated", id=mid, note="the META frame came late; source name added")
+        except (OSError, StoreError) as e:
+            self.log.warning("record_update_failed", id=mid, error=str(e))
+
+    def _on_ready(self, mid: int, now: float) -> None:
+        """``mid`` holds at least k frames: assemble it, or first wait a grace period for its META frame."""
         if self.store.state(mid) != "receiving":
             return
         if not self.store.has_meta(mid):
-            deadline = self.waiting_meta.setdefault(mid, now + self.cfg.ack.meta_grace_s / self._scale())
-            if now < deadline:
-                return
-        self.waiting_meta.pop(mid, None)
+            if mid not in self.meta_waits:
+                for cut in self.meta_waits.start(mid, now + self.cfg.ack.meta_grace_s / self._scale()):
+                    self._assemble(cut)  # the wait list is full: the oldest wait ends early
+            return
+        self._assemble(mid)
+
+    def _assemble(self, mid: int) -> None:
+        self.meta_waits.discard(mid)
+        if self.store.state(mid) != "receiving":
+            return
         try:
             data = self.store.assemble(mid, time.time())
         except PacketizerError as e:
             self._fail(mid, f"frames do not assemble: {e}")
             return
+        except StoreError as e:
+            self.faults.report(STORE, str(e))
+            self.assemble_again.add(mid)
+            return
         if data is None:
             return
         self.counters["assembled"] += 1
-        self.to_ack.add(mid)  # complete: committed before this ACK can go out
+        self.to_ack.add(mid)  # HELD: committed before this ACK can go out
         self.log.info("assembled", id=mid, bytes=len(data))
         self._submit_decode(mid)
 
-    def _check_meta_waits(self, now: float) -> None:
-        for mid, deadline in list(self.waiting_meta.items()):
-            if now >= deadline or self.store.has_meta(mid):
-                self.waiting_meta.pop(mid, None)
-                self.waiting_meta[mid] = now  # expired: assemble without waiting further
-                self._try_assemble(mid, now)
-
     def _fail(self, mid: int, reason: str) -> None:
-        self.store.mark_failed(mid, reason, time.time())
+        """The message's bitstream is bad: it fails for good and the sender is told (FAILED)."""
+        self.meta_waits.discard(mid)
+        try:
+            self.store.mark_failed(mid, reason, time.time())
+        except StoreError as e:  # the store cannot record it now: decide again later
+            self.faults.report(STORE, str(e))
+            self.retries.failed(mid, f"cannot record the failure ({e})", time.monotonic())
+            return
+        self.retries.succeeded(mid)
         self.counters["failed"] += 1
         self.to_ack.add(mid)
         self.log.warning("failed", id=mid, reason=reason)
@@ -168,9 +249,14 @@ class ReceiverDaemon(LinkAttachedDaemon):
     # --- decoding ---------------------------------------------------------------------------
 
     def _submit_decode(self, mid: int) -> None:
-        if mid in self.decoding:
+        if mid in self.decoding or self.store.state(mid) != "assembled":
             return
-        attempts = self.store.note_attempt(mid)
+        try:
+            attempts = self.store.note_attempt(mid)
+        except StoreError as e:
+            self.faults.report(STORE, str(e))
+            self.retries.failed(mid, str(e), time.monotonic())
+            return
         if attempts > self.cfg.decode.max_attempts:
             self._fail(mid, f"decoder crashed or timed out {attempts - 1} times on this bitstream")
             return
@@ -180,26 +266,45 @@ class ReceiverDaemon(LinkAttachedDaemon):
             return
         self.decoding.add(mid)
         self.worker.submit(DecodeJob(self.store.message(mid), bitstream, self.cfg.outbox, self.codec.frame_size,
-                                     self.cfg.bundle))
+                                     self.cfg.bundle, self.cfg.limits.max_image_pixels))
 
     def _collect_decodes(self) -> None:
         for outcome in self.worker.poll():
-            mid = outcome.message_id
-            self.decoding.discard(mid)
-            if outcome.status == "ok":
-                rec = outcome.record
-                assert rec is not None
-                self.store.mark_done(mid, {"bpp": rec.bpp, "codec": rec.codec}, time.time())
-                self.counters["decoded"] += 1
-                self.metrics.delivered(rec)
-                self.log.info("decoded", id=mid, source=rec.source_name, codec=rec.codec, bpp=rec.bpp,
-                              decode_s=rec.timings.decode_s)
-            elif outcome.status == "error":
-                self._fail(mid, f"decode failed: {outcome.reason}")
-            else:
-                self.counters["decoder_crashed"] += 1
-                self.log.error("decoder_crashed", id=mid, reason=outcome.reason)
-                self._submit_decode(mid)
+            self.decoding.discard(outcome.message_id)
+            try:
+                self._on_outcome(outcome)
+            except StoreError as e:  # e.g. done but the store cannot say so yet: decode again later
+                self.faults.report(STORE, str(e))
+                self.retries.failed(outcome.message_id, str(e), time.monotonic())
+
+    def _on_outcome(self, outcome: DecodeOutcome) -> None:
+        mid = outcome.message_id
+        if outcome.status == "ok":
+            rec = outcome.record
+            self.store.mark_done(mid, {"bpp": rec.bpp, "codec": rec.codec}, time.time())
+            self.retries.succeeded(mid)
+            self.faults.clear(DECODE)
+            self.to_ack.add(mid)  # DONE: the picture is on disk
+            self.counters["decoded"] += 1
+            self.metrics.delivered(rec)
+            self.log.info("decoded", id=mid, source=rec.source_name, codec=rec.codec, bpp=rec.bpp,
+                          decode_s=rec.timings.decode_s)
+            if rec.source_name is None and self.store.has_meta(mid):
+                self._add_source(mid)  # the META frame came while the picture was being decoded
+        elif outcome.status == "error":
+            self._fail(mid, f"decode failed: {outcome.reason}")
+        elif outcome.status == "retry":
+            self.store.release_attempt(mid)
+            retry = self.retries.failed(mid, outcome.reason or "", time.monotonic())
+            self.counters["decode_retries"] += 1
+            self.faults.report(DECODE, outcome.reason or "")
+            if retry.failures & (retry.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th ... failure: no flood
+                self.log.warning("decode_retry", id=mid, reason=outcome.reason, failures=retry.failures,
+                                 retry_in_s=round(retry.due - time.monotonic(), 2))
+        else:
+            self.counters["decoder_crashed"] += 1
+            self.log.error("decoder_crashed", id=mid, reason=outcome.reason)
+            self._submit_decode(mid)
 
     # --- ACKs out ---------------------------------------------------------------------------
 
@@ -212,7 +317,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
             for mid in sorted(self.to_ack):
                 st = self.store.ack_state(mid)
                 if st is not None:
-                    entries.append(AckEntry(st.message_id, st.n, st.received, st.complete))
+                    entries.append(AckEntry(st.message_id, st.n, st.received, st.status, st.reason))
             self.to_ack.clear()
             if entries:
                 try:
@@ -232,11 +337,17 @@ class ReceiverDaemon(LinkAttachedDaemon):
     # --- commands ---------------------------------------------------------------------------
 
     def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        now = time.monotonic()
         return {
             "ok": True,
             "counts": self.store.counts(),
             "counters": dict(self.counters),
             "messages": self.store.recent(STATUS_MESSAGES),
             "decoding": len(self.decoding),
+            "waiting_meta": len(self.meta_waits),
+            "retrying": [{"id": r.message_id, "reason": r.reason, "failures": r.failures,
+                          "retry_in_s": round(max(0.0, r.due - now), 2)} for r in self.retries.waiting()],
+            "faults": self.faults.snapshot(),
+            "bundle": self.checked,
             "link": self._link_status(),
         }

@@ -6,6 +6,12 @@ one attempt at one message, not the daemon: a child that dies is reported
 ``crashed``, one that takes longer than the timeout is killed and reported
 ``crashed``, and the next job starts a fresh child. Results come back through
 :meth:`DecodeWorker.poll`, which never blocks.
+
+What a failed job means is decided here (:func:`outcome_of`): a bitstream
+that is itself bad is an ``error`` (the message fails for good); a failure
+of the host (disk, memory, a model bundle that does not load or is not the
+sender's) is a ``retry`` (the message is kept and decoded again later); an
+unexpected exception counts like a crash.
 """
 
 from __future__ import annotations
@@ -18,27 +24,56 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from gateway.errors import BundleError, CodecError, HostError, ModelMismatch
 from gateway.ground.output import DecodeJob, OutputRecord, decode_message
 
 Runner = Callable[[DecodeJob], OutputRecord]
+Status = Literal["ok", "error", "retry", "crashed"]
 
 
 @dataclass(frozen=True)
 class DecodeOutcome:
-    """How one job ended: ``ok`` (with the record), ``error`` (a bad bitstream: do not retry) or
-    ``crashed`` (the decoder died or timed out: retry)."""
+    """How one job ended: ``ok`` (with the record), ``error`` (a bad bitstream: do not retry),
+    ``retry`` (the host failed: keep the message, try later) or ``crashed`` (the decoder died,
+    hung or raised something unexpected: retry a bounded number of times)."""
 
     message_id: int
-    status: Literal["ok", "error", "crashed"]
-    record: OutputRecord | None = None
+    status: Status
+    record: Any = None
     reason: str | None = None
 
 
-def _run_job(run: Runner, job: DecodeJob) -> DecodeOutcome:
+@dataclass(frozen=True)
+class CheckJob:
+    """A function to run once in the worker (the start-up check of the decoders), with its argument."""
+
+    fn: Callable[[Any], Any]
+    arg: Any
+    message_id: int = -1
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "memory" in str(e).lower())
+
+
+def outcome_of(message_id: int, e: Exception) -> DecodeOutcome:
+    """The outcome of a job that raised ``e``: whose fault it was decides whether it is tried again."""
+    reason = f"{type(e).__name__}: {e}"
+    if isinstance(e, (HostError, BundleError, ModelMismatch, OSError)) or _is_out_of_memory(e):
+        # ModelMismatch: the ground has another bundle than the sender; installing the right one fixes it.
+        return DecodeOutcome(message_id, "retry", reason=reason)
+    if isinstance(e, CodecError):
+        return DecodeOutcome(message_id, "error", reason=reason)
+    return DecodeOutcome(message_id, "crashed", reason=f"unexpected error in the decoder: {reason}")
+
+
+def _run_job(run: Runner, job: DecodeJob | CheckJob) -> DecodeOutcome:
     try:
+        if isinstance(job, CheckJob):
+            return DecodeOutcome(job.message_id, "ok", record=job.fn(job.arg))
         return DecodeOutcome(job.message_id, "ok", record=run(job))
-    except Exception as e:  # every decoder error becomes a failed message with its reason
-        return DecodeOutcome(job.message_id, "error", reason=f"{type(e).__name__}: {e}")
+    except Exception as e:  # every decoder error becomes an outcome with its reason
+        return outcome_of(job.message_id, e)
 
 
 def _child_main(conn: Any, parent_pid: int, run: Runner) -> None:
@@ -84,6 +119,26 @@ class DecodeWorker:
         if mode == "thread":
             self._thread = threading.Thread(target=self._thread_main, name="decoder", daemon=True)
             self._thread.start()
+
+    def check(self, fn: Callable[[Any], Any], arg: Any, timeout_s: float) -> DecodeOutcome:
+        """Run ``fn(arg)`` once where decodes run (a child process warms up with it) and wait for it.
+
+        Call it before any job is submitted. ``fn`` must be a module-level function in process mode.
+        """
+        job = CheckJob(fn, arg)
+        if self.mode == "thread":
+            return _run_job(self.run, job)
+        self._start_child()
+        try:
+            self._conn.send(job)
+            if not self._conn.poll(timeout_s):
+                self._kill_child()
+                return DecodeOutcome(-1, "crashed", reason=f"the check took longer than {timeout_s:g} s")
+            return self._conn.recv()
+        except (EOFError, OSError):
+            reason = self._death()
+            self._kill_child()
+            return DecodeOutcome(-1, "crashed", reason=reason)
 
     def pending(self) -> int:
         """Jobs submitted and not yet reported."""

@@ -14,15 +14,17 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import Metric
 
-from gateway.daemon.metrics import database_families, link_families
+from gateway.daemon.metrics import database_families, fault_families, link_families
 from gateway.store.framestore import STATES
 from gateway.transport.metrics_http import CounterSpec, counter_families, gauge, snapshot
 
 _REJECTED = "satgw_ground_frames_rejected_total"
-_REJECTED_HELP = "Frames dropped before the frame store, by reason (crc: bit errors on the link; auth: forged or foreign)"
+_REJECTED_HELP = ("Frames dropped before the frame store, by reason (crc: bit errors on the link; auth: forged or "
+                  "foreign; replay: recorded and played again)")
 #: The frame error classes the daemon counts (``bad_<class>``) and the reason label each one gets.
 REJECT_REASONS = {"CRCError": "crc", "AuthError": "auth", "FrameSizeError": "size", "BadMagic": "magic",
-                  "BadVersion": "version", "HeaderError": "header", "FrameError": "malformed", "other": "other"}
+                  "BadVersion": "version", "HeaderError": "header", "FrameError": "malformed", "ReplayError": "replay",
+                  "other": "other"}
 
 COUNTERS = (
     CounterSpec("frames_in", "satgw_ground_frames_received_total",
@@ -43,15 +45,20 @@ COUNTERS = (
     CounterSpec("assembled", "satgw_ground_images_assembled_total", "Messages rebuilt from their frames"),
     CounterSpec("decoded", "satgw_ground_images_delivered_total",
                 "Pictures decoded and written to the outbox (PNG + JSON record)"),
-    CounterSpec("failed", "satgw_ground_images_failed_total", "Messages that failed: frames or bitstream unusable"),
+    CounterSpec("failed", "satgw_ground_images_failed_total",
+                "Messages that failed for good: frames or bitstream unusable (the sender is told: FAILED)"),
     CounterSpec("decoder_crashed", "satgw_ground_decoder_crashes_total",
                 "Decoder processes that died or timed out (the message is retried)"),
+    CounterSpec("decode_retries", "satgw_ground_decode_retries_total",
+                "Decodes the host made fail (outbox full or read-only, memory, the bundle), retried with backoff"),
     CounterSpec("store_errors", "satgw_ground_store_errors_total", "Frame batches the frame store refused"),
 )
 
 DECODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LATENCY_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 FRAME_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+#: The resources the ground station reports to its fault board (gateway.ground.daemon: STORE, DECODE).
+RESOURCES = ("frame_store", "decode")
 
 
 class GroundMetrics:
@@ -59,7 +66,7 @@ class GroundMetrics:
 
     ``daemon`` is the :class:`~gateway.ground.daemon.ReceiverDaemon`; its
     ``counters``, ``cfg.store``, ``codec.frame_size``, ``window``,
-    ``decoding`` and ``ack_queue`` are read when scraped.
+    ``decoding``, ``ack_queue``, ``retries``, ``meta_waits`` and ``faults`` are read when scraped.
     """
 
     def __init__(self, daemon: Any) -> None:
@@ -95,5 +102,11 @@ class GroundMetrics:
                                      "Messages in the frame store by state")
         yield gauge("satgw_ground_decoding_messages", "Messages waiting for or in the decoder", len(d.decoding))
         yield gauge("satgw_ground_ack_queue_frames", "ACK frames waiting for the return link", len(d.ack_queue))
+        yield gauge("satgw_ground_decode_retrying_messages",
+                    "Messages held (every frame in, the sender told HELD) whose decode waits for a retry",
+                    len(d.retries))
+        yield gauge("satgw_ground_meta_waiting_messages", "Complete messages waiting a grace period for their META",
+                    len(d.meta_waits))
+        yield from fault_families("satgw_ground", d.faults, RESOURCES)
         yield from link_families("satgw_ground", d.window, d.codec.frame_size, counters.get("frames_in", 0),
                                  "received", "the ground station sees")

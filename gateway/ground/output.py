@@ -4,7 +4,11 @@
 bitstream header names, then write the PNG and then the JSON record through
 the one atomic writer (:func:`gateway.codec.image_io.write_atomic`). File
 names are deterministic, so redoing a job after a crash rewrites the same
-two files: the outbox never holds a second copy of a message. The record is
+two files: the outbox never holds a second copy of a message. A bitstream
+claiming a picture above the job's ``max_pixels`` is refused from its header,
+before any decoder is loaded. Failures of the host (the decoder does not
+load, the outbox cannot be written) are raised as
+:class:`~gateway.errors.HostError` so the message is kept and tried again. The record is
 built from the frame store's typed :class:`~gateway.store.framestore.StoredMessage`,
 never from storage column names.
 """
@@ -30,6 +34,7 @@ class DecodeJob:
     outbox: str
     frame_size: int
     bundle: str | None = None  # CADC model bundle folder (None: the embedded cadc-tiny)
+    max_pixels: int = 64_000_000  # largest picture (original size) decoded; the header is checked first
 
     @property
     def message_id(self) -> int:
@@ -91,7 +96,8 @@ def decode_message(job: DecodeJob) -> OutputRecord:
     """Decode ``job`` and write ``<outbox>/<id>.png`` then ``<id>.json``; returns the record.
 
     Raises :class:`gateway.errors.BitstreamError` (or another CodecError) for a
-    bad bitstream; nothing is written then.
+    bad bitstream and :class:`gateway.errors.HostError` when the decoder cannot be
+    loaded or the outbox cannot be written; nothing is written then.
     """
     import numpy as np
 
@@ -99,10 +105,13 @@ def decode_message(job: DecodeJob) -> OutputRecord:
     from gateway.codec.base import Knobs
     from gateway.codec.image_io import png_bytes, write_atomic
     from gateway.codec.registry import get_codec
-    from gateway.errors import CodecError
+    from gateway.errors import CodecError, HostError
 
-    header, _ = bs.unpack(job.bitstream)
-    codec = get_codec(header.codec_name, job.bundle)  # loaded once per worker; not part of the decode time
+    header, _ = bs.unpack(job.bitstream, max_pixels=job.max_pixels)
+    try:
+        codec = get_codec(header.codec_name, job.bundle)  # loaded once per worker; not part of the decode time
+    except Exception as e:  # whatever the model library raises, the host's decoder is broken, not the message
+        raise HostError(f"cannot load the {header.codec_name} decoder: {type(e).__name__}: {e}") from e
     t0 = time.perf_counter()
     image, decode_info = codec.decode_with_info(job.bitstream)
     decode_s = time.perf_counter() - t0
@@ -146,6 +155,31 @@ def decode_message(job: DecodeJob) -> OutputRecord:
         png=f"{msg.id}.png",
     )
     out = Path(job.outbox)
-    write_atomic(out / f"{msg.id}.png", png_bytes(image))
-    write_atomic(out / f"{msg.id}.json", record.to_json())
+    png = png_bytes(image)
+    try:
+        write_atomic(out / f"{msg.id}.png", png)
+        write_atomic(out / f"{msg.id}.json", record.to_json())
+    except OSError as e:
+        raise HostError(f"cannot write the picture to the outbox {out}: {e.strerror or e}") from e
     return record
+
+
+def add_source(outbox: str | Path, message_id: int, meta: bytes | None) -> bool:
+    """Fill in ``source_name`` / ``source_bytes`` of a written ``<id>.json`` from a META frame that came late.
+
+    The picture was written after ``ack.meta_grace_s`` without its META frame; the sender still
+    had it and sent it again. Returns whether the record changed (it is rewritten atomically).
+    """
+    from gateway.codec.image_io import write_atomic
+
+    path = Path(outbox) / f"{message_id}.json"
+    info = MessageMeta.unpack(meta)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("source_name") is not None or info.name is None:
+        return False
+    record["source_name"], record["source_bytes"] = info.name, info.size
+    write_atomic(path, (json.dumps(record, indent=1, default=str) + "\n").encode())
+    return True

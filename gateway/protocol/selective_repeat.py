@@ -6,7 +6,14 @@ the spool. :class:`TransmitScheduler` picks the next frame: messages by
 priority (higher first) then age; within a message its META frame first,
 then frames known lost (a later-sent frame of the same message was
 acknowledged, or the retransmit timeout passed), then frames never sent. ACK
-bitmaps mark frames acknowledged; a ``complete`` ACK retires the message.
+bitmaps mark frames acknowledged; what the ground says became of a message
+(:class:`packetizer.ack.AckStatus`) decides the rest: DONE and FAILED retire
+it (the daemon records which), HELD means the ground has every frame it
+needs but has not written the picture yet, so nothing is sent but a *probe*
+now and then (the META frame again, answered with the message's current
+status), at growing intervals up to the RTO's ceiling, until DONE or FAILED
+comes back. A RECEIVING ACK for a held message (the ground lost it) sends it
+again.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from gateway.protocol.rto import RtoEstimator
+from packetizer.ack import AckStatus
 
 META_INDEX = -1  #: pseudo-index of a message's META frame in this module
+#: First probe of a held message after this many RTOs; then twice as long each time, up to the RTO ceiling.
+#: The ground sends DONE by itself (and repeats it), so a probe is the fallback for a DONE lost several times.
+PROBE_RTOS = 16
 
 
 @dataclass
@@ -41,6 +52,9 @@ class _Message:
     sent: int = 0
     retransmitted: int = 0
     max_acked_seq: int = -1
+    held: bool = False  # the ground has what it needs; only probes go out
+    probe_due: float = 0.0
+    probes: int = 0
 
     @property
     def key(self) -> tuple:
@@ -65,7 +79,10 @@ class AckOutcome:
 
     newly_acked: list[int] = field(default_factory=list)
     unacked: list[int] = field(default_factory=list)  # frames the receiver no longer reports (it lost them)
-    complete: bool = False
+    complete: bool = False  # DONE: delivered
+    failed: str | None = None  # FAILED: the ground's reason
+    held: bool = False  # newly HELD
+    released: bool = False  # was held; the ground is receiving it again (it lost what it held)
     ignored: bool = False
 
 
@@ -134,9 +151,34 @@ class TransmitScheduler:
         return [k[2] for k in self._order]
 
     def progress(self, message_id: int) -> dict[str, int]:
-        """Frames acked / total, frames sent, retransmissions of one message."""
+        """Frames acked / total, frames sent, retransmissions, probes of one message."""
         m = self._msgs[message_id]
-        return {"acked": m.acked_count(), "n": m.n, "sent": m.sent, "retransmitted": m.retransmitted}
+        return {"acked": m.acked_count(), "n": m.n, "sent": m.sent, "retransmitted": m.retransmitted,
+                "probes": m.probes}
+
+    def hold(self, message_id: int, now: float) -> None:
+        """Treat ``message_id`` as held by the ground: send nothing but probes, the first one soon."""
+        m = self._msgs.get(message_id)
+        if m is None:
+            return
+        for f in m.frames:
+            f.acked, f.lost = True, False
+        if m.meta is not None:
+            m.meta.acked, m.meta.lost = True, False
+        if not m.held:
+            m.held, m.probes = True, 0
+        m.probe_due = now + self._probe_interval(m)
+
+    def is_held(self, message_id: int) -> bool:
+        """Whether ``message_id`` is held by the ground (only probes go out)."""
+        m = self._msgs.get(message_id)
+        return m is not None and m.held
+
+    def _probe_interval(self, m: _Message) -> float:
+        return min(self.rto.max, self.rto.rto * PROBE_RTOS * 2 ** min(m.probes, 16))
+
+    def _probe_index(self, m: _Message) -> int:
+        return META_INDEX if m.meta is not None else 0
 
     # --- choosing ---------------------------------------------------------------------------
 
@@ -147,9 +189,17 @@ class TransmitScheduler:
         return f.sent_at is not None and now - f.sent_at >= self._timeout(f)
 
     def next(self, now: float) -> Send | None:
-        """The frame to send at ``now``, or None if every queued frame is acked or in flight."""
+        """The frame to send at ``now``, or None if every queued frame is acked or in flight.
+
+        Probes of held messages go last: only when no message has a frame to send.
+        """
+        probe: Send | None = None
         for key in self._order:
             m = self._msgs[key[2]]
+            if m.held:
+                if probe is None and now >= m.probe_due:
+                    probe = Send(m.mid, self._probe_index(m), True)
+                continue
             if m.meta is not None and not m.meta.acked:
                 if m.meta.tx == 0:
                     return Send(m.mid, META_INDEX, False)
@@ -176,12 +226,15 @@ class TransmitScheduler:
                 m.meta.lost or (self._expired(m.meta, now) and all(f.acked for f in m.frames))
             ):
                 return Send(m.mid, META_INDEX, True)
-        return None
+        return probe
 
     def next_deadline(self, now: float) -> float | None:
         """Earliest wall time at which a retransmit timeout fires (for the event loop's sleep)."""
         best: float | None = None
         for m in self._msgs.values():
+            if m.held:
+                best = m.probe_due if best is None else min(best, m.probe_due)
+                continue
             states = list(m.frames)
             if m.meta is not None and not m.meta.acked and all(f.acked for f in m.frames):
                 states.append(m.meta)
@@ -198,6 +251,12 @@ class TransmitScheduler:
         """Record that a frame went out at ``now`` (limits are checked by :meth:`over_limit`)."""
         m = self._msgs.get(message_id)
         if m is None:
+            return
+        if m.held:  # a probe: counted, and the next one later
+            m.probes += 1
+            m.probe_due = now + self._probe_interval(m)
+            m.sent += 1
+            self.frames_sent += 1
             return
         f = m.meta if index == META_INDEX else m.frames[index]
         if f is None:
@@ -217,6 +276,8 @@ class TransmitScheduler:
         """Messages with a frame sent ``max_transmissions`` times whose last try also timed out."""
         out = []
         for m in self._msgs.values():
+            if m.held:
+                continue
             for i, f in enumerate(m.frames):
                 if not f.acked and f.tx >= self.max_tx and (f.lost or self._expired(f, now)):
                     out.append((m.mid, f"frame {i} was sent {f.tx} times without being acknowledged"))
@@ -225,22 +286,40 @@ class TransmitScheduler:
 
     # --- acknowledgements -------------------------------------------------------------------
 
-    def on_ack(self, message_id: int, n: int, received: frozenset[int], complete: bool, now: float) -> AckOutcome:
-        """Digest one ACK entry: mark frames acked, detect holes, sample the RTT."""
+    def on_ack(
+        self,
+        message_id: int,
+        n: int,
+        received: frozenset[int],
+        status: AckStatus,
+        now: float,
+        reason: str | None = None,
+    ) -> AckOutcome:
+        """Digest one ACK entry: the message's status, frames acked, holes, an RTT sample."""
         out = AckOutcome()
         m = self._msgs.get(message_id)
-        if m is None:
-            out.ignored = True
-            return out
-        if complete:
-            out.complete = True
-            out.newly_acked = [i for i, f in enumerate(m.frames) if not f.acked]
-            for f in m.frames:
-                f.acked = True
-            return out
-        if n != m.n or any(not 0 <= i < m.n for i in received):
+        if m is None or n != m.n:
             out.ignored = True  # not about the message we sent: foreign or stale
             return out
+        if status in (AckStatus.DONE, AckStatus.FAILED, AckStatus.HELD):
+            out.newly_acked = [i for i, f in enumerate(m.frames) if not f.acked]
+            if status == AckStatus.DONE:
+                out.complete = True
+            elif status == AckStatus.FAILED:
+                out.failed = reason or "the ground station gave no reason"
+            elif not m.held:
+                out.held = True
+            if not m.held or status != AckStatus.HELD:
+                self.hold(message_id, now)  # nothing to send any more (but probes until it is recorded)
+            return out
+        if any(not 0 <= i < m.n for i in received):
+            out.ignored = True
+            return out
+        if m.held:
+            m.held = False  # the ground is receiving it again: it lost what it held, META included
+            out.released = True
+            if m.meta is not None:
+                m.meta.acked, m.meta.tx, m.meta.sent_at = False, 0, None
         for i, f in enumerate(m.frames):
             if i in received:
                 if not f.acked:

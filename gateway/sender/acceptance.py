@@ -3,7 +3,10 @@
 A job is an image and its options (codec, budget in frames, priority,
 parity); what is not given comes from the config's ``defaults``. Anything
 wrong raises :class:`gateway.errors.RequestError` with the reason, which goes
-back to whoever asked.
+back to whoever asked: the image is checked here, its size from the header
+before any pixel is decoded, then decoded once, so a text file, a truncated
+photo or a decompression bomb is refused at ``satgw send`` instead of
+becoming a job that fails later.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from gateway.codec.image_io import probe_image
 from gateway.daemon.config import SenderDefaults, SenderLimits
 from gateway.errors import RequestError
 
@@ -56,4 +60,5 @@ def check_job(
         raise RequestError(
             f"parity = {values['parity']} leaves no data frames in a budget of {values['packets']} packets"
         )
+    probe_image(image, limits.max_pixels)
     return Job(image, name, codec, values["packets"], values["priority"], values["parity"])

@@ -4,6 +4,12 @@ Rate control and CADC analysis take tens of milliseconds to seconds, so they
 run here, off the event loop: a slow encode never stalls pacing or ACKs. The
 thread talks to the loop only through the spool (durable) and a queue of
 message ids that are ready to send.
+
+The thread never dies of a failure: a job the encoder cannot do (a bad image,
+no setting fits) fails with its reason; a spool that cannot be written (disk
+full, read-only) leaves the job ``accepted``, is reported to the fault board,
+and the thread tries again after a pause that doubles up to
+:data:`MAX_PAUSE_S`, so jobs move again as soon as space returns.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.daemon.config import SenderConfig
+from gateway.daemon.faults import FaultBoard
 from gateway.errors import SatgwError
 from gateway.protocol.meta import MessageMeta
 from gateway.store.spool import MessageRow, Spool
@@ -24,16 +31,23 @@ from packetizer.frame import Frame, FrameCodec, FrameType
 if TYPE_CHECKING:
     from gateway.sender.metrics import SenderMetrics
 
+FIRST_PAUSE_S = 0.5
+MAX_PAUSE_S = 30.0
+SPOOL = "spool"  # the resource reported to the fault board
+
 
 class Encoder(threading.Thread):
     """Encodes accepted jobs (rate control + packetizer) and hands their ids to the event loop."""
 
-    def __init__(self, cfg: SenderConfig, codec: FrameCodec, log: EventLog, done: "queue.Queue[int]",
-                 metrics: "SenderMetrics | None" = None) -> None:
+    def __init__(
+        self, cfg: SenderConfig, codec: FrameCodec, log: EventLog, done: "queue.Queue[int]", faults: FaultBoard,
+        metrics: "SenderMetrics | None" = None,
+    ) -> None:
         super().__init__(name="encoder", daemon=True)
-        self.cfg, self.codec, self.log, self.done, self.metrics = cfg, codec, log, done, metrics
+        self.cfg, self.codec, self.log, self.done, self.faults, self.metrics = cfg, codec, log, done, faults, metrics
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.failures = 0  #: rounds that failed (the spool refused, or a bug) since start
 
     def stop(self) -> None:
         """Ask the thread to finish after the job in hand."""
@@ -41,44 +55,66 @@ class Encoder(threading.Thread):
         self.wake.set()
 
     def run(self) -> None:
-        spool = Spool(self.cfg.spool, self.cfg.spool_synchronous)  # its own connection: one per thread
+        spool: Spool | None = None
+        pause = FIRST_PAUSE_S
         try:
             while not self.stopping.is_set():
-                jobs = spool.list(["accepted"], limit=16)
-                for row in jobs:
-                    if self.stopping.is_set():
-                        break
-                    self._encode(spool, row)
-                if not jobs:
+                try:
+                    if spool is None:
+                        spool = Spool(self.cfg.spool, self.cfg.spool_synchronous)  # its own connection: one per thread
+                    busy = self._round(spool)
+                except Exception as e:  # the spool refused, or a bug: the jobs stay accepted; try again later
+                    self.failures += 1
+                    self.faults.report(SPOOL, f"the encoder cannot use the spool: {type(e).__name__}: {e}")
+                    self.wake.wait(pause)
+                    self.wake.clear()
+                    pause = min(MAX_PAUSE_S, pause * 2)
+                    continue
+                pause = FIRST_PAUSE_S
+                if not busy:
                     self.wake.wait(1.0)
                     self.wake.clear()
         finally:
-            spool.close()
+            if spool is not None:
+                spool.close()
+
+    def _round(self, spool: Spool) -> bool:
+        """Encode up to 16 accepted jobs; False when there were none."""
+        jobs = spool.list(["accepted"], limit=16)
+        for row in jobs:
+            if self.stopping.is_set():
+                break
+            self._encode(spool, row)
+        return bool(jobs)
 
     def _encode(self, spool: Spool, row: MessageRow) -> None:
+        """Encode one job. Spool errors propagate (the job stays accepted); job errors fail the job."""
         from gateway.codec.image_io import read_rgb
         from gateway.codec.registry import get_codec
         from gateway.ratecontrol import Budget, fit
         from packetizer.segment import split_message
 
+        image = spool.image(row.id)
         t0 = time.perf_counter()
         try:
-            arr = read_rgb(spool.image(row.id), self.cfg.limits.max_pixels)
+            arr = read_rgb(image, self.cfg.limits.max_pixels)
             budget = Budget.for_frames(row.packets, self.codec, row.parity)
             result = fit(get_codec(row.codec, self.cfg.bundle), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
             payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(
                 self.codec.payload_capacity)
-            spool.mark_encoded(row.id, result.bitstream, result.as_dict(), frames,
-                               Frame(FrameType.META, row.id, 0, k, n, payload))
-        except (SatgwError, PacketizerError, OSError, ValueError) as e:
-            # Budget errors, undecodable images, bad codec names: the job fails, the daemon goes on.
-            self._fail(spool, row, f"{type(e).__name__}: {e}", "warning")
+        except SatgwError as e:  # a bad image, no setting fits: the message says why
+            self._fail(spool, row, str(e), "warning")
             return
-        except Exception as e:  # a codec bug must fail one job, not the daemon
+        except (PacketizerError, OSError, ValueError) as e:
+            self._fail(spool, row, f"the image cannot be encoded: {type(e).__name__}: {e}", "warning")
+            return
+        except Exception as e:  # a codec bug must fail one job, not the thread
             self._fail(spool, row, f"internal error while encoding: {type(e).__name__}: {e}", "error")
             return
+        spool.mark_encoded(row.id, result.bitstream, result.as_dict(), frames,
+                           Frame(FrameType.META, row.id, 0, k, n, payload))
         seconds = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.encoded(seconds)
@@ -87,7 +123,7 @@ class Encoder(threading.Thread):
         self.done.put(row.id)
 
     def _fail(self, spool: Spool, row: MessageRow, reason: str, level: str) -> None:
-        spool.mark_failed(row.id, reason)
+        spool.mark_failed(row.id, reason)  # a spool error here propagates: the job is tried again later
         if self.metrics is not None:
             self.metrics.encode_failed()
         self.log.log(level, "encode_failed", id=row.id, source=row.source_name, reason=reason)

@@ -1,18 +1,23 @@
 """The ground station's durable frame store (SQLite, WAL), and reassembly from it.
 
 Frames are committed here *before* they are acknowledged, so an ACK never
-promises something a crash could lose. A message moves through::
+promises something a crash could lose. A message moves through (and is
+acknowledged as, :class:`packetizer.ack.AckStatus`)::
 
-    receiving ─▶ assembled ─▶ done
-         │            └──────▶ failed (reason: bitstream or decode error)
+    receiving ─▶ assembled ─▶ done                 RECEIVING ─▶ HELD ─▶ DONE
+         │            └──────▶ failed (reason)                     └──▶ FAILED
          └──▶ failed (reason: frames do not assemble)
 
 :meth:`FrameStore.assemble` rebuilds a message from its stored frames with
 :func:`packetizer.segment.assemble` (erasure decoding included): this is the
 ground station's only reassembly path. ``assembled`` keeps the reassembled
-bitstream (its frames are dropped in the same transaction); ``done`` means ``<id>.png`` and ``<id>.json`` are in the
-outbox. Rows of finished messages stay (without blobs) so duplicates and
-retransmissions are recognized forever and never produce a second output.
+bitstream (its frames are dropped in the same transaction) until the
+picture is written: ``done`` means ``<id>.png`` and ``<id>.json`` are durably in the
+outbox, and only then is the bitstream dropped. ``failed`` is for a bitstream
+that is itself bad; a decode the host made fail (disk, memory, bundle) leaves
+the message ``assembled`` to be tried again. Rows of finished messages stay
+(without blobs) so duplicates and retransmissions are recognized forever and
+never produce a second output.
 
 Bounded memory and disk: a message must declare sane ``k``/``n`` before any
 frame of it is kept, frames that disagree with the first one seen are
@@ -30,15 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
-from gateway.store import frame_rows
+from gateway.store import frame_rows, link_state
 from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
 from gateway.store.readonly import state_counts
-from gateway.store.sqlite import open_durable_db
+from gateway.store.sqlite import open_durable_db, transaction
+from packetizer.ack import AckStatus
 from packetizer.frame import Frame, FrameType
 from packetizer.segment import assemble
 
 #: A message's states, in the order it moves through them.
 STATES = ("receiving", "assembled", "done", "failed")
+#: How each message state is acknowledged.
+_ACK_STATUS = {"receiving": AckStatus.RECEIVING, "assembled": AckStatus.HELD, "done": AckStatus.DONE,
+               "failed": AckStatus.FAILED}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
@@ -60,9 +69,11 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_state ON messages(state, last_at);
+CREATE INDEX IF NOT EXISTS messages_done ON messages(done_at);
 CREATE TABLE IF NOT EXISTS frames ({FRAME_COLUMNS},
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
+{link_state.SETTINGS_SCHEMA}
 """
 
 
@@ -73,6 +84,8 @@ class BatchResult:
     touched: set[int] = field(default_factory=set)  #: messages that got a new frame or META
     complete_seen: set[int] = field(default_factory=set)  #: frames for messages already assembled/done
     ready: set[int] = field(default_factory=set)  #: receiving messages that now hold >= k frames
+    evicted: set[int] = field(default_factory=set)  #: incomplete messages dropped to make room
+    late_meta: set[int] = field(default_factory=set)  #: done messages whose META frame came only now
     counts: Counter = field(default_factory=Counter)  #: stored, duplicate, inconsistent, refused, evicted, meta
 
 
@@ -104,12 +117,18 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class AckState:
-    """What to acknowledge for one message."""
+    """What to acknowledge for one message: its status, the indices stored while RECEIVING, why it FAILED."""
 
     message_id: int
     n: int
     received: frozenset[int]
-    complete: bool
+    status: AckStatus
+    reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the message is delivered (its picture is written)."""
+        return self.status == AckStatus.DONE
 
 
 class FrameStore:
@@ -142,22 +161,25 @@ class FrameStore:
         m = self._msgs.get(message_id)
         return None if m is None else m[0]
 
-    def store_batch(self, frames: list[Frame], now: float | None = None) -> BatchResult:
+    def store_batch(
+        self, frames: list[Frame], now: float | None = None, peer_window: tuple[int, int] | None = None
+    ) -> BatchResult:
         """Validate and durably store DATA, PARITY and META frames in one transaction.
 
         Returns which messages changed; nothing in the result is acknowledged
-        before this method returns (i.e. before the commit).
+        before this method returns (i.e. before the commit). ``peer_window`` (the
+        sender's replay window, docs/frames.md) is committed with the frames.
+        Raises :class:`StoreError` (:class:`StoreUnavailable` when the disk refuses):
+        then nothing was stored and the in-memory index matches the database again.
         """
         now = time.time() if now is None else now
         res = BatchResult()
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for f in frames:
-                self._store_one(f, now, res)
-            db.execute("COMMIT")
+            with transaction(self.db, f"frame store {self.path}: cannot store {len(frames)} frames"):
+                for f in frames:
+                    self._store_one(f, now, res)
+                link_state.save_peer_window(self.db, peer_window)
         except BaseException:
-            db.execute("ROLLBACK")
             # Roll the in-memory index back to what the database holds.
             self._reload_index()
             raise
@@ -191,13 +213,15 @@ class FrameStore:
             res.counts["inconsistent"] += 1
             return
         if f.type == FrameType.META:
-            if state in ("receiving", "assembled"):
+            if state in ("receiving", "assembled", "done"):
                 cur = self.db.execute("UPDATE messages SET meta=? WHERE id=? AND meta IS NULL", (f.payload, mid))
                 if cur.rowcount:
                     res.touched.add(mid)
                     res.counts["meta"] += 1
                     if state == "receiving" and self._have(mid) >= k:
                         res.ready.add(mid)
+                    elif state == "done":
+                        res.late_meta.add(mid)  # came after the grace period: the record gets its name now
                     return
             res.counts["duplicate"] += 1
             if state != "receiving":
@@ -235,6 +259,7 @@ class FrameStore:
         self._msgs.pop(mid, None)
         self._pending -= 1
         res.counts["evicted"] += 1
+        res.evicted.add(mid)
 
     def frames_of(self, message_id: int) -> list[Frame]:
         """Stored DATA/PARITY frames of a receiving message, as :class:`Frame` objects."""
@@ -288,8 +313,7 @@ class FrameStore:
     def mark_assembled(self, message_id: int, bitstream: bytes, now: float | None = None) -> None:
         """receiving -> assembled: keep the bitstream, drop the frames (one commit)."""
         now = time.time() if now is None else now
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db, f"frame store {self.path}: cannot commit assembled message {message_id}"):
             self.db.execute(
                 "UPDATE messages SET state='assembled', bitstream=?, assembled_at=? WHERE id=? AND state='receiving'",
                 (bitstream, now, message_id),
@@ -298,17 +322,24 @@ class FrameStore:
         self._set_state(message_id, "assembled")
 
     def note_attempt(self, message_id: int) -> int:
-        """Count one decode attempt (committed before decoding); returns the count so far."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        """Count one decode attempt (committed before decoding); returns the count so far.
+
+        An attempt that ends with an answer the host is to blame for is given back
+        (:meth:`release_attempt`): the count is of decodes that crashed or hung.
+        """
+        with transaction(self.db, f"frame store {self.path}: cannot count a decode attempt of {message_id}"):
             self.db.execute("UPDATE messages SET attempts=attempts+1 WHERE id=?", (message_id,))
         return int(self.db.execute("SELECT attempts FROM messages WHERE id=?", (message_id,)).fetchone()[0])
 
+    def release_attempt(self, message_id: int) -> None:
+        """Give back the attempt counted for a decode that failed for a reason of the host."""
+        with transaction(self.db, f"frame store {self.path}: cannot update message {message_id}"):
+            self.db.execute("UPDATE messages SET attempts=MAX(attempts-1, 0) WHERE id=?", (message_id,))
+
     def mark_done(self, message_id: int, result: dict[str, Any], now: float | None = None) -> None:
-        """assembled -> done: outputs written; the bitstream is dropped."""
+        """assembled -> done: the picture and its record are durably written; only now is the bitstream dropped."""
         now = time.time() if now is None else now
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db, f"frame store {self.path}: cannot record message {message_id} done"):
             self.db.execute(
                 "UPDATE messages SET state='done', done_at=?, result=?, bitstream=NULL WHERE id=? AND state='assembled'",
                 (now, json.dumps(result, default=str), message_id),
@@ -316,10 +347,9 @@ class FrameStore:
         self._set_state(message_id, "done")
 
     def mark_failed(self, message_id: int, reason: str, now: float | None = None) -> None:
-        """receiving/assembled -> failed with a reason (still ACKed complete: resending cannot help)."""
+        """receiving/assembled -> failed with a reason (ACKed FAILED: resending cannot help)."""
         now = time.time() if now is None else now
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db, f"frame store {self.path}: cannot record message {message_id} failed"):
             self.db.execute(
                 "UPDATE messages SET state='failed', done_at=?, reason=?, bitstream=NULL WHERE id=?",
                 (now, reason, message_id),
@@ -340,19 +370,38 @@ class FrameStore:
         if m is None:
             return None
         state, _, n = m
-        if state != "receiving":
-            return AckState(message_id, n, frozenset(), True)
+        status = _ACK_STATUS[state]
+        if status == AckStatus.FAILED:
+            r = self.db.execute("SELECT reason FROM messages WHERE id=?", (message_id,)).fetchone()
+            return AckState(message_id, n, frozenset(), status, r[0] if r else None)
+        if status != AckStatus.RECEIVING:
+            return AckState(message_id, n, frozenset(), status)
         idx = frozenset(int(r[0]) for r in self.db.execute("SELECT idx FROM frames WHERE message_id=?", (message_id,)))
-        return AckState(message_id, n, idx, False)
+        return AckState(message_id, n, idx, status)
 
     def with_state(self, state: str) -> list[int]:
         """Ids of messages in ``state``, oldest activity first."""
         return [int(r[0]) for r in self.db.execute("SELECT id FROM messages WHERE state=? ORDER BY last_at", (state,))]
 
-    def active_since(self, t: float) -> list[int]:
-        """Receiving messages with a frame since ``t`` (for periodic ACKs)."""
-        rows = self.db.execute("SELECT id FROM messages WHERE state='receiving' AND last_at>=?", (t,))
+    def active_since(self, t: float, finished_since: float | None = None) -> list[int]:
+        """Messages to acknowledge again (periodic ACKs): receiving ones with a frame since ``t``, and
+        ones finished (done or failed) since ``finished_since``, so a lost DONE or FAILED is repeated."""
+        rows = self.db.execute(
+            "SELECT id FROM messages WHERE state='receiving' AND last_at>=? "
+            "UNION SELECT id FROM messages WHERE done_at>=?",
+            (t, float("inf") if finished_since is None else finished_since),
+        )
         return [int(r[0]) for r in rows]
+
+    # --- the authenticated link's state (docs/frames.md, Replay window) ----------------------
+
+    def next_epoch(self, now: float | None = None) -> int:
+        """This start's epoch for stamping ACK frames (committed)."""
+        return link_state.next_epoch(self.db, time.time() if now is None else now)
+
+    def peer_window(self) -> tuple[int, int] | None:
+        """The saved state of the window over the sender's frames (committed with every batch)."""
+        return link_state.load_peer_window(self.db)
 
     def counts(self) -> dict[str, int]:
         """Messages per state."""

@@ -130,6 +130,15 @@ class Section:
             self.fail(path, f"must be between {lo} and {hi}, got {v}")
         return int(v)
 
+    def boolean(self, key: str, default: bool) -> bool:
+        """true or false (YAML booleans only: ``yes``/``1`` in quotes are refused as ambiguous)."""
+        v = self._value(key, default)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            self.fail(self.key_path(key), f"must be true or false, got {show(v)}")
+        return v
+
     def string(self, key: str, default: str) -> str:
         """Text (possibly empty)."""
         v = self._value(key, default)

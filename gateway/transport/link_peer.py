@@ -8,9 +8,12 @@ Every message is multipart ``[kind, *payload]``:
 * ``[FRAME, frame_bytes]``: one frame. From the sender side it goes through the
   forward channel to the ground side; from the ground side (ACKs) through the
   return channel to the sender side.
-* ``[HELLO]``: a heartbeat. Peers send one on connect and every
-  ``HEARTBEAT_S`` seconds; the link sends frames to the peer it heard from last
-  on that side (so a restarted peer is picked up at its first heartbeat).
+* ``[HELLO]`` or ``[HELLO, signed]``: a heartbeat. Peers send one on connect
+  and every ``HEARTBEAT_S`` seconds; the link sends frames to the peer it last
+  accepted a hello from on that side (so a restarted peer is picked up at its
+  first heartbeat). A peer with the frame key signs its hellos
+  (:mod:`gateway.transport.hello`); a link with the key accepts only signed
+  ones, and only frames from the peer so accepted.
 
 Control requests and replies are msgpack maps (see
 :mod:`gateway.transport.control_server`): ``{"cmd": "stats"}`` returns the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import zmq
 
 from gateway.transport.curve import CurveKeys
+from gateway.transport.hello import sign_hello
 from gateway.transport.sockets import make_socket
 
 FRAME = b"F"
@@ -35,15 +39,25 @@ class LinkPeer:
     Not thread safe: use it from one thread (ZMQ sockets are single-threaded).
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, curve: CurveKeys | None = None) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        curve: CurveKeys | None = None,
+        *,
+        hello_key: bytes | None = None,
+        side: str = "sender",
+    ) -> None:
         self.sock = make_socket(ctx, zmq.DEALER, endpoint, bind=False, curve=curve)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.hello_key, self.side = hello_key, side
         self.send_hello()
 
     def send_hello(self) -> None:
-        """Tell the link this peer is (still) here."""
+        """Tell the link this peer is (still) here (signed when the peer has the frame key)."""
+        parts = [HELLO] if self.hello_key is None else [HELLO, sign_hello(self.hello_key, self.side)]
         try:
-            self.sock.send(HELLO, zmq.NOBLOCK)
+            self.sock.send_multipart(parts, zmq.NOBLOCK)
         except zmq.Again:
             pass
 

@@ -29,7 +29,10 @@ REFRESH_S = 0.5  #: outbox and frame store are looked at this often
 LIVE_EVERY = 2  #: the daemons are asked every this many refreshes
 MAX_IMAGES = 200  #: pictures on the page (newest); older ones stay in the outbox
 MAX_LISTED = 50  #: arriving, failed and queued messages listed
-SENDER_ACTIVE = ("accepted", "encoded", "in_flight")
+SENDER_ACTIVE = ("accepted", "encoded", "in_flight", "held")
+#: The sender's queue as listed: on the air first, then held (the ground has every frame and is writing the
+#: picture), then what waits.
+QUEUE_ORDER = ("in_flight", "held", "encoded", "accepted")
 
 
 def setting_text(codec: str | None, setting: dict[str, Any] | None) -> str:
@@ -130,6 +133,7 @@ class PageState:
         self._live["ground"] = {
             "reachable": ground is not None, "asked": ep.receiver is not None,
             "counters": (ground or {}).get("counters", {}), "decoding": (ground or {}).get("decoding"),
+            "faults": (ground or {}).get("faults", {}), "retrying": (ground or {}).get("retrying", []),
         }
         self._live["link"] = self.link_panel.update(replies)
         if sender is None:
@@ -144,6 +148,7 @@ class PageState:
                 queue.append({k: m.get(k) for k in ("id", "state", "priority", "codec", "source_name", "n", "acked",
                                                     "sent", "retransmitted")})
         # What is on the air first, then what waits: the order the sender works in.
-        queue.sort(key=lambda m: (SENDER_ACTIVE[::-1].index(m["state"]), -(m["priority"] or 0), m["id"]))
+        queue.sort(key=lambda m: (QUEUE_ORDER.index(m["state"]), -(m["priority"] or 0), m["id"]))
         self._live["sender"] = {"reachable": True, "asked": True, "counts": sender.get("counts", {}),
-                                "queue": queue[:MAX_LISTED], "rto_s": sender.get("rto_s")}
+                                "queue": queue[:MAX_LISTED], "rto_s": sender.get("rto_s"),
+                                "faults": sender.get("faults", {})}

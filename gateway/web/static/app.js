@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { doc: null, cards: new Map() };
+const state = { doc: null, cards: new Map(), retrying: new Map() };
 
 // --- formatting: every number with its unit ---------------------------------------------------
 const int = (v) => (v === null || v === undefined ? "–" : Math.round(v).toLocaleString("en-US"));
@@ -124,6 +124,15 @@ function renderLink(link) {
   setText("link-note", src ? `From ${src}; rates over the last ${link.window_s} s.` : "No daemon answers: link state unknown.");
 }
 
+// The fault board of a daemon's status (disk full, read-only, a file deleted): "none", or each resource and why.
+function renderFaults(id, reachable, faults) {
+  const e = $(id);
+  const list = Object.entries(faults || {});
+  const text = !reachable ? "–" : list.length ? list.map(([r, f]) => `${r.replace("_", " ")}: ${f.error}`).join("; ") : "none";
+  if (e.textContent !== text) e.textContent = text;
+  e.classList.toggle("bad", reachable && list.length > 0);
+}
+
 function renderGround(g) {
   const c = g.counts || {};
   for (const k of ["done", "receiving", "assembled", "failed"]) setText(`g-${k}`, int(c[k] || 0));
@@ -134,12 +143,15 @@ function renderGround(g) {
   setText("g-crc", g.reachable ? int(n.bad_CRCError || 0) : "–");
   setText("g-auth", g.reachable ? int(n.bad_AuthError || 0) : "–");
   setText("g-dup", g.reachable ? int(n.duplicate || 0) : "–");
+  renderFaults("g-faults", g.reachable, g.faults);
+  state.retrying = new Map((g.retrying || []).map((r) => [r.id, r]));
 }
 
 function renderSender(s) {
   pill("sender-reach", s.reachable ? "reachable" : s.asked ? "not answering" : "not configured", s.reachable ? "ok" : "unknown");
   const c = s.counts || {};
   for (const k of ["accepted", "encoded", "in_flight", "delivered"]) setText(`s-${k}`, s.reachable ? int(c[k] || 0) : "–");
+  renderFaults("s-faults", s.reachable, s.faults);
   const body = $("sender-queue");
   body.replaceChildren();
   for (const m of s.queue || []) {
@@ -160,7 +172,10 @@ function renderArriving(list) {
   ul.replaceChildren();
   for (const m of list) {
     const pct = Math.min(100, Math.round((100 * m.received) / Math.max(1, m.k)));
-    const label = m.state === "assembled" ? "decoding…" : `${m.received}/${m.k} frames`;
+    // assembled: every frame is in (the sender holds the job); a decode the host made fail is retried
+    const retry = m.state === "assembled" && state.retrying ? state.retrying.get(m.id) : undefined;
+    const label = retry ? `decode retry in ${fmt.seconds(retry.retry_in_s)}: ${retry.reason}`
+      : m.state === "assembled" ? "decoding…" : `${m.received}/${m.k} frames`;
     const bar = el("span");
     bar.style.width = `${pct}%`; // CSSOM, not a style attribute: the page's CSP allows no inline styles
     ul.append(el("li", { "data-id": String(m.id) },
