@@ -44,12 +44,16 @@ def _config(**codec: Any) -> CADCConfig:
 
 @pytest.fixture(scope="module")
 def codec() -> CADCCodec:
-    """A random-init cadc-tiny whose λ gains are widened so that its symbols are not all zero."""
+    """A random-init cadc-tiny whose λ gains are widened so that its symbols are not all zero, and whose
+    colour correction (zero-initialised: the identity) is given a last layer that changes the picture."""
     torch.manual_seed(0)
     model = CADCModel(_config())
     with torch.no_grad():
         k = model.log_gain.shape[0]
         model.log_gain.copy_(torch.linspace(6.0, 3.0, k).view(k, 1).expand_as(model.log_gain))
+        assert model.color is not None
+        torch.nn.init.normal_(model.color.net[-1].weight, std=0.05)
+        model.color.net[-1].bias.copy_(torch.tensor([0.05, -0.03, 0.02]))
     return CADCCodec(model)
 
 
@@ -69,7 +73,8 @@ def _latent_input(codec: CADCCodec, image: np.ndarray, knobs: Knobs = Knobs(200,
 
 
 def test_a_picture_that_fits_one_tile_decodes_as_before_tiling(codec: CADCCodec) -> None:
-    """Default tiles: a small picture takes the untiled path, bit for bit the pre-tiling pipeline."""
+    """Default tiles: a small picture takes the untiled path, bit for bit the pre-tiling pipeline
+    (the VAE decoder followed by the colour correction: ``model.decode_pixels``)."""
     img = _image()
     data = codec.encode(codec.analyze(img), Knobs(200, 100), (256, 192))
     out, info = codec.decode_with_info(data)
@@ -81,8 +86,10 @@ def test_a_picture_that_fits_one_tile_decodes_as_before_tiling(codec: CADCCodec)
         l_t = model.synthesize_latent(y_hat, inv_gain)
         text, _ = model.text(None, 1, l_t.device, l_t.dtype)
         l0 = model.denoise(l_t, text)
-        x_hat = model.vae_decode(l0.contiguous(memory_format=torch.channels_last))[..., :192, :256]
+        x_hat = model.decode_pixels(l0.contiguous(memory_format=torch.channels_last))[..., :192, :256]
+        uncorrected = model.vae_decode(l0.contiguous(memory_format=torch.channels_last))[..., :192, :256]
     assert np.array_equal(out, to_uint8(x_hat[0]))
+    assert not np.array_equal(out, to_uint8(uncorrected[0]))  # the colour correction was applied
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,7 +135,8 @@ def test_tiles_are_placed_and_blended_so_local_networks_match_untiled(
     codec: CADCCodec, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With stand-ins that look at one position only, a tiled decode must reproduce the untiled one:
-    tiles in the right place, weights summing to one, rows streamed out whole, the crop to the coded size."""
+    tiles in the right place, weights summing to one, rows streamed out whole, the crop to the coded size.
+    The (non-zero) colour correction runs per VAE tile; its reach stays inside the faded-out tile edges."""
     w, h = size
     _local_stand_ins(codec.model, monkeypatch)
     y_hat, inv_gain = _latent_input(codec, _image(h, w))

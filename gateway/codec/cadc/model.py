@@ -27,6 +27,7 @@ from gateway.codec.cadc.entropy_models import (
 from gateway.codec.cadc.layers import (
     AnalysisTransform,
     AuxDecoder,
+    ColorCorrection,
     HyperAnalysis,
     HyperSynthesis,
     QuadtreeContext,
@@ -36,7 +37,7 @@ from gateway.codec.cadc.layers import (
 from gateway.codec.cadc.text import TextConditioning
 
 #: Modules whose weights live in codec.safetensors (the rest are diffusers/transformers parts).
-CODEC_MODULES = ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder")
+CODEC_MODULES = ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color")
 CODEC_PARAMS = ("log_gain", "log_inv_gain", "text.null_embedding")
 
 
@@ -138,6 +139,7 @@ class CADCModel(nn.Module):
         self.context = QuadtreeContext(n, c.context_width, c.context_kernel)
         self.g_s = SynthesisTransform(n, c.synthesis_width, c.latent_channels, n_up=c.n_down - 3, blocks=c.transform_blocks)
         self.aux_decoder = AuxDecoder(c.aux_widths, k) if c.adgic else None
+        self.color = ColorCorrection(k, c.color_width) if c.color_correction else None
         #: k: channels of the VAE latent, i.e. of l_T's primary part l_T[:k] and of the UNet's output.
         self.latent_primary = k
         # Gain vectors at K λ levels, stored as logs so interpolation between levels is exponential.
@@ -285,6 +287,11 @@ class CADCModel(nn.Module):
         latent = l0 / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
         return (self.vae.decode(latent).sample + 1.0) / 2.0
 
+    def decode_pixels(self, l0: torch.Tensor) -> torch.Tensor:
+        """The decoder's picture of l0: the VAE decoder, then the colour correction when the model has one."""
+        x = self.vae_decode(l0)
+        return self.color(l0, x) if self.color is not None else x
+
     def vae_encode(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent (l_0 space) of x in [0, 1] (posterior mean for AutoencoderKL); for training."""
         out = self.vae.encode(x * 2.0 - 1.0)
@@ -349,10 +356,10 @@ class CADCModel(nn.Module):
             s = window // 8
             i = int(torch.randint(0, h // 8 - s + 1, (1,)))
             j = int(torch.randint(0, w // 8 - s + 1, (1,)))
-            x_hat = self.vae_decode(l0[..., i : i + s, j : j + s])
+            x_hat = self.decode_pixels(l0[..., i : i + s, j : j + s])
             target = x[..., 8 * i : 8 * (i + s), 8 * j : 8 * (j + s)]
         else:
-            x_hat = self.vae_decode(l0)[..., :h, :w]
+            x_hat = self.decode_pixels(l0)[..., :h, :w]
         x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
         return {
             "x_hat": x_hat, "x_target": target, "x_aux": x_aux, "l0": l0, "captions": captions,

@@ -12,9 +12,16 @@ linearly with the pixels and the working set stays that of one tile:
 * **the UNet** runs on overlapping l_T tiles; the l_0 tiles are blended into
   one l_0 (8 channels at 1/8 of the side: half a byte per pixel) with weights
   that cross-fade over the overlap (:func:`~.tile_grid.blend_weights`);
-* **the VAE decoder** runs on overlapping l_0 tiles, blended in pixel space
-  one row of tiles at a time: a row is turned into uint8 as soon as the next
-  row can no longer touch it, so only one row of tiles is ever held in float;
+* **the VAE decoder** (``model.decode_pixels``: the VAE decoder, then the
+  colour correction when the model has one) runs on overlapping l_0 tiles,
+  blended in pixel space one row of tiles at a time: a row is turned into
+  uint8 as soon as the next row can no longer touch it, so only one row of
+  tiles is ever held in float.  The colour correction works per tile, from
+  the tile's l_0 and the block means of the tile's own decoded pixels: it is
+  local (two 3x3 convs at l_0's resolution, then a bilinear upsampling), so
+  away from a tile's edge it is what the whole-picture pass computes, and at
+  the edge the blend weights fade the tile out; one tile is exactly the
+  untiled ``decode_pixels``;
 * **x̂_aux** (for BFATC's caption, or the rate controller's distortion
   proxy) is exact per tile with a halo, like g_s.
 
@@ -272,7 +279,7 @@ class TiledSynthesis:
         t0 = _now()
         if self.vae_grid == (1, 1):
             with self.pretrained():
-                x_hat = self.model.vae_decode(l0.contiguous(memory_format=torch.channels_last))[..., :h, :w]
+                x_hat = self.model.decode_pixels(l0.contiguous(memory_format=torch.channels_last))[..., :h, :w]
             _add(timings, "vae_decode", _now() - t0)
             return to_uint8(x_hat[0])
         s, ov = LATENT_SCALE, self.settings.vae_overlap * LATENT_SCALE
@@ -287,7 +294,7 @@ class TiledSynthesis:
             for c, wc, lat in zip(cols, w_cols, self.vae_cols):
                 part = l0[..., r.start // s : r.stop // s, lat.start : lat.stop]
                 with self.pretrained():
-                    tile = self.model.vae_decode(part.contiguous(memory_format=torch.channels_last))[0].float()
+                    tile = self.model.decode_pixels(part.contiguous(memory_format=torch.channels_last))[0].float()
                 if tile.shape[-2:] != (r.size, c.size):
                     raise ConfigError(
                         f"the VAE decoder turned a {part.shape[-2]}x{part.shape[-1]} latent into "
