@@ -154,7 +154,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         if not mine:
             continue
         s: dict = {"codec": key[0], "frames": key[1]}
-        for what in ("decode", "encode"):
+        for what in ("decode", "encode", "decode_cpu", "encode_cpu"):  # CPU time: steadier on a loaded machine
             pts = [(r["mp"], r[f"{what}_s"]) for r in mine if f"{what}_s" in r]
             s[f"{what}_s_per_mp"] = {f"{mp:g}": round(t / mp, 3) for mp, t in pts}
             s[f"{what}_slope"] = None if (b := slope(pts)) is None else round(b, 2)
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s['codec']} {s['frames']} frames: decode s/MP {s['decode_s_per_mp']} slope {s['decode_slope']} "
               f"largest/1MP {s.get('decode_ratio_largest_to_1mp')}; encode s/MP {s['encode_s_per_mp']} "
               f"slope {s['encode_slope']}")
+        print(f"{s['codec']} {s['frames']} frames, CPU time: decode s/MP {s['decode_cpu_s_per_mp']} slope "
+              f"{s['decode_cpu_slope']}; encode s/MP {s['encode_cpu_s_per_mp']} slope {s['encode_cpu_slope']}")
     result = {"rows": rows, "summary": summary, "when": time.strftime("%Y-%m-%d %H:%M"),
               "threads": args.threads, "bundle": args.bundle or "random-init cadc-tiny (max_pixels 64e6)"}
     (args.out / "scaling.json").write_text(json.dumps(result, indent=2))
