@@ -68,7 +68,11 @@ class Codec(ABC):
       without decoding;
     * :attr:`progressive`: any prefix of a bitstream that holds its first
       layer decodes to a (coarser) picture: ``decode_with_info(..., partial=True)``;
-    * :meth:`decode_with_info`: every codec has it; the default adds no info.
+    * :meth:`decode_with_info`: every codec has it; the default adds no info;
+    * :attr:`max_pixels`: the largest picture it codes (None: no limit), and
+      :attr:`oversize`, what the rate controller does with a larger one:
+      ``"downscale"`` (code it at the largest scale within the limit) or
+      ``"refuse"`` (a :class:`~gateway.errors.CodecError`).
     """
 
     name: ClassVar[str]
@@ -78,6 +82,8 @@ class Codec(ABC):
     estimates_distortion: ClassVar[bool] = False
     progressive: ClassVar[bool] = False
     rate_anchor_delta_code: int | None = None
+    max_pixels: int | None = None
+    oversize: str = "downscale"
 
     @property
     def model_id(self) -> int:

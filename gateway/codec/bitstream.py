@@ -27,6 +27,7 @@ allocate gigabytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, replace
 
@@ -56,6 +57,16 @@ def scaled_size(width: int, height: int, scale_code: int) -> tuple[int, int]:
     """Size an image of ``width`` x ``height`` is coded at for ``scale_code``."""
     f = 2.0 ** (-scale_code / 8.0)
     return max(1, round(width * f)), max(1, round(height * f))
+
+
+def scale_code_within(width: int, height: int, max_pixels: int) -> int:
+    """The smallest scale code (the largest coded size) at which the image has at most ``max_pixels`` pixels."""
+    code = max(0, math.floor(4.0 * math.log2(width * height / max_pixels)))  # a guess from the area, then exact
+    while code > 0 and math.prod(scaled_size(width, height, code - 1)) <= max_pixels:
+        code -= 1
+    while math.prod(scaled_size(width, height, code)) > max_pixels:
+        code += 1
+    return code
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import numpy as np
 from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs
 from gateway.codec.image_io import box_downscale, resize_rgb
-from gateway.errors import ConfigError
+from gateway.errors import CodecError, ConfigError
 
 #: Smaller scales tried after the largest one that fits (fast-decode codecs only).
 MAX_SCALES = 4
@@ -109,6 +109,28 @@ def boundary(
     return lo
 
 
+def oversize_scales(codec: Codec, size: tuple[int, int], scale_codes: list[int]) -> list[int]:
+    """The scale codes to search for a picture of ``size`` = (width, height), after the codec's size limit.
+
+    A picture within ``codec.max_pixels`` keeps every code.  A larger one is
+    coded downscaled from the largest size within the limit on (the exact
+    scale code for it, then the usual steps below it) when ``codec.oversize``
+    is ``"downscale"``, and refused with a :class:`CodecError` when it is
+    ``"refuse"``.  Either way no codec is ever handed a picture above its limit.
+    """
+    w, h = size
+    limit = codec.max_pixels
+    if limit is None or w * h <= limit:
+        return scale_codes
+    if codec.oversize != "downscale":
+        raise CodecError(
+            f"image {w}x{h} ({w * h:,} pixels) is above the {limit:,}-pixel limit of {codec.name} and its oversize "
+            "policy is 'refuse'; downscale it before sending, or set codec.oversize: downscale in the model config"
+        )
+    first = bitstream.scale_code_within(w, h, limit)
+    return [first] + [s for s in scale_codes if s > first]
+
+
 class Search:
     """One rate-control search of one image at one byte budget."""
 
@@ -125,7 +147,7 @@ class Search:
         # Scale codes that give the same coded size (tiny images) would repeat work.
         self.scales: list[int] = []
         seen: set[tuple[int, int]] = set()
-        for s in list(space.scale_codes) or [0]:
+        for s in oversize_scales(codec, self.size, list(space.scale_codes) or [0]):
             coded = bitstream.scaled_size(*self.size, s)
             if coded not in seen:
                 seen.add(coded)

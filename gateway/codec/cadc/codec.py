@@ -36,12 +36,19 @@ from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
+from gateway.codec.cadc.tile_grid import Span
+from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles, to_model_input
+from gateway.codec.cadc.tiled_synthesis import TiledSynthesis, TileSettings
 from gateway.errors import BitstreamError, BundleError, ChecksumMismatch, CodecError, ModelMismatch
 
 #: Generous bound on payload bytes per coded symbol; anything longer is not a CADC stream.
 _MAX_BYTES_PER_SYMBOL = 4
 #: Per-λ encoder state kept on an analysis (the rate controller probes a handful of λ codes).
 _LAM_CACHE_SIZE = 16
+#: Above this many ŷ positions (about 4 MP) size predictions run h_s and the context model in float32
+#: (fast convolutions) rather than float64: a prediction only steers the rate controller, whose pick is
+#: then coded for real in float64, and a float64 probe of a 12 MP picture costs as much as an encode.
+_EXACT_PROBE_POSITIONS = 4096
 
 
 #: Bytes the range coder adds over the information content (flush, minus trimming), on average.
@@ -115,11 +122,15 @@ class CADCAnalysis:
     """What :meth:`CADCCodec.analyze` computes once per image."""
 
     y: torch.Tensor  # [1, N, h, w] g_a output (padded image)
-    x: torch.Tensor  # [1, 3, H, W] the image in [0, 1]
+    image: np.ndarray  # HxWx3 uint8, the caller's picture (not copied: a large one is most of the memory)
     width: int
     height: int
     #: lam_code -> _LamState: what one λ costs (h_a, UGAQ, h_s, step-0 parameters), reused across Δ.
     lam_cache: dict[int, "_LamState"] = field(default_factory=dict, repr=False)
+
+    def pixels(self, rows: Span, cols: Span, device: torch.device) -> torch.Tensor:
+        """The picture over ``rows`` x ``cols`` as [1, 3, h, w] floats in [0, 1]."""
+        return to_model_input(self.image[rows.start : rows.stop, cols.start : cols.stop], device)
 
 
 @dataclass
@@ -128,8 +139,10 @@ class _LamState:
 
     z: np.ndarray  # int32 [Cz, hz, wz]
     v: torch.Tensor  # [1, N, h, w] ȳ = y·gain / m (q = round(v / Δ))
-    hyper: torch.Tensor  # float64 [1, 2N, h, w] h_s(ẑ)
-    step0: tuple[np.ndarray, np.ndarray]  # float64 mean, scale (y units) of step 0's elements, coding order
+    #: Per precision ("exact": float64, what the coder uses; "probe": float32, size predictions of large
+    #: pictures), computed when first needed: h_s(ẑ) [1, 2N, h, w] and step 0's mean, scale (y units,
+    #: coding order).
+    params: dict[str, tuple[torch.Tensor, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,10 +187,15 @@ class CADCCodec(Codec):
         self.z_range = cfg.z_symbol_range
         self.y_range = cfg.y_symbol_range
         self.max_pixels = min(cfg.max_pixels, bitstream.MAX_PIXELS)
+        self.oversize = cfg.oversize
+        self.tiles = TileSettings.of(cfg)
+        self.analysis_tile = cfg.analysis_tile
         # Everything that selects a probability model runs in float64 on the CPU from integer
         # inputs, so encoder and decoder compute bit-identical parameters.
         self._param_nets = nn.ModuleDict({"h_s": copy.deepcopy(model.h_s), "context": copy.deepcopy(model.context)})
         self._param_nets = self._param_nets.to("cpu", torch.float64).eval()
+        # Their float32 twins, for the size predictions of large pictures only (_EXACT_PROBE_POSITIONS).
+        self._probe_nets = copy.deepcopy(self._param_nets).to(torch.float32)
         # g_a in channels_last: its first conv (3 -> w, 5x5, stride 2, full resolution) is most of the
         # encoder's time and runs ~3x faster in that layout on CPU (same weights, a snapshot like the above).
         self._g_a = copy.deepcopy(model.g_a).to(memory_format=torch.channels_last).eval()
@@ -247,11 +265,10 @@ class CADCCodec(Codec):
         h, w = image.shape[:2]
         if h * w > self.max_pixels:
             raise CodecError(f"image {w}x{h} is larger than the {self.max_pixels}-pixel limit of this model")
-        # HWC uint8 -> NCHW float viewed channels_last (no transposing copy); same as model.analyze.
-        x = torch.from_numpy(np.array(image, copy=True)).to(self.device).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+        pad = self.model.config.codec.pad_multiple
         with torch.no_grad(), _threads(self.encoder_threads if self.device.type == "cpu" else None):
-            y = self._g_a(self.model.pad(x) * 2.0 - 1.0).contiguous()
-        return CADCAnalysis(y=y, x=x, width=w, height=h)
+            y = analyze_in_tiles(self._g_a, image, pad, self.analysis_tile, self.device)
+        return CADCAnalysis(y=y, image=image, width=w, height=h)
 
     @torch.no_grad()
     def _lam_state(self, analysis: CADCAnalysis, lam_code: int) -> _LamState:
@@ -267,9 +284,7 @@ class CADCCodec(Codec):
             z_int = torch.round(model.h_a(y_g)).clamp(-self.z_range, self.z_range)
             m = model.ugaq_scale(analysis.y, y_g, z_int)
             z = z_int[0].cpu().numpy().astype(np.int32)
-            hyper = self._hyper(z)
-            step0 = self._step_params(hyper, None, 0)
-        state = _LamState(z=z, v=y_g / m, hyper=hyper, step0=step0)
+        state = _LamState(z=z, v=y_g / m)
         if len(analysis.lam_cache) >= _LAM_CACHE_SIZE:
             analysis.lam_cache.pop(next(iter(analysis.lam_cache)))
         analysis.lam_cache[lam_code] = state
@@ -287,18 +302,32 @@ class CADCCodec(Codec):
         """h_s(ẑ) in float64 (call inside :func:`_one_thread` and no_grad)."""
         return self._param_nets["h_s"](torch.from_numpy(z).double().unsqueeze(0))
 
-    def _step_params(self, hyper: torch.Tensor, y_known: torch.Tensor | None, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def _step_params(
+        self, hyper: torch.Tensor, y_known: torch.Tensor | None, step: int, nets: nn.ModuleDict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and scale (y units, float64) of the elements quadtree ``step`` codes, in coding order.
 
         The training pass's ``context(step, hyper, ŷ·known)``, evaluated in
         float64 on one thread (``y_known``: ŷ in y units, zeros where not yet
         decoded) and then gathered with :func:`step_elements`.  At y's size
         (1/32 of the image side) the dense evaluation costs a few milliseconds.
+        ``nets``: the float32 probe nets instead (size predictions only).
         Call inside :func:`_one_thread` and no_grad.
         """
-        mean, scale = self._param_nets["context"](step, hyper, y_known)
+        mean, scale = (nets or self._param_nets)["context"](step, hyper, y_known)
         groups = self.model.config.codec.context_groups
-        return step_elements(mean[0].numpy(), step, groups), step_elements(scale[0].numpy(), step, groups)
+        mean, scale = mean[0].double().numpy(), scale[0].double().numpy()
+        return step_elements(mean, step, groups), step_elements(scale, step, groups)
+
+    def _params(self, state: _LamState, kind: str) -> tuple[nn.ModuleDict, torch.Tensor, tuple[np.ndarray, np.ndarray]]:
+        """(nets, h_s(ẑ), step 0's mean and scale) of one λ in precision ``kind`` ("exact" or "probe")."""
+        nets = self._param_nets if kind == "exact" else self._probe_nets
+        if kind not in state.params:
+            with torch.no_grad(), _one_thread():
+                dtype = torch.float64 if kind == "exact" else torch.float32
+                hyper = nets["h_s"](torch.from_numpy(state.z).to(dtype).unsqueeze(0))
+                state.params[kind] = (hyper, self._step_params(hyper, None, 0, nets))
+        return (nets, *state.params[kind])
 
     def _coding_params(self, mean: np.ndarray, scale: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
         """Quantized mean/std (bin units) handed to the range coder."""
@@ -308,16 +337,22 @@ class CADCCodec(Codec):
         c, h, w = z_shape
         return np.repeat(self._z_tables, h * w, axis=0)
 
-    def _steps(self, analysis: CADCAnalysis, knobs: Knobs, q: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(symbols, coding means, coding stds) of each quadtree step of ``q``, in coding order."""
+    def _steps(
+        self, analysis: CADCAnalysis, knobs: Knobs, q: np.ndarray, kind: str = "exact"
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(symbols, coding means, coding stds) of each quadtree step of ``q``, in coding order.
+
+        ``kind`` "probe": computed by the float32 nets (size predictions of large pictures only).
+        """
         state = self._lam_state(analysis, knobs.lam_code)
+        nets, hyper, step0 = self._params(state, kind)
         delta = self.delta(knobs.delta_code)
         groups = self.model.config.codec.context_groups
         with torch.no_grad(), _one_thread():
-            y_hat = q.astype(np.float64) * delta
+            y_hat = q.astype(np.float64 if kind == "exact" else np.float32) * delta
             y_known = np.zeros_like(y_hat)
             for step in range(4):
-                raw = state.step0 if step == 0 else self._step_params(state.hyper, torch.from_numpy(y_known)[None], step)
+                raw = step0 if step == 0 else self._step_params(hyper, torch.from_numpy(y_known)[None], step, nets)
                 yield (step_elements(q, step, groups), *self._coding_params(*raw, delta))
                 set_step_elements(y_known, step, groups, step_elements(y_hat, step, groups))
 
@@ -337,7 +372,8 @@ class CADCCodec(Codec):
         searches with it and checks its final pick with :meth:`encode`.
         """
         sym = self._quantize(analysis, knobs)
-        bits = [self._z_info_bits(sym.z)] + [_gaussian_bits(*step) for step in self._steps(analysis, knobs, sym.q)]
+        kind = "probe" if sym.q[0].size > _EXACT_PROBE_POSITIONS else "exact"
+        bits = [self._z_info_bits(sym.z)] + [_gaussian_bits(*step) for step in self._steps(analysis, knobs, sym.q, kind)]
         layer_bytes = [b / 8.0 for b in bits]
         return (bitstream.HEADER_SIZE + LayerTable.size_for(layer_bytes) + sum(layer_bytes)
                 + _CODER_OVERHEAD_BYTES)
@@ -395,9 +431,8 @@ class CADCCodec(Codec):
             lam = torch.tensor([self.lam(knobs.lam_code)], device=self.device)
             _, inv_gain = self.model.gains(lam)
             y_hat = torch.from_numpy(sym.q).float().unsqueeze(0).to(self.device) * self.delta(knobs.delta_code)
-            l_t = self.model.synthesize_latent(y_hat, inv_gain)
-            x_aux = self.model.aux_reconstruction(l_t)[..., : analysis.height, : analysis.width].clamp(0, 1)
-            return float(torch.mean((x_aux - analysis.x) ** 2))
+            synthesis = TiledSynthesis(self.model, y_hat, inv_gain, (analysis.width, analysis.height), self.tiles)
+            return synthesis.aux_squared_error(lambda rows, cols: analysis.pixels(rows, cols, self.device))
 
     # -- decoder ---------------------------------------------------------------------------------
     def _grid(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -415,7 +450,9 @@ class CADCCodec(Codec):
         (``steps`` says how many; the rest of ``q`` is 0).  Otherwise the
         stream must be complete.
         """
-        header, payload = bitstream.unpack(data, max_pixels=self.max_pixels)
+        # The original size may exceed max_pixels (an oversize picture coded downscaled): only the coded size
+        # is synthesised; the original is bounded by the format's limit.
+        header, payload = bitstream.unpack(data)
         if header.codec_id != self.codec_id:
             raise BitstreamError(f"bitstream is for codec '{header.codec_name}', not cadc")
         if header.model_id != self.model_id:
@@ -510,24 +547,9 @@ class CADCCodec(Codec):
         if sym.steps < 4:
             hyper = model.h_s(torch.from_numpy(sym.z).float().unsqueeze(0).to(self.device))
             y_hat = model.complete_latent(hyper, y_hat, torch.tensor([sym.steps]))
-        l_t = model.synthesize_latent(y_hat, inv_gain)
-        t2 = time.perf_counter()
-        timings["g_s"] = (t2 - t1) * 1e3
-        # x̂_aux only feeds the BFATC captioner: without captions (cadc-tiny) it is not computed.
-        needs_aux = model.aux_decoder is not None and model.text.mode == "caption"
-        x_aux = model.aux_reconstruction(l_t)[..., :ch, :cw] if needs_aux else None
-        t3 = time.perf_counter()
-        timings["aux_decoder"] = (t3 - t2) * 1e3
-        text, captions = model.text(x_aux, 1, l_t.device, l_t.dtype)
-        t4 = time.perf_counter()
-        timings["text"] = (t4 - t3) * 1e3
-        l0 = model.denoise(l_t, text)
-        t5 = time.perf_counter()
-        timings["unet"] = (t5 - t4) * 1e3
-        x_hat = model.decode_pixels(l0.contiguous(memory_format=torch.channels_last))[..., :ch, :cw]
-        t6 = time.perf_counter()
-        timings["vae_decode"] = (t6 - t5) * 1e3
-        image = (x_hat[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        # g_s, x̂_aux, text, UNet, VAE decoder: in tiles for a large picture, untiled for one that fits a tile.
+        synthesis = TiledSynthesis(model, y_hat, inv_gain, (cw, ch), self.tiles)
+        image, captions = synthesis.run(timings)
         if (cw, ch) != (header.width, header.height):
             from PIL import Image
 
@@ -546,6 +568,7 @@ class CADCCodec(Codec):
             "complete": sym.steps == 4,
             "layers": 1 + sym.steps,
             "layers_total": LAYERS,
+            "tiles": {"unet": synthesis.unet_grid, "vae": synthesis.vae_grid},
             "timings_ms": timings,
         }
         return image, info

@@ -23,6 +23,7 @@ import yaml
 from gateway.errors import ConfigError
 
 TEXT_MODES = ("caption", "fixed", "none")
+OVERSIZE_POLICIES = ("downscale", "refuse")
 VAE_TYPES = ("tiny", "kl")
 PART_NAMES = ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "captioner")
 
@@ -75,6 +76,20 @@ class CodecSection:
     z_symbol_range: int = 48  # z symbols are clipped to [-R, R]
     y_symbol_range: int = 1024  # y symbols are clipped to [-R, R - 1]
     max_pixels: int = 16_000_000  # largest coded image the decoder accepts
+    #: A picture above max_pixels: "downscale" (the rate controller codes it at the largest scale under
+    #: the limit; the decoder restores the original size) or "refuse" (a clear error).  docs/tiling.md.
+    oversize: str = "downscale"
+    #: Decoder tiles, in latent positions (1/8 of the image side): the one-step UNet and the VAE decoder run
+    #: on overlapping tiles of at most this side, blended across the overlap (tiled_synthesis.py).  A picture
+    #: whose latent fits one tile decodes untiled, as before tiling; 0: never tile.  Chosen by measurement
+    #: (docs/tiling.md): 96 keeps a Kodak-size picture (768x512, either way up) in one tile.
+    unet_tile: int = 96
+    unet_tile_overlap: int = 16
+    vae_tile: int = 96
+    vae_tile_overlap: int = 8
+    #: Encoder: g_a's high-resolution stages run on tiles of at most this many pixels a side, with enough
+    #: context that y is the same as untiled (tiled_analysis.py); 0: never tile.
+    analysis_tile: int = 1024
 
     def validate(self) -> None:
         if self.y_downsample not in (32, 64):
@@ -114,6 +129,21 @@ class CodecSection:
             raise ConfigError(f"codec.ugaq_max_scale must be 0 (unbounded) or above 1, got {self.ugaq_max_scale}")
         if self.gain_init_span < 1.0:
             raise ConfigError(f"codec.gain_init_span must be at least 1, got {self.gain_init_span}")
+        if self.oversize not in OVERSIZE_POLICIES:
+            raise ConfigError(f"codec.oversize must be one of {OVERSIZE_POLICIES}, got {self.oversize!r}")
+        # UNet tiles start on the UNet's and g_s's grids (multiples of 4 or 8; tiled_synthesis checks the model's).
+        for tile, overlap, multiple in (("unet_tile", "unet_tile_overlap", 8), ("vae_tile", "vae_tile_overlap", 1)):
+            t, o = getattr(self, tile), getattr(self, overlap)
+            if t and (t % 8 or t < 16):
+                raise ConfigError(f"codec.{tile} must be 0 (no tiling) or a multiple of 8 from 16 up, got {t}")
+            if o < 0 or o % multiple or (t and o > t // 2):
+                raise ConfigError(
+                    f"codec.{overlap} must be a multiple of {multiple} from 0 to half of codec.{tile}={t}, got {o}"
+                )
+        if self.analysis_tile and (self.analysis_tile % 16 or self.analysis_tile < 256):
+            raise ConfigError(
+                f"codec.analysis_tile must be 0 (no tiling) or a multiple of 16 from 256 up, got {self.analysis_tile}"
+            )
 
     @property
     def n_down(self) -> int:
