@@ -30,6 +30,9 @@ class DecodeJob:
     outbox: str
     frame_size: int
     bundle: str | None = None  # CADC model bundle folder (None: the embedded cadc-tiny)
+    bundles: tuple[str | None, ...] = ()  # every CADC bundle at hand (the header's model id picks); () = (bundle,)
+    device: str = "auto"  # where CADC decodes (auto, cpu, cuda[:n])
+    precision: str = "auto"  # dtype of the pretrained parts on a GPU
 
     @property
     def message_id(self) -> int:
@@ -98,11 +101,12 @@ def decode_message(job: DecodeJob) -> OutputRecord:
     from gateway.codec import bitstream as bs
     from gateway.codec.base import Knobs
     from gateway.codec.image_io import png_bytes, write_atomic
-    from gateway.codec.registry import get_codec
+    from gateway.codec.registry import decoder_for
     from gateway.errors import CodecError
 
     header, _ = bs.unpack(job.bitstream)
-    codec = get_codec(header.codec_name, job.bundle)  # loaded once per worker; not part of the decode time
+    # Loaded once per worker (not part of the decode time); the bundle is the one of the header's model id.
+    codec = decoder_for(header, job.bundles or (job.bundle,), device=job.device, precision=job.precision)
     t0 = time.perf_counter()
     image, decode_info = codec.decode_with_info(job.bitstream)
     decode_s = time.perf_counter() - t0
