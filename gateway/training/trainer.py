@@ -38,9 +38,10 @@ from gateway.training.losses import (
     color_loss,
     gan_discriminator_loss,
     kl_divergence,
-    load_optional_perceptual,
+    load_perceptual,
     ms_ssim_loss,
     mse_per_image,
+    require_perceptual_weights,
 )
 from gateway.training.latents import LATENT_STRIDE, LatentCache
 from gateway.training.vae_io import vae_decode, vae_encode
@@ -107,6 +108,7 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
+        require_perceptual_weights(cfg.stages, cfg.lpips_path, cfg.clip_path)  # a missing file stops the run now
 
         self.sampler = CropSampler(train_bank, cfg.data.crop, cfg.data.batch, seed=cfg.seed, rank=self.rank,
                                    vflip=cfg.data.vflip, max_size=cfg.max_crop)
@@ -119,6 +121,11 @@ class Trainer:
         if model_delta is not None:
             lo, hi = (float(v) for v in model_delta)
             self.delta_range = (max(cfg.delta_range[0], lo), min(cfg.delta_range[1], hi))
+            if self.delta_range[0] > lo or self.delta_range[1] < hi:
+                # The rate controller picks any Δ of the model's range; Δ never trained on decodes poorly.
+                self._log_line(f"notice: Δ is trained over [{self.delta_range[0]:g}, {self.delta_range[1]:g}] but the "
+                               f"model's rate controller may pick any Δ in [{lo:g}, {hi:g}]; set the recipe's "
+                               f"delta_range to [{lo:g}, {hi:g}] to train them all")
 
         self.step = 0
         self.stage_index = -1
@@ -136,6 +143,7 @@ class Trainer:
         self._metrics_file = self.out_dir / "metrics.jsonl"
         self._tb = None
         self._bad_steps = 0
+        self._val_loss: tuple[int, float] | None = None  # (step, loss) of the latest validation
 
     # ------------------------------------------------------------------ setup
     def _pad_multiple(self) -> int:
@@ -163,8 +171,9 @@ class Trainer:
                                align=LATENT_STRIDE if cached else 1)
         self.latent_cache = None
         if cached:
-            self.latent_cache = LatentCache.build(self.model, self.sampler.images,
-                                                  self.out_dir if self.is_main else None, log=self._log_line)
+            # Every rank encodes its share of the images into the shared run folder and reads them all.
+            self.latent_cache = LatentCache.build(self.model, self.sampler.images, self.out_dir, log=self._log_line,
+                                                  rank=self.rank, world=self.world)
         if not names:
             raise ConfigError(f"stage {stage.name!r}: no parameter matches trainable={stage.trainable}")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -198,7 +207,7 @@ class Trainer:
         else:
             self.disc_optimizer, self.disc_forward = None, None
         self.perceptual = {k: m.to(self.device) for k, m in
-                           load_optional_perceptual(stage.loss, self.cfg.lpips_path, self.cfg.clip_path).items()}
+                           load_perceptual(stage.loss, self.cfg.lpips_path, self.cfg.clip_path).items()}
         n_train = sum(p.numel() for p in params)
         self._log_line(f"stage {index} {stage.name!r} ({stage.kind}): {stage.steps} steps, "
                        f"{n_train / 1e6:.3f} M trainable parameters in {len(names)} tensors, lr {stage.lr:g}")
@@ -337,26 +346,35 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """PSNR / MS-SSIM (and estimated bpp at a few λ for codec stages) on the held-out crops."""
+        """PSNR / MS-SSIM (and estimated bpp at a few λ for codec stages) on the held-out crops.
+
+        ``loss`` is the stage's objective without its GAN and perceptual
+        terms (λ·bpp + weighted MSE and 1 − MS-SSIM, averaged over the λs):
+        the score that picks the best checkpoint of the stage.
+        """
         if not self.val_inputs:
             return {}
         self.model.eval()
         stage = self.stage
+        w = stage.loss
         record: dict[str, Any] = {"kind": "val", "step": self.step, "stage": stage.name}
         if stage.kind == "vae":
-            ps, ms = [], []
+            ps, ms, mse = [], [], []
             for x in self.val_inputs:
                 x = x.to(self.device)
                 latent, _, _ = vae_encode(self.model, x)
                 x_hat = vae_decode(self.model, latent).clamp(0, 1)
                 ps.append(float(_psnr_t(x, x_hat)[0]))
                 ms.append(float(1 - ms_ssim_loss(x, x_hat)[0]))
-            record.update(psnr=float(np.mean(ps)), ms_ssim=float(np.mean(ms)))
+                mse.append(float(mse_per_image(x, x_hat)[0]))
+            record.update(psnr=float(np.mean(ps)), ms_ssim=float(np.mean(ms)),
+                          loss=w.mse * float(np.mean(mse)) + w.ms_ssim * (1 - float(np.mean(ms))))
         else:
+            losses = []
             lo, hi = self.lam_range
             lams = np.exp(np.linspace(math.log(hi), math.log(lo), self.cfg.val_lams)) if self.cfg.val_lams > 1 else [math.sqrt(lo * hi)]
             for lam in lams:
-                ps, ms, bp = [], [], []
+                ps, ms, bp, mse = [], [], [], []
                 for x in self.val_inputs:
                     x = x.to(self.device)
                     out = self.model(x, torch.full((1,), float(lam), device=self.device), torch.ones(1, device=self.device))
@@ -364,11 +382,15 @@ class Trainer:
                     bp.append(float(bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1])[0]))
                     ps.append(float(_psnr_t(x, x_hat)[0]))
                     ms.append(float(1 - ms_ssim_loss(x, x_hat)[0]))
+                    mse.append(float(mse_per_image(x, x_hat)[0]))
                 key = f"lam{lam:.3g}"
                 record[f"{key}/bpp"] = float(np.mean(bp))
                 record[f"{key}/psnr"] = float(np.mean(ps))
                 record[f"{key}/ms_ssim"] = float(np.mean(ms))
+                losses.append(lam * float(np.mean(bp)) + w.mse * float(np.mean(mse)) + w.ms_ssim * (1 - float(np.mean(ms))))
+            record["loss"] = float(np.mean(losses))
         self.model.train()
+        self._val_loss = (self.step, float(record["loss"]))
         return record
 
     # ------------------------------------------------------------------ persistence
@@ -403,7 +425,10 @@ class Trainer:
         state["per_rank"] = gathered
         if not self.is_main:
             return None
-        return save_checkpoint(self.out_dir, self.step, state, keep=self.cfg.keep_checkpoints)
+        # A validation at this very step scores the checkpoint (the loop validates before it saves).
+        score = self._val_loss[1] if self._val_loss and self._val_loss[0] == self.step else None
+        return save_checkpoint(self.out_dir, self.step, state, keep=self.cfg.keep_checkpoints, score=score,
+                               keep_best=self.cfg.keep_best)
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``path`` (default: the newest checkpoint in ``out_dir``); False when there is none."""
