@@ -9,9 +9,8 @@ update, each with the bundle its bitstream's model id names.
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +76,6 @@ def test_light_sender_and_a_ground_station_decoding_across_a_model_update(bundle
               receiver_args=["--config", str(tmp_path / "receiver.yaml")])
     env_key = "PYTHONPROFILEIMPORTTIME"  # the sender logs every module it imports
     try:
-        import os
-
         os.environ[env_key] = "1"
         rig.start(("link", "receiver"))
         rig.start(("sender",))
@@ -106,17 +103,16 @@ def test_light_sender_and_a_ground_station_decoding_across_a_model_update(bundle
         rig.stop()
 
 
-def test_satgw_decode_picks_the_bundle_by_model_id(bundles: dict[str, Path], tmp_path) -> None:
-    from gateway.codec.cadc.codec import CADCCodec
+def test_satgw_decode_picks_the_bundle_by_model_id(bundles: dict[str, Path], tmp_path, capsys) -> None:
+    from gateway.cli.images import decode_main
     from gateway.codec.base import Knobs
+    from gateway.codec.cadc.codec import CADCCodec
 
     enc = CADCCodec.from_bundle(bundles["sender-old"], encoder_only=True)
     image = np.zeros((64, 96, 3), dtype=np.uint8) + 120
     (tmp_path / "a.sgw").write_bytes(enc.encode(enc.analyze(image), Knobs(200, 100), (96, 64)))
-    args = [sys.executable, "-m", "gateway.cli", "decode", str(tmp_path / "a.sgw"), "-o", str(tmp_path / "a.png"),
-            "--device", "cpu", "--bundle", str(bundles["new"])]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and f"model {enc.model_id:04x}" in r.stderr
-    r = subprocess.run([*args, "--bundle", str(bundles["old"])], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    args = [str(tmp_path / "a.sgw"), "-o", str(tmp_path / "a.png"), "--device", "cpu", "--bundle", str(bundles["new"])]
+    assert decode_main(args) == 1
+    assert f"model {enc.model_id:04x}" in capsys.readouterr().err
+    assert decode_main([*args, "--bundle", str(bundles["old"])]) == 0
     assert (tmp_path / "a.png").is_file()

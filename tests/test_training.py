@@ -299,3 +299,16 @@ def test_latent_targets_are_computed_once_per_image_and_match_the_crops(tmp_path
             inner = (slice(None), slice(None), slice(3, 5), slice(3, 5))
             assert target.shape == own.shape
             assert torch.allclose(target[inner], own[inner], atol=1e-3)
+
+
+def test_gpu_check_dry_run_prints_one_json_line_with_every_step(tmp_path, load_tool, capsys):
+    """tools/gpu_check.py, the script a session with a GPU runs, works end to end here with tiny models on the CPU."""
+    import json
+
+    assert load_tool("gpu_check").main(["--dry-run", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ok"] and result["mode"].startswith("dry-run")
+    assert result["train"]["steps"] == 2 and result["train"]["loss_finite"]
+    assert result["decode"]["images"] == 2 and all(result["decode"]["captions"])
+    assert result["symbols"]["identical"] == result["symbols"]["streams"] == 2
+    assert result["tiny_train"]["cpu"]["s_per_step"] > 0

@@ -263,52 +263,54 @@ class Trainer:
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
         metrics: dict[str, float] = {}
-        with autocast:
-            if stage.kind == "vae":
+        # Only the networks run under autocast: the loss terms (MS-SSIM powers, likelihoods) need float32.
+        if stage.kind == "vae":
+            with autocast:
                 out = self.forward(x)
-                x_hat = out["x_hat"].float()
-                mse = mse_per_image(x, x_hat)
-                loss_vec = stage.loss.mse * mse
-                if stage.loss.ms_ssim > 0:
-                    loss_vec = loss_vec + stage.loss.ms_ssim * ms_ssim_loss(x, x_hat)
-                if stage.loss.kl > 0 and out["mean"] is not None:
-                    loss_vec = loss_vec + stage.loss.kl * kl_divergence(out["mean"], out["logvar"])
-                if stage.loss.color > 0:
-                    loss_vec = loss_vec + stage.loss.color * color_loss(x, x_hat)
-                loss = loss_vec.mean()
-                target = x
-            else:
-                lam, delta = self.sample_knobs(x.shape[0])
-                latent_target = None
-                if self.latent_cache is not None:
-                    latent_target = self.latent_cache.batch(where, x.shape[-1]).to(self.device)
-                elif stage.loss.latent > 0:
-                    with torch.no_grad():
-                        latent_target, _, _ = vae_encode(self.model, x)
-                received = None
-                if stage.truncate_prob > 0:
-                    cut = torch.rand(x.shape[0]) < stage.truncate_prob
-                    received = torch.where(cut, torch.randint(0, 4, (x.shape[0],)), torch.full((x.shape[0],), 4))
+            x_hat = out["x_hat"].float()
+            mse = mse_per_image(x, x_hat)
+            loss_vec = stage.loss.mse * mse
+            if stage.loss.ms_ssim > 0:
+                loss_vec = loss_vec + stage.loss.ms_ssim * ms_ssim_loss(x, x_hat)
+            if stage.loss.kl > 0 and out["mean"] is not None:
+                loss_vec = loss_vec + stage.loss.kl * kl_divergence(out["mean"], out["logvar"])
+            if stage.loss.color > 0:
+                loss_vec = loss_vec + stage.loss.color * color_loss(x, x_hat)
+            loss = loss_vec.mean()
+            target = x
+        else:
+            lam, delta = self.sample_knobs(x.shape[0])
+            latent_target = None
+            if self.latent_cache is not None:
+                latent_target = self.latent_cache.batch(where, x.shape[-1]).to(self.device)
+            elif stage.loss.latent > 0:
+                with torch.no_grad():
+                    latent_target, _, _ = vae_encode(self.model, x)
+            received = None
+            if stage.truncate_prob > 0:
+                cut = torch.rand(x.shape[0]) < stage.truncate_prob
+                received = torch.where(cut, torch.randint(0, 4, (x.shape[0],)), torch.full((x.shape[0],), 4))
+            with autocast:
                 out = self.forward(x, lam, delta, window=stage.pixel_window, received=received)
-                target = out["x_target"]
-                bpp = bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1]).float()
-                gan_on = stage.loss.gan > 0 and self.step_in_stage >= stage.disc_start and self.disc is not None
-                weights = stage.loss
-                if not gan_on and weights.gan > 0:
-                    weights = type(weights)(**{**weights.__dict__, "gan": 0.0})
-                if gan_on:
-                    self.disc.requires_grad_(False)
-                terms = codec_distortion(x, {**out, "x_hat": out["x_hat"].float()}, weights, latent_target,
-                                         disc=self.disc if gan_on else None, perceptual=self.perceptual)
-                loss = (lam * bpp + terms["D"]).mean()
-                aux_fn = getattr(self.model, "aux_loss", None)
-                if callable(aux_fn):
-                    loss = loss + aux_fn()
-                x_hat = out["x_hat"].float()
-                metrics["bpp"] = float(bpp.detach().mean())
-                metrics["lam"] = float(lam.mean())
-                for k, v in terms.items():
-                    metrics[k] = float(v.detach().mean())
+            target = out["x_target"]
+            bpp = bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1]).float()
+            gan_on = stage.loss.gan > 0 and self.step_in_stage >= stage.disc_start and self.disc is not None
+            weights = stage.loss
+            if not gan_on and weights.gan > 0:
+                weights = type(weights)(**{**weights.__dict__, "gan": 0.0})
+            if gan_on:
+                self.disc.requires_grad_(False)
+            terms = codec_distortion(x, {**out, "x_hat": out["x_hat"].float()}, weights, latent_target,
+                                     disc=self.disc if gan_on else None, perceptual=self.perceptual)
+            loss = (lam * bpp + terms["D"]).mean()
+            aux_fn = getattr(self.model, "aux_loss", None)
+            if callable(aux_fn):
+                loss = loss + aux_fn()
+            x_hat = out["x_hat"].float()
+            metrics["bpp"] = float(bpp.detach().mean())
+            metrics["lam"] = float(lam.mean())
+            for k, v in terms.items():
+                metrics[k] = float(v.detach().mean())
         finite = torch.isfinite(loss.detach()).float().reshape(1)
         if self.distributed:  # every rank must skip together, or the next all-reduce deadlocks
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -505,8 +507,12 @@ class Trainer:
         return target
 
     # ------------------------------------------------------------------ the loop
-    def run(self, max_steps: int | None = None) -> dict[str, float]:
-        """Train until the recipe ends (or ``max_steps`` more steps); returns the last step's metrics."""
+    def run(self, max_steps: int | None = None, persist: bool = True) -> dict[str, float]:
+        """Train until the recipe ends (or ``max_steps`` more steps); returns the last step's metrics.
+
+        ``persist=False`` writes no checkpoint and no export (timing runs: a
+        full-size checkpoint is several GB).
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._open_tensorboard()
         total = self.cfg.total_steps
@@ -525,8 +531,9 @@ class Trainer:
         while self.step < end:
             index, _ = self.cfg.stage_at(self.step)
             if index != self.stage_index:
-                self.save()
-                self.export()
+                if persist:
+                    self.save()
+                    self.export()
                 self._enter_stage(index)
             last = self.train_step()
             self.step += 1
@@ -553,12 +560,13 @@ class Trainer:
                 if rec:
                     self._log_metrics(rec)
                     self._log_line("val " + " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
-            if self.step % self.cfg.ckpt_every == 0:
+            if persist and self.step % self.cfg.ckpt_every == 0:
                 self.save()
             if self.export_dir is not None and time.monotonic() - self._last_export >= self.cfg.export_every_s:
                 self.export()
         if bar is not None:
             bar.close()
-        self.save()
-        self.export()
+        if persist:
+            self.save()
+            self.export()
         return last

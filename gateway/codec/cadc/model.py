@@ -265,14 +265,17 @@ class CADCModel(CADCEncoder):
         y = self.analyze(x)
         y_g = y * gain[:, :, None, None]
         z = self.h_a(y_g)
-        bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(noisy(z)))
+        # Rates in float32 even under autocast: a bf16 likelihood summed over thousands of elements drifts.
+        with torch.autocast(x.device.type, enabled=False):
+            bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(noisy(z.float())))
         z_hat = round_ste(z)
         hyper = self.h_s(z_hat)
         m = self.ugaq_scale(y, y_g, z_hat)
         v = (y_g / m) / d
         y_hat = round_ste(v) * d
         mean, scale = self.entropy_parameters(hyper, y_hat)
-        bits_y = bits_from_likelihood(gaussian_likelihood(noisy(v), mean / d, scale / d))
+        with torch.autocast(x.device.type, enabled=False):
+            bits_y = bits_from_likelihood(gaussian_likelihood(noisy(v.float()), (mean / d).float(), (scale / d).float()))
         if received is not None:
             y_hat = self.complete_latent(hyper, y_hat, received)
         l_t = self.synthesize_latent(y_hat, inv_gain)

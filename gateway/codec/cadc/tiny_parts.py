@@ -158,3 +158,36 @@ def write_tiny_sd_turbo(root: Path, sd_turbo_yaml: Path) -> dict:
     cfg["sources"] = {"unet": str(sd / "unet"), "vae": str(sd / "vae"), "text_encoder": str(sd / "text_encoder"),
                       "tokenizer": str(sd / "tokenizer"), "captioner": str(root / "blip")}
     return cfg
+
+
+def random_bundle(config_path: Path, out: Path, seed: int = 0, device: str = "cpu") -> Path:
+    """A bundle of the model config at ``config_path`` with every part random at full size (its ``sources``
+    ignored), for benchmarks and the GPU check.
+
+    The CLIP tokenizer and BLIP processor have no random init; small ones
+    from this module stand in (random weights need no real vocabulary).
+    Parameters are initialised on ``device`` (a GPU does the full-size
+    model in seconds) and saved from the CPU.
+    """
+    import tempfile
+
+    from transformers import BlipProcessor, CLIPTokenizer
+
+    from gateway.codec.cadc.bundle import save_bundle
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.codec.cadc.model import CADCModel
+
+    cfg = CADCConfig.from_yaml(config_path)
+    cfg.sources = {}
+    parts: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.uses_text_encoder:
+            length = int(cfg.text_encoder.get("max_position_embeddings", 77))
+            parts["tokenizer"] = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(Path(tmp) / "tok", length)))
+        if cfg.uses_captioner:
+            size = int(cfg.captioner.get("vision_config", {}).get("image_size", 384))
+            parts["caption_processor"] = BlipProcessor.from_pretrained(str(write_blip_processor(Path(tmp) / "proc", size)))
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = CADCModel(cfg, parts)
+        return save_bundle(model.to("cpu"), out)
