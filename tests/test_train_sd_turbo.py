@@ -148,3 +148,13 @@ def test_a_recipe_that_asks_for_lpips_without_its_file_fails_at_start(user_setup
     r["lpips_path"] = None
     recipe.write_text(yaml.safe_dump(r))
     Trainer(model, TrainConfig.from_yaml(recipe), tmp_path / "run", ImageBank(r["data"]["train"]), progress=False)
+
+
+def test_the_recipe_trains_every_delta_the_rate_controller_may_pick() -> None:
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.training.config import TrainConfig
+
+    recipe = TrainConfig.from_yaml(CONFIGS / "train" / "cadc-sd-turbo.yaml")
+    model = CADCConfig.from_yaml(CONFIGS / "models" / "cadc-sd-turbo.yaml")
+    assert tuple(recipe.delta_range) == tuple(model.codec.delta_range)
+    assert recipe.keep_checkpoints == 2 and recipe.keep_best

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The sender's footprint: parameters, peak RSS and start-up time of loading a CADC bundle to encode, in a fresh process.
 
-    python tools/bench_sender.py                                   # cadc-tiny: whole model (before) vs encoder only
-    python tools/bench_sender.py --config configs/models/cadc-sd-turbo.yaml --build /tmp/sd-turbo-random
+    python tools/bench_sender.py                                   # cadc-tiny: torch alone, whole model (before), encoder only
+    python tools/bench_sender.py --config configs/models/cadc-sd-turbo.yaml --build /tmp/sd-turbo-sender --modes encoder
 
 Each measurement runs in its own new interpreter (so nothing is imported or
 cached beforehand): it imports the codec, loads the bundle (``--mode full``:
@@ -10,10 +10,11 @@ the whole model, as the sender did before; ``encoder``: the encoder tensors
 only) and rate-controls one Kodak image into 4 frames.  Start-up is from the
 interpreter's start to the codec being ready; peak RSS is the process's
 high-water mark after the encode.  ``--build`` makes a random-init bundle of
-``--config`` at full size first (once; reused when it is there), and the
-encoder is then also loaded from a copy holding only ``config.yaml``,
-``codec.safetensors`` and ``manifest.json``: the sender needs no UNet, VAE
-or text weights on its disk.  Prints a table and a last line ``BENCH_JSON {...}``
+``--config`` at full size first (once; reused when it is there); with
+``--modes encoder`` only what a sender host holds (``config.yaml``,
+``codec.safetensors``, ``manifest.json``: no UNet, VAE or text weights at
+all), else the whole bundle, whose encoder is then also loaded from a copy
+holding only those three files.  Prints a table and a last line ``BENCH_JSON {...}``
 (``tools/bench.py`` collects it).
 """
 
@@ -44,6 +45,15 @@ def child(bundle: str, mode: str, image: str) -> None:
     from gateway.ratecontrol import Budget, fit
 
     t_import = time.perf_counter()
+    if mode == "floor":  # what any torch-based sender pays before loading a model: import torch
+        import torch  # noqa: F401
+
+        t_ready = time.perf_counter()
+        print(json.dumps({"mode": mode, "parameters": 0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          "import_s": t_import - t0, "load_s": t_ready - t_import, "startup_s": t_ready - t0,
+                          "encode_s": 0.0, "bytes": 0, "model_id": None, "diffusers_imported": False,
+                          "transformers_imported": False}))
+        return
     codec = make_codec("cadc", bundle=bundle, device="cpu", encoder_only=mode == "encoder")
     t_ready = time.perf_counter()
     picture = np.asarray(Image.open(image).convert("RGB")) if image else np.zeros((512, 768, 3), np.uint8) + 128
@@ -76,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, help="bundle folder (default: the embedded cadc-tiny, or --build)")
     p.add_argument("--config", type=Path, help="with --build: the model config to make a random full-size bundle of")
     p.add_argument("--build", type=Path, help="make (or reuse) a random-init bundle of --config here")
-    p.add_argument("--modes", default="full,encoder", help="comma-separated: full (the whole model), encoder")
+    p.add_argument("--modes", default="floor,full,encoder",
+                   help="comma-separated: floor (import torch only), full (the whole model), encoder")
     p.add_argument("--image", default=str(KODAK) if KODAK.is_file() else "", help="image to encode (Kodak 23)")
     p.add_argument("--repeat", type=int, default=2, help="runs per mode (the best start-up is reported)")
     args = p.parse_args(argv)
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.config:
                 p.error("--build needs --config")
             t0 = time.perf_counter()
-            random_bundle(args.config, args.build)
+            random_bundle(args.config, args.build, sender_only=args.modes == "encoder")
             print(f"built a random {args.config.stem} bundle in {args.build} ({time.perf_counter() - t0:.0f} s)")
         bundle = args.build
     runs: list[dict] = []
@@ -100,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes.split(","):
         best = min((measure(bundle, mode, args.image) for _ in range(args.repeat)), key=lambda r: r["startup_s"])
         runs.append(best)
-    if args.build and "encoder" in args.modes:
+    if args.build and "encoder" in args.modes and (bundle / "unet").is_dir():
         from gateway.codec.cadc.bundle import CODEC_WEIGHTS, CONFIG_FILE, MANIFEST
 
         sender_copy = Path(tempfile.mkdtemp(prefix="sender-copy-"))
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         heavy = "yes" if r["diffusers_imported"] or r["transformers_imported"] else "no"
         print(f"{r['mode']:<8} {r['parameters']:>14,} {r['peak_rss_mb']:>12.0f} {r['startup_s']:>11.2f} "
               f"{r['import_s']:>7.2f} / {r['load_s']:<6.2f} {r['encode_s']:>9.2f} {heavy:>23}  {r['bundle']}")
-    ids = {r["model_id"] for r in runs}
+    ids = {r["model_id"] for r in runs if r["model_id"]}
     print("BENCH_JSON " + json.dumps({"runs": runs, "same_model_id": len(ids) == 1}))
     return 0 if len(ids) == 1 else 1
 

@@ -396,15 +396,15 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> CADCEn
     weights = root / CODEC_WEIGHTS
     if not weights.is_file():
         raise BundleError(f"model bundle {root} is missing part(s): 'codec' (looked for {weights})")
-    # Built on the meta device: every tensor is then taken from the file (no random init to pay for).
-    with torch.device("meta"):
-        encoder = CADCEncoder(cfg)
+    # Built on the CPU, not the meta device: meta construction pulls in torch._dynamo (seconds and ~50 MB),
+    # while initialising the encoder's few million parameters costs milliseconds.
+    encoder = CADCEncoder(cfg)
     try:
         with safe_open(str(weights), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys() if is_encoder_tensor(k)}
     except Exception as exc:
         raise BundleError(f"model bundle part 'codec' ({weights}) is unreadable: {exc}") from exc
     _check_codec_state(encoder.state_dict(), state, root)
-    encoder.load_state_dict(state, assign=True)
+    encoder.load_state_dict(state)
     encoder.model_id = bundle_model_id(root)
     return encoder.to(device).eval()

@@ -160,22 +160,26 @@ def write_tiny_sd_turbo(root: Path, sd_turbo_yaml: Path) -> dict:
     return cfg
 
 
-def random_bundle(config_path: Path, out: Path, seed: int = 0, device: str = "cpu") -> Path:
+def random_bundle(config_path: Path, out: Path, seed: int = 0, device: str = "cpu", sender_only: bool = False) -> Path:
     """A bundle of the model config at ``config_path`` with every part random at full size (its ``sources``
     ignored), for benchmarks and the GPU check.
 
     The CLIP tokenizer and BLIP processor have no random init; small ones
     from this module stand in (random weights need no real vocabulary).
     Parameters are initialised on ``device`` (a GPU does the full-size
-    model in seconds) and saved from the CPU.
+    model in seconds) and saved from the CPU.  ``sender_only`` writes what a
+    sender host holds (``config.yaml``, ``codec.safetensors``,
+    ``manifest.json``): the pretrained parts are then only built on the meta
+    device (no memory, no time) and never saved.
     """
     import tempfile
 
+    from safetensors.torch import save_file
     from transformers import BlipProcessor, CLIPTokenizer
 
-    from gateway.codec.cadc.bundle import save_bundle
+    from gateway.codec.cadc.bundle import CODEC_WEIGHTS, CONFIG_FILE, codec_state_dict, model_id_of, save_bundle, write_manifest
     from gateway.codec.cadc.config import CADCConfig
-    from gateway.codec.cadc.model import CADCModel
+    from gateway.codec.cadc.model import CADCModel, build_captioner, build_text_encoder, build_unet, build_vae
 
     cfg = CADCConfig.from_yaml(config_path)
     cfg.sources = {}
@@ -187,7 +191,21 @@ def random_bundle(config_path: Path, out: Path, seed: int = 0, device: str = "cp
         if cfg.uses_captioner:
             size = int(cfg.captioner.get("vision_config", {}).get("image_size", 384))
             parts["caption_processor"] = BlipProcessor.from_pretrained(str(write_blip_processor(Path(tmp) / "proc", size)))
+        if sender_only:
+            with torch.device("meta"):
+                parts.update(unet=build_unet(cfg), vae=build_vae(cfg))
+                if cfg.uses_text_encoder:
+                    parts["text_encoder"] = build_text_encoder(cfg)
+                if cfg.uses_captioner:
+                    parts["captioner"] = build_captioner(cfg)
         torch.manual_seed(seed)
         with torch.device(device):
             model = CADCModel(cfg, parts)
-        return save_bundle(model.to("cpu"), out)
+        if not sender_only:
+            return save_bundle(model.to("cpu"), out)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / CONFIG_FILE)
+    save_file(codec_state_dict(model), str(out / CODEC_WEIGHTS))
+    write_manifest(out, model_id_of(out))
+    return out
