@@ -108,3 +108,22 @@ def test_ablation_switches(switches: dict) -> None:
     if not switches.get("ugaq", True):
         assert torch.all(out["m"] == 1.0) and m.ugaq is None
     assert out["x_hat"].shape == (1, 3, 64, 64)
+
+
+def test_colour_correction_starts_as_the_identity_and_learns_block_means() -> None:
+    """Zero-initialised, it leaves the VAE's picture as it is; a few steps pull the block means to a target."""
+    torch.manual_seed(0)
+    model = CADCModel(CADCConfig.from_dict(tiny_dict(color_correction=True)))
+    l0 = torch.randn(1, model.latent_primary, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(model.decode_pixels(l0), model.vae_decode(l0))
+    target = model.vae_decode(l0).detach() + torch.tensor([0.1, -0.05, 0.02]).view(1, 3, 1, 1)  # a colour cast
+    opt = torch.optim.Adam(model.color.parameters(), lr=1e-2)
+    with torch.no_grad():
+        before = float(((model.decode_pixels(l0) - target) ** 2).mean())
+    for _ in range(60):
+        loss = ((model.decode_pixels(l0) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.1 * before

@@ -82,7 +82,7 @@ def test_light_sender_and_a_ground_station_decoding_across_a_model_update(bundle
         os.environ.pop(env_key)
         images = make_images(2, size=96)
         first = rig.submit(images[0][0], images[0][1], codec="cadc", packets=4)
-        wait_for(lambda: first in rig.outputs(), 120, what="the old model's picture")
+        wait_for(lambda: first in rig.outputs(), 300, what="the old model's picture")
         log = (rig.tmp / "sender.log").read_text()
         assert "import time:" in log and "gateway.codec.cadc.codec" in log  # the import log covers the encode
         heavy = [line for line in log.splitlines() if line.startswith("import time:")
@@ -94,7 +94,7 @@ def test_light_sender_and_a_ground_station_decoding_across_a_model_update(bundle
         cmd[cmd.index("--bundle") + 1] = str(bundles["new"])
         rig.restart("sender")
         second = rig.submit(images[1][0], images[1][1], codec="cadc", packets=4)
-        outs = wait_for(lambda: second in rig.outputs() and rig.outputs(), 120, what="the new model's picture")
+        outs = wait_for(lambda: second in rig.outputs() and rig.outputs(), 300, what="the new model's picture")
         assert outs[first]["setting"]["model_id"] == f"{model_id_of(bundles['old']):04x}"
         assert outs[second]["setting"]["model_id"] == f"{model_id_of(bundles['new']):04x}"
         assert outs[first]["caption"] and outs[second]["caption"]
@@ -116,3 +116,26 @@ def test_satgw_decode_picks_the_bundle_by_model_id(bundles: dict[str, Path], tmp
     assert f"model {enc.model_id:04x}" in capsys.readouterr().err
     assert decode_main([*args, "--bundle", str(bundles["old"])]) == 0
     assert (tmp_path / "a.png").is_file()
+
+
+def test_the_encoder_half_reads_its_tensors_only_the_colour_correction_is_the_decoders(bundles: dict[str, Path]) -> None:
+    """A bundle with the decoder's colour correction and DCVC-DC's channel groups: the sender loads its encoder
+    half from the three-file copy, with exactly the encoder's tensors (no colour, g_s or auxiliary decoder)."""
+    from safetensors import safe_open
+
+    from gateway.codec.cadc.bundle import load_encoder
+    from gateway.codec.cadc.encoder import CADCEncoder, is_encoder_tensor
+    from gateway.codec.cadc.model import CADCModel
+
+    cfg = CADCConfig.from_yaml(bundles["old"] / CONFIG_FILE)
+    assert cfg.codec.color_correction and cfg.codec.context_groups == 4
+    with safe_open(str(bundles["old"] / CODEC_WEIGHTS), framework="pt") as f:
+        stored = set(f.keys())
+    assert any(k.startswith("color.") for k in stored)
+    encoder = load_encoder(bundles["sender-old"])
+    assert type(encoder) is CADCEncoder and not isinstance(encoder, CADCModel)
+    names = set(encoder.state_dict())
+    assert names == {k for k in stored if is_encoder_tensor(k)}
+    assert not any(k.split(".")[0] in ("color", "g_s", "aux_decoder", "unet", "vae", "text") for k in names)
+    assert not hasattr(encoder, "color") and encoder.config.codec.color_correction
+    assert encoder.model_id == model_id_of(bundles["old"])

@@ -566,8 +566,12 @@ class CADCCodec(Codec):
             l0 = model.denoise(l_t, text)
         t5 = time.perf_counter()
         timings["unet"] = (t5 - t4) * 1e3
+        l0 = l0.contiguous(memory_format=torch.channels_last)
         with self._pretrained_precision():
-            x_hat = model.vae_decode(l0.contiguous(memory_format=torch.channels_last))[..., :ch, :cw]
+            x_hat = model.vae_decode(l0)
+        if model.color is not None:  # a codec network, like g_s: float32 (model.decode_pixels outside autocast)
+            x_hat = model.color(l0, x_hat.float())
+        x_hat = x_hat[..., :ch, :cw]
         t6 = time.perf_counter()
         timings["vae_decode"] = (t6 - t5) * 1e3
         image = (x_hat[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)

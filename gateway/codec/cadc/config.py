@@ -56,6 +56,10 @@ class CodecSection:
     ugaq_gained_input: bool = True
     #: Upper bound of UGAQ's m (m in [1, max]); 0: unbounded ``1 + softplus`` (first bundles).
     ugaq_max_scale: float = 0.0
+    #: A low-resolution colour correction after the VAE decoder (from l0 and the decoder's 8x8 block means):
+    #: the small VAE's group norms lose absolute colour, which block-mean losses and ΔE punish.
+    color_correction: bool = False
+    color_width: int = 32
     #: Initial spread of the λ gains: log-gains start on a ramp over ±ln(gain_init_span).
     gain_init_span: float = 2.0
     lam_range: list[float] = field(default_factory=lambda: [0.25, 64.0])

@@ -185,3 +185,32 @@ class AuxDecoder(nn.Module):
 
     def forward(self, l4: torch.Tensor) -> torch.Tensor:
         return self.net(l4) + 0.5
+
+
+class ColorCorrection(nn.Module):
+    """``x̂ + UP8(f(l0, pool8(x̂)))``: the block-mean colour the VAE decoder loses, put back.
+
+    A small VAE decoder normalises its features by group over the whole
+    picture (GroupNorm with two channels per group at full resolution), which
+    drops absolute colour and tone: on Kodak its round trip alone was off by
+    up to 15 of 255 in the mean of a channel, and replacing only its 16x16
+    block means by the original's raised PSNR by 0.2-4.8 dB.  This net works
+    at l0's resolution (1/8 of the side), sees l0 and the decoder's own block
+    means, and adds a smooth (bilinearly upsampled) correction; it starts at
+    zero, so adding it leaves a trained decoder unchanged.
+    """
+
+    def __init__(self, latent_channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            conv(latent_channels + 3, width, 3), nn.GELU(), conv(width, width, 3), nn.GELU(), conv(width, 3, 1)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, l0: torch.Tensor, x_dec: torch.Tensor) -> torch.Tensor:
+        h, w = l0.shape[-2:]
+        pooled = F.adaptive_avg_pool2d(x_dec[..., : 8 * h, : 8 * w], (h, w))
+        correction = self.net(torch.cat([l0, pooled.to(l0.dtype)], dim=1))
+        up = F.interpolate(correction, size=x_dec.shape[-2:], mode="bilinear", align_corners=False)
+        return x_dec + up.to(x_dec.dtype)

@@ -19,11 +19,13 @@ from torch import nn
 from gateway.codec.cadc.config import CADCConfig
 from gateway.codec.cadc.encoder import ENCODER_MODULES, ENCODER_PARAMS, CADCEncoder
 from gateway.codec.cadc.entropy_models import bits_from_likelihood, gaussian_likelihood, noisy, round_ste
-from gateway.codec.cadc.layers import AuxDecoder, SynthesisTransform
+from gateway.codec.cadc.layers import AuxDecoder, ColorCorrection, SynthesisTransform
 from gateway.codec.cadc.text import TextConditioning
 
-#: Modules whose weights live in codec.safetensors (the rest are diffusers/transformers parts).
-CODEC_MODULES = (*ENCODER_MODULES, "g_s", "aux_decoder")
+#: Modules whose weights live in codec.safetensors (the rest are diffusers/transformers parts). The
+#: encoder's (:data:`ENCODER_MODULES`) are all a sender reads; the rest, the colour correction included,
+#: are the decoder's.
+CODEC_MODULES = (*ENCODER_MODULES, "g_s", "aux_decoder", "color")
 CODEC_PARAMS = (*ENCODER_PARAMS, "text.null_embedding")
 
 
@@ -117,6 +119,7 @@ class CADCModel(CADCEncoder):
         k = config.vae_latent_channels
         self.g_s = SynthesisTransform(n, c.synthesis_width, c.latent_channels, n_up=c.n_down - 3, blocks=c.transform_blocks)
         self.aux_decoder = AuxDecoder(c.aux_widths, k) if c.adgic else None
+        self.color = ColorCorrection(k, c.color_width) if c.color_correction else None
         #: k: channels of the VAE latent, i.e. of l_T's primary part l_T[:k] and of the UNet's output.
         self.latent_primary = k
 
@@ -220,6 +223,11 @@ class CADCModel(CADCEncoder):
         latent = l0 / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
         return (self.vae.decode(latent).sample + 1.0) / 2.0
 
+    def decode_pixels(self, l0: torch.Tensor) -> torch.Tensor:
+        """The decoder's picture of l0: the VAE decoder, then the colour correction when the model has one."""
+        x = self.vae_decode(l0)
+        return self.color(l0, x) if self.color is not None else x
+
     def vae_encode(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent (l_0 space) of x in [0, 1] (posterior mean for AutoencoderKL); for training."""
         out = self.vae.encode(x * 2.0 - 1.0)
@@ -287,10 +295,10 @@ class CADCModel(CADCEncoder):
             s = window // 8
             i = int(torch.randint(0, h // 8 - s + 1, (1,)))
             j = int(torch.randint(0, w // 8 - s + 1, (1,)))
-            x_hat = self.vae_decode(l0[..., i : i + s, j : j + s])
+            x_hat = self.decode_pixels(l0[..., i : i + s, j : j + s])
             target = x[..., 8 * i : 8 * (i + s), 8 * j : 8 * (j + s)]
         else:
-            x_hat = self.vae_decode(l0)[..., :h, :w]
+            x_hat = self.decode_pixels(l0)[..., :h, :w]
         x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
         return {
             "x_hat": x_hat, "x_target": target, "x_aux": x_aux, "l0": l0, "captions": captions,
