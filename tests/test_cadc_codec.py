@@ -253,3 +253,31 @@ def test_hostile_bitstreams_raise_only_bitstream_errors(codec: CADCCodec, stream
         return
     # A corruption that slips past every check still yields a sane image.
     assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
+
+
+def test_half_precision_pretrained_parts_read_the_same_symbols(bundles: dict[str, Path], codec: CADCCodec,
+                                                               stream: bytes) -> None:
+    """The GPU path on the CPU: UNet, VAE, CLIP and BLIP in bfloat16 under autocast; symbols stay float64-exact."""
+    half = CADCCodec(load_model(bundles["caption"], dtype=torch.bfloat16), device="cpu", precision=torch.bfloat16)
+    assert half.model.unet.dtype == torch.bfloat16 and half.model.text.captioner.dtype == torch.bfloat16
+    assert half.model.g_s.net[0].weight.dtype == torch.float32  # the codec's own networks stay float32
+    (_, exact), (_, halved) = codec.decode_symbols(stream), half.decode_symbols(stream)
+    assert np.array_equal(exact.z, halved.z) and np.array_equal(exact.q, halved.q)
+    picture, info = half.decode_with_info(stream)
+    assert picture.shape == codec.decode(stream).shape and info["caption"] is not None
+
+
+def test_device_and_precision_settings() -> None:
+    from gateway.codec.cadc.devices import resolve_device, resolve_precision
+    from gateway.errors import ConfigError
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32  # the CPU never runs half precision
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float16
+    assert resolve_precision("bf16", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda:0")

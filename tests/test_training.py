@@ -10,7 +10,7 @@ import torch
 from skimage import data
 
 from gateway.errors import ConfigError
-from gateway.training.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from gateway.training.checkpoint import best_checkpoint, latest_checkpoint, list_checkpoints, save_checkpoint
 from gateway.training.config import TrainConfig
 from gateway.training.data import CropSampler, ImageBank
 from gateway.training.losses import ms_ssim_loss
@@ -137,12 +137,34 @@ def test_crop_sampler_is_reproducible_and_sized():
     assert a.next_batch().shape == (2, 3, 128, 128)
 
 
-def test_checkpoints_keep_the_newest(tmp_path):
+def test_checkpoints_keep_the_newest_and_the_best_of_the_stage(tmp_path):
     for step in (10, 20, 30, 40):
         save_checkpoint(tmp_path, step, {"x": step}, keep=2)
     names = [p.name for p in list_checkpoints(tmp_path)]
     assert names == ["ckpt-00000030.pt", "ckpt-00000040.pt"]
     assert not list(tmp_path.glob(".ckpt-*"))
+    for step, score in ((50, 2.0), (60, 1.0), (70, 3.0), (80, None)):
+        save_checkpoint(tmp_path, step, {"stage_index": 1}, keep=2, score=score)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000060.pt", "ckpt-00000070.pt", "ckpt-00000080.pt"]
+    assert best_checkpoint(tmp_path).name == "ckpt-00000060.pt"
+    save_checkpoint(tmp_path, 90, {"stage_index": 2}, keep=2, score=9.0)  # a new stage scores on its own objective
+    assert best_checkpoint(tmp_path).name == "ckpt-00000090.pt"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000080.pt", "ckpt-00000090.pt"]
+
+
+def test_images_are_decoded_on_demand_through_a_bounded_cache(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    bank = ImageBank([tmp_path], cache_mb=2 * 200 * 300 * 3 / 2**20)  # room for two decoded images
+    assert len(bank) == 6 and bank.size(3) == (200, 300) and bank._cache.bytes == 0  # sizes from the headers
+    sampler = CropSampler(bank, 64, 4, seed=1)
+    for _ in range(5):
+        assert sampler.next_batch().shape == (4, 3, 64, 64)
+        assert bank._cache.bytes <= 2 * 200 * 300 * 3
+    assert torch.equal(bank[2], torch.from_numpy(np.array(Image.open(tmp_path / "2.png"))).permute(2, 0, 1))
 
 
 def test_recipe_rejects_typos():
@@ -265,7 +287,7 @@ def test_latent_targets_are_computed_once_per_image_and_match_the_crops(tmp_path
     cache = LatentCache.build(model, sampler.images, tmp_path, log=None)
     assert len(calls) == 2 * len(bank)
     again = LatentCache.build(model, sampler.images, tmp_path, log=None)  # a resume loads, never re-encodes
-    assert len(calls) == 2 * len(bank) and len(again.latents) == len(bank)
+    assert len(calls) == 2 * len(bank) and len(again) == len(bank)
     model.vae_encode = real
     with torch.no_grad():
         for _ in range(3):
@@ -277,3 +299,16 @@ def test_latent_targets_are_computed_once_per_image_and_match_the_crops(tmp_path
             inner = (slice(None), slice(None), slice(3, 5), slice(3, 5))
             assert target.shape == own.shape
             assert torch.allclose(target[inner], own[inner], atol=1e-3)
+
+
+def test_gpu_check_dry_run_prints_one_json_line_with_every_step(tmp_path, load_tool, capsys):
+    """tools/gpu_check.py, the script a session with a GPU runs, works end to end here with tiny models on the CPU."""
+    import json
+
+    assert load_tool("gpu_check").main(["--dry-run", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ok"] and result["mode"].startswith("dry-run")
+    assert result["train"]["steps"] == 2 and result["train"]["loss_finite"]
+    assert result["decode"]["images"] == 2 and all(result["decode"]["captions"])
+    assert result["symbols"]["identical"] == result["symbols"]["streams"] == 2
+    assert result["tiny_train"]["cpu"]["s_per_step"] > 0

@@ -90,6 +90,22 @@ def _codec(j: dict) -> list[Row]:
     return rows
 
 
+def _sender(j: dict) -> list[Row]:
+    runs = {r["mode"]: r for r in j["runs"]}
+    full, enc = runs.get("full"), runs.get("encoder")
+    rows = []
+    if enc is not None:
+        rows.append(Row("sender", "cadc-tiny sender (encoder only): parameters", enc["parameters"], "report", None))
+        heavy = enc["diffusers_imported"] or enc["transformers_imported"]
+        rows.append(Row("sender", "cadc-tiny sender imports diffusers/transformers", heavy, "no", not heavy))
+    if full is not None and enc is not None:
+        for key, what in (("startup_s", "start-up"), ("peak_rss_mb", "peak RSS")):
+            ratio = full[key] / enc[key]
+            rows.append(Row("sender", f"cadc-tiny sender {what}: whole model / encoder only "
+                            f"({full[key]:.2f} / {enc[key]:.2f})", round(ratio, 1), ">= 3", ratio >= 3))
+    return rows
+
+
 def _e2e(j: dict) -> list[Row]:
     return [Row("e2e", f"{r['preset']} images/hour ({r['codec']}, {r['packets']} frames)", r["images_per_hour"],
                 "report", None) for r in j["rows"]]
@@ -104,6 +120,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict], list[Row]]]] = {
                     ["bench_ratecontrol.py", "--codecs", "avif,cadc", "--limit", "3", "--no-decode"], _ratecontrol),
     "codec": (["bench_codec.py", "--all"], ["bench_codec.py", "--images", "2"], _codec),
     "e2e": (["bench_e2e.py", "--images", "8"], ["bench_e2e.py", "--images", "3", "--packets", "2"], _e2e),
+    "sender": (["bench_sender.py", "--repeat", "3"], ["bench_sender.py", "--repeat", "1"], _sender),
 }
 
 

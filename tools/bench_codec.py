@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     model = codec.model
     print(f"bundle {path}  model id {codec.model_id:04x}  threads {args.threads}")
     print("parameters:")
-    for name in ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "unet", "vae"):
+    for name in ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color", "unet", "vae"):
         module = getattr(model, name)
         if module is not None:
             print(f"  {name:<19} {sum(p.numel() for p in module.parameters()):>12,}")

@@ -48,6 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame-size", type=int, default=450, help="bytes per frame on the wire")
     p.add_argument("--parity", type=int, default=0, help="erasure-code parity frames per message")
     p.add_argument("--bundle", help="CADC bundle folder (default: the embedded cadc-tiny)")
+    p.add_argument("--device", default="auto", help="where CADC runs: auto (a GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", help="dtype of CADC's UNet, VAE and text models on a GPU: "
+                   "auto (fp16), fp16, bf16, fp32")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--reference", default="avif", help="codec the BD-rates are measured against")
     p.add_argument("--crops", type=int, default=4, help="side-by-side crops for the first N images (0 = none)")
@@ -287,10 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         label, sep, folder = spec.partition("=")
         label = label.strip() if sep else spec.lower()
         try:
+            where = {"device": args.device, "precision": args.precision}
             if sep:
-                codecs[label] = make_codec("cadc", bundle=folder.strip())
+                codecs[label] = make_codec("cadc", bundle=folder.strip(), **where)
             else:
-                codecs[label] = make_codec(label, bundle=args.bundle) if label == "cadc" else make_codec(label)
+                codecs[label] = make_codec(label, bundle=args.bundle, **where) if label == "cadc" else make_codec(label)
         except SatgwError as exc:
             setup_errors[label] = str(exc)
             print(f"warning: codec {label} unavailable: {exc}", file=sys.stderr)
@@ -351,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"images": len(files), "source": str(args.images), "frame_size": args.frame_size, "parity": args.parity,
             "frames": frames, "codecs": names, "unavailable": setup_errors, "reference": args.reference,
             "ssimulacra": metrics.ssimulacra_version() if not args.no_slow_metrics else "skipped",
-            "bundle": args.bundle}
+            "bundle": args.bundle, "device": args.device, "precision": args.precision}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "rows": rows, "bd_rate": bd}, indent=1))
     md = markdown_summary(rows, bd, args.reference, meta)
     (out / "summary.md").write_text(md)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gateway.errors import ConfigError, SatgwError
+from gateway.errors import SatgwError
+from gateway.training.build import save_run_parts
 from gateway.training.config import TrainConfig
 from gateway.training.data import ImageBank
 from gateway.training.trainer import Trainer
@@ -51,65 +52,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a model config value, e.g. --set codec.ugaq=false (YAML value; repeatable)")
     p.add_argument("--export", help="write the current weights as a bundle here periodically and at the end")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the recipe)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N; under "
+                   "torchrun each process takes the GPU of its LOCAL_RANK")
     p.add_argument("--max-steps", type=int, help="stop after this many steps of this invocation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     return p.parse_args(argv)
 
 
-def setup_distributed() -> torch.device:
-    """Join the torchrun process group when launched by torchrun; pick this process's device."""
+def setup_distributed(device: str | None = None) -> torch.device:
+    """Join the torchrun process group when launched by torchrun; pick this process's device.
+
+    ``device`` (``--device``: auto, cpu, cuda, cuda:N; default auto) decides
+    CPU or GPU; under torchrun each process takes the GPU of its LOCAL_RANK.
+    """
+    from gateway.codec.cadc.devices import resolve_device
+
+    chosen = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        if chosen.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             return torch.device("cuda", local)
         return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return chosen
 
 
 def build_model(model_config: str, overrides: list[str], init_bundle: str | None,
-                init_parts: list[str] | None = None, inits: list[list[str]] | None = None):
-    """A fresh CADC model from its config (plus overrides), warm-started from bundles or checkpoints when given."""
-    from gateway.codec.cadc.bundle import load_model
-    from gateway.codec.cadc.config import CADCConfig
-    from gateway.codec.cadc.model import CADCModel
-    from gateway.training.checkpoint import load_checkpoint, warm_start
+                init_parts: list[str] | None = None, inits: list[list[str]] | None = None,
+                run_dir: str | None = None, resume: bool = False):
+    """The model a run starts from (see :mod:`gateway.training.build`)."""
+    from gateway.training.build import build_model as build
 
-    cfg = CADCConfig.from_yaml(model_config)
-    if overrides:
-        cfg = CADCConfig.from_dict(apply_overrides(cfg.to_dict() | {"sources": cfg.sources}, overrides),
-                                   origin=f"{model_config} with --set {' '.join(overrides)}")
-    model = CADCModel(cfg)
-    sources = ([[init_bundle, *(init_parts or [])]] if init_bundle else []) + list(inits or [])
-    for source, *prefixes in sources:
-        if Path(source).is_file():
-            state = load_checkpoint(source, restore_rng=False)["model"]
-            report = warm_start(model, state, prefixes or None)
-        else:
-            report = warm_start(model, load_model(source), prefixes or None)
-        print(f"warm start from {source}: {len(report['copied'])} tensors copied, "
-              f"{len(report['reshaped'])} skipped for shape, {len(report['missing'])} not in the source", flush=True)
-    return model
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``data`` with each ``a.b=value`` applied (value parsed as YAML)."""
-    import yaml
-
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. codec.ugaq=false")
-        *path, leaf = key.split(".")
-        node = data
-        for part in path:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
-    return data
+    return build(model_config, overrides, init_bundle, init_parts, inits, run_dir=run_dir, resume=resume)
 
 
 def export_bundle(model, folder: Path) -> None:
@@ -124,15 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TrainConfig.from_yaml(args.train)
         torch.set_num_threads(args.threads or cfg.threads)
-        device = setup_distributed()
+        device = setup_distributed(args.device)
         rank = dist.get_rank() if dist.is_initialized() else 0
         random.seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)
         torch.manual_seed(cfg.seed + rank)
         fresh = not (args.resume and _has_checkpoint(args.out))
-        model = build_model(args.model, args.overrides, args.init_bundle if fresh else None, args.init_parts,
-                            args.inits if fresh else None)
-        train_bank = ImageBank(cfg.data.train)
+        # A resume takes its tensors from the checkpoint; the init bundle then only saves building random parts.
+        model = build_model(args.model, args.overrides, args.init_bundle, args.init_parts,
+                            args.inits if fresh else None, run_dir=args.out, resume=not fresh)
+        if fresh and rank == 0:
+            save_run_parts(model, args.out)
+        train_bank = ImageBank(cfg.data.train, cache_mb=cfg.data.cache_mb)
         val_bank = ImageBank(cfg.data.val, limit=cfg.data.val_limit) if cfg.data.val else None
         if rank == 0:
             print(f"data: {len(train_bank)} training images from {cfg.data.train}; "

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.codec import bitstream
 from gateway.codec.image_io import png_bytes, read_rgb, write_atomic
-from gateway.codec.registry import CODEC_NAMES, make_codec
+from gateway.codec.registry import CODEC_NAMES, decoder_for, make_codec
 from gateway.errors import BudgetError, SatgwError
 
 EXIT_ERROR = 1
@@ -33,11 +33,11 @@ def _fail(prog: str, message: str, code: int = EXIT_ERROR) -> int:
 
 
 def _load_codec(name: str | None, bundle: str | None) -> tuple[Any, str]:
-    """The codec to use and a note on how it was chosen."""
+    """The codec to use and a note on how it was chosen (CADC: only its encoder is loaded, as on the sender)."""
     if name is not None:
-        return make_codec(name, bundle=bundle), f"codec {name} (asked for)"
+        return make_codec(name, bundle=bundle, encoder_only=True), f"codec {name} (asked for)"
     try:
-        return make_codec("cadc", bundle=bundle), "codec cadc (default: the model bundle loaded)"
+        return make_codec("cadc", bundle=bundle, encoder_only=True), "codec cadc (default: the model bundle loaded)"
     except (SatgwError, ImportError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return make_codec("avif"), f"codec avif (default fallback: cadc did not load: {reason})"
@@ -104,7 +104,13 @@ def decode_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog=prog, description="Decode a satgw bitstream file to a PNG image.")
     ap.add_argument("bitstream", type=Path, help="bitstream file written by 'satgw encode'")
     ap.add_argument("-o", "--output", type=Path, help="PNG to write (default: the input with .png)")
-    ap.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    ap.add_argument("--bundle", action="append",
+                    help="CADC model bundle folder (default: the embedded cadc-tiny); repeat it to give several: "
+                    "the one whose model id the bitstream names decodes")
+    ap.add_argument("--device", default="auto", help="where CADC decodes: auto (a GPU if there is one), cpu, cuda, "
+                    "cuda:N (default auto)")
+    ap.add_argument("--precision", default="auto", help="dtype of the UNet, VAE and text models on a GPU: auto "
+                    "(fp16), fp16, bf16 or fp32 (default auto; the CPU always uses fp32)")
     ap.add_argument("--partial", action="store_true",
                     help="the file may be a prefix of a bitstream (frames still missing): decode the layers it "
                     "holds, the rest predicted (progressive codecs such as cadc)")
@@ -114,7 +120,7 @@ def decode_main(argv: list[str]) -> int:
     try:
         data = args.bitstream.read_bytes()
         header, _ = bitstream.unpack(data)
-        codec = make_codec(header.codec_name, bundle=args.bundle)
+        codec = decoder_for(header, args.bundle or (None,), device=args.device, precision=args.precision)
         image, info = codec.decode_with_info(data, partial=args.partial)
         write_atomic(out_path, png_bytes(image))
     except (SatgwError, ImportError, OSError) as exc:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from gateway.codec import bitstream
 from gateway.codec.base import Codec
 from gateway.codec.classical import CLASSICAL_CODECS
-from gateway.errors import ConfigError
+from gateway.errors import BundleError, ConfigError, ModelMismatch
 
 CODEC_NAMES: tuple[str, ...] = ("cadc", "avif", "jxl", "webp", "jpeg")
 
-_cache: dict[tuple[str, str], Codec] = {}
+_cache: dict[tuple[Any, ...], Codec] = {}
+#: bundle folder -> its model id (read once per process: the manifest, or a hash of the weights)
+_model_ids: dict[str, int] = {}
 _cache_lock = threading.Lock()
 
 
@@ -36,17 +38,26 @@ def make_codec(name: str, **options: Any) -> Codec:
     """A new codec by name.
 
     ``cadc`` takes ``bundle`` (a bundle folder; ``None`` = the embedded
-    cadc-tiny).  Classical codecs ignore ``bundle`` and accept their encoder
-    options (``speed`` for avif, ``effort`` for jxl, ``method`` for webp).
-    Raises :class:`ConfigError` for an unknown name or option.
+    cadc-tiny), ``device`` (``auto`` | ``cpu`` | ``cuda[:n]``; default
+    ``auto``), ``precision`` (of the pretrained parts on a GPU; default
+    ``auto``) and ``encoder_only`` (the sender: load only what encoding needs,
+    no UNet, VAE or text models; then it cannot decode pictures).  Classical
+    codecs ignore those and accept their encoder options (``speed`` for avif,
+    ``effort`` for jxl, ``method`` for webp).  Raises :class:`ConfigError` for
+    an unknown name or option.
     """
     key = str(name).lower()
     if key == "cadc":
         from gateway.codec.cadc.codec import CADCCodec
 
-        return CADCCodec.from_bundle(options.get("bundle"))
+        encoder_only = bool(options.get("encoder_only", False))
+        # The sender's encoder stays on the CPU unless told otherwise: it is light, and a sender host has no GPU.
+        device = options.get("device") or ("cpu" if encoder_only else "auto")
+        return CADCCodec.from_bundle(options.get("bundle"), device=device, precision=options.get("precision"),
+                                     encoder_only=encoder_only)
     if key in CLASSICAL_CODECS:
-        options.pop("bundle", None)
+        for cadc_only in ("bundle", "device", "precision", "encoder_only"):
+            options.pop(cadc_only, None)
         return CLASSICAL_CODECS[key](**options)
     raise ConfigError(f"unknown codec {name!r}; valid codecs: {', '.join(CODEC_NAMES)}")
 
@@ -57,13 +68,51 @@ def codec_name_for(data: bytes) -> str:
     return header.codec_name
 
 
-def get_codec(name: str, bundle: str | Path | None = None) -> Codec:
-    """The process-wide shared instance of codec ``name`` (a daemon loads a CADC bundle once)."""
-    key = (name, str(bundle) if name == "cadc" else "")
+def get_codec(name: str, bundle: str | Path | None = None, *, device: str | None = None,
+              precision: str | None = None, encoder_only: bool = False) -> Codec:
+    """The process-wide shared instance of codec ``name`` (a daemon loads a CADC bundle once).
+
+    Options as for :func:`make_codec`; each distinct set of them is one instance.
+    """
+    key = (name, str(bundle), device, precision, encoder_only) if name == "cadc" else (name, "", None, None, False)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = make_codec(name, bundle=bundle)
+            _cache[key] = make_codec(name, bundle=bundle, device=device, precision=precision, encoder_only=encoder_only)
         return _cache[key]
+
+
+def decoder_for(header: bitstream.Header, bundles: Sequence[str | Path | None] = (None,), *,
+                device: str | None = None, precision: str | None = None) -> Codec:
+    """The shared decoder of a bitstream: its header's codec and, for CADC, the bundle of its model id.
+
+    ``bundles`` are the CADC bundle folders this host keeps (None: the
+    embedded cadc-tiny); the one whose model id the header names decodes, so
+    pictures encoded before a model update still decode after it.  Raises
+    :class:`ModelMismatch` naming the missing id and the ids at hand.
+    """
+    if header.codec_name != "cadc":
+        return get_codec(header.codec_name)
+    from gateway.codec.cadc.bundle import bundle_model_id
+    from gateway.paths import bundle_dir
+
+    known: list[str] = []
+    for bundle in dict.fromkeys(bundles or (None,)):
+        folder = Path(bundle) if bundle is not None else bundle_dir("cadc-tiny")
+        mid = _model_ids.get(str(folder))
+        if mid is None:
+            try:
+                mid = _model_ids[str(folder)] = bundle_model_id(folder)
+            except (OSError, BundleError) as exc:
+                known.append(f"{folder} (unreadable: {exc})")
+                continue
+        if mid == header.model_id:
+            return get_codec("cadc", bundle, device=device, precision=precision)
+        known.append(f"{folder} ({mid:04x})")
+    raise ModelMismatch(
+        f"bitstream was made by model {header.model_id:04x}, and none of this host's CADC bundles is that model: "
+        f"{'; '.join(known)}; add the bundle that encoded it to the 'bundles' list of the ground-station config "
+        "(or pass it with --bundle)"
+    )
 
 
 def decode_any(data: bytes, codecs: dict[str, Codec] | None = None, bundle: str | Path | None = None) -> np.ndarray:

@@ -153,6 +153,16 @@ class ReceiverConfig(DaemonConfig):
     ack: AckSettings
     decode: DecodeSettings
     limits: ReceiverLimits
+    #: More CADC bundles to decode with besides ``bundle`` (e.g. the model before an update): the
+    #: bitstream's model id picks one, so pictures still in flight after an update decode.
+    bundles: tuple[str, ...] = ()
+    device: str = "auto"  #: where CADC decodes: auto, cpu, cuda, cuda:N (checked by the ground station)
+    precision: str = "auto"  #: dtype of the UNet, VAE and text models on a GPU: auto, fp16, bf16, fp32
+
+    @property
+    def decode_bundles(self) -> tuple[str | None, ...]:
+        """Every bundle the ground decodes with: ``bundle`` (None: the embedded cadc-tiny), then ``bundles``."""
+        return (self.bundle, *self.bundles)
 
 
 def _link(s: Section) -> LinkSettings:
@@ -268,6 +278,16 @@ def _sender(top: Section) -> SenderConfig:
     return cfg
 
 
+def _bundle_list(top: Section) -> tuple[str, ...]:
+    """``bundles``: a list of bundle folders (null or absent: none)."""
+    value = top.raw("bundles")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        top.fail(top.key_path("bundles"), "must be a list of CADC model bundle folders, e.g. [bundles/cadc-v1]")
+    return tuple(value)
+
+
 def _receiver(top: Section) -> ReceiverConfig:
     a = top.section("ack")
     ack = AckSettings(
@@ -303,6 +323,9 @@ def _receiver(top: Section) -> ReceiverConfig:
         ack=ack,
         decode=decode,
         limits=limits,
+        bundles=_bundle_list(top),
+        device=top.string("device", "auto"),
+        precision=top.string("precision", "auto"),
         **_attachment(top, "tcp://127.0.0.1:5602"),
     )
     top.done()

@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packets", type=int, action="append",
                    help="budget in frames; repeat for several (default: 1 and 4)")
     p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    p.add_argument("--device", help="where the ground station decodes CADC: auto, cpu, cuda, cuda:N "
+                   "(default: the receiver config's device, auto)")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated seconds per wall second (default 10)")
     p.add_argument("--limit", type=int, help="send only the first N images")
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     images = load_images(a.images, a.limit)
     try:
-        cadc = make_codec("cadc", bundle=a.bundle)
+        cadc = make_codec("cadc", bundle=a.bundle, encoder_only=True)  # the demo encodes here; the ground decodes
         cadc_note = f"cadc bundle: {a.bundle or 'embedded cadc-tiny'}"
     except SatgwError as e:
         cadc, cadc_note = None, f"CADC unavailable, classical codecs only: {e}"
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     img_map = dict(images)
 
     web_port = a.web_port if _port_free(a.web_port) else None
-    daemons = Daemons(out / "run", str(link_preset(a.link)), a.time_scale, a.bundle, metrics=True, web_port=web_port)
+    daemons = Daemons(out / "run", str(link_preset(a.link)), a.time_scale, a.bundle, metrics=True, web_port=web_port,
+                      extra_args={"receiver": ["--device", a.device]} if a.device else None)
     console.print(f"starting link ({a.link}, time scale {a.time_scale:g}), ground station, sender and web page ...")
     interrupted = False
     everything = ("link", "receiver", "sender", "web")

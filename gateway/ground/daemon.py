@@ -53,6 +53,10 @@ class ReceiverDaemon(LinkAttachedDaemon):
     """The ground station's state and event loop. Create, then :meth:`run` until :meth:`stop`."""
 
     def __init__(self, cfg: ReceiverConfig, log: EventLog, worker: DecodeWorker | None = None) -> None:
+        from gateway.codec.cadc.devices import check_device_spec, check_precision
+
+        check_device_spec(cfg.device)  # a typo stops the daemon at start, not at the first picture
+        check_precision(cfg.precision)
         self.cfg = cfg
         lim = cfg.limits
         self.store = FrameStore(cfg.store, synchronous=cfg.store_synchronous, max_pending=lim.max_pending_messages,
@@ -266,7 +270,9 @@ class ReceiverDaemon(LinkAttachedDaemon):
             return
         self.decoding.add(mid)
         self.worker.submit(DecodeJob(self.store.message(mid), bitstream, self.cfg.outbox, self.codec.frame_size,
-                                     self.cfg.bundle, self.cfg.limits.max_image_pixels))
+                                     self.cfg.bundle, max_pixels=self.cfg.limits.max_image_pixels,
+                                     bundles=self.cfg.decode_bundles, device=self.cfg.device,
+                                     precision=self.cfg.precision))
 
     def _collect_decodes(self) -> None:
         for outcome in self.worker.poll():

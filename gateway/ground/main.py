@@ -14,6 +14,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="SQLite frame store file")
     p.add_argument("--outbox", help="folder for decoded PNG + JSON")
     p.add_argument("--decode-worker", choices=("process", "thread"), help="where decoding runs")
+    p.add_argument("--device", help="where CADC decodes: auto, cpu, cuda or cuda:N (overrides the config's device)")
     return p
 
 
@@ -22,5 +23,5 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.ground.daemon import ReceiverDaemon
 
     a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    own = {"store": a.store, "outbox": a.outbox, "decode.worker": a.decode_worker}
+    own = {"store": a.store, "outbox": a.outbox, "decode.worker": a.decode_worker, "device": a.device}
     return run_daemon("receiver", load_receiver_config, a.config, {**own, **link_overrides(a)}, ReceiverDaemon)

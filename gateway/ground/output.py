@@ -35,6 +35,9 @@ class DecodeJob:
     frame_size: int
     bundle: str | None = None  # CADC model bundle folder (None: the embedded cadc-tiny)
     max_pixels: int = 64_000_000  # largest picture (original size) decoded; the header is checked first
+    bundles: tuple[str | None, ...] = ()  # every CADC bundle at hand (the header's model id picks); () = (bundle,)
+    device: str = "auto"  # where CADC decodes (auto, cpu, cuda[:n])
+    precision: str = "auto"  # dtype of the pretrained parts on a GPU
 
     @property
     def message_id(self) -> int:
@@ -104,12 +107,13 @@ def decode_message(job: DecodeJob) -> OutputRecord:
     from gateway.codec import bitstream as bs
     from gateway.codec.base import Knobs
     from gateway.codec.image_io import png_bytes, write_atomic
-    from gateway.codec.registry import get_codec
+    from gateway.codec.registry import decoder_for
     from gateway.errors import CodecError, HostError
 
     header, _ = bs.unpack(job.bitstream, max_pixels=job.max_pixels)
     try:
-        codec = get_codec(header.codec_name, job.bundle)  # loaded once per worker; not part of the decode time
+        # Loaded once per worker (not part of the decode time); the bundle is the one of the header's model id.
+        codec = decoder_for(header, job.bundles or (job.bundle,), device=job.device, precision=job.precision)
     except Exception as e:  # whatever the model library raises, the host's decoder is broken, not the message
         raise HostError(f"cannot load the {header.codec_name} decoder: {type(e).__name__}: {e}") from e
     t0 = time.perf_counter()

@@ -99,7 +99,7 @@ class Encoder(threading.Thread):
         try:
             arr = read_rgb(image, self.cfg.limits.max_pixels)
             budget = Budget.for_frames(row.packets, self.codec, row.parity)
-            result = fit(get_codec(row.codec, self.cfg.bundle), arr, budget, label=row.source_name)
+            result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
             payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(

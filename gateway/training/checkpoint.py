@@ -5,10 +5,16 @@ weights, optimizer(s), LR scheduler(s), step and stage, the python / numpy /
 torch RNG states and the data sampler's state.  Files are written to a temp
 name in the same folder, fsynced and renamed, so a kill at any moment leaves
 either the old or the new checkpoint, never a torn one.
+
+Retention: the newest ``keep`` checkpoints, plus (``keep_best``) the one
+with the lowest validation score of its stage, recorded in
+``checkpoints.json`` beside them (:func:`best_checkpoint`).  A full-size
+model's checkpoint is several GB, so the default keeps three files at most.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+INDEX = "checkpoints.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,8 +46,15 @@ def checkpoint_path(folder: str | Path, step: int) -> Path:
     return Path(folder) / f"ckpt-{step:08d}.pt"
 
 
-def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``state`` (plus RNG states) atomically as the checkpoint of ``step``; keep the newest ``keep``."""
+def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: int = 2,
+                    score: float | None = None, keep_best: bool = True) -> Path:
+    """Write ``state`` (plus RNG states) atomically as the checkpoint of ``step``; prune to the newest ``keep``.
+
+    ``score`` (lower is better; the validation loss measured at this step)
+    makes this the best checkpoint when it beats the best one of the same
+    stage (``state["stage_index"]``); with ``keep_best`` that one is kept
+    beyond the newest ``keep``.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     payload = dict(state, step=step, rng=rng_state())
@@ -60,9 +74,39 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: 
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    best = _read_index(folder).get("best")
+    stage = state.get("stage_index")
+    if score is not None and (best is None or best.get("stage") != stage or score < float(best["score"])):
+        best = {"step": step, "score": float(score), "stage": stage}
+        _write_index(folder, {"best": best})
+    kept_best = checkpoint_path(folder, int(best["step"])) if best and keep_best else None
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+        if old != kept_best:
+            old.unlink(missing_ok=True)
     return final
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_index(folder: Path, data: dict[str, Any]) -> None:
+    tmp = folder / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(folder / INDEX)
+
+
+def best_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint with the best validation score of its stage (see :func:`save_checkpoint`), if still there."""
+    best = _read_index(Path(folder)).get("best")
+    if not best:
+        return None
+    path = checkpoint_path(folder, int(best["step"]))
+    return path if path.is_file() else None
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

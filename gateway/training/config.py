@@ -89,6 +89,8 @@ class DataConfig:
     val_limit: int = 8
     val_size: int = 256
     vflip: bool = False
+    #: Decoded training images kept in RAM per process (MB); the rest are decoded again when drawn.
+    cache_mb: float = 1024.0
 
 
 @dataclass
@@ -105,9 +107,14 @@ class TrainConfig:
     val_lams: int = 3
     log_every: int = 10
     ckpt_every: int = 200
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 2  # the newest ones kept ...
+    keep_best: bool = True  # ... plus the one with the lowest validation loss of its stage
     export_every_s: float = 900.0
     amp: str | None = None  # "bf16" on GPUs
+    #: Local weights of the perceptual terms: a TorchScript LPIPS file and a transformers CLIP vision folder.
+    #: A stage with a positive ``lpips`` / ``clip`` weight needs its file (the run refuses to start without:
+    #: gateway.training.losses.require_perceptual_weights);
+    #: a weight of 0 (or no such term) switches it off.
     lpips_path: str | None = None
     clip_path: str | None = None
 
@@ -137,6 +144,8 @@ class TrainConfig:
                     raise ConfigError(f"train config: {key} must be a number, got {d[key]!r}") from None
         if d.get("lam_sampling", "log_uniform") not in ("log_uniform", "uniform"):
             raise ConfigError("lam_sampling must be 'log_uniform' or 'uniform'")
+        if "keep_best" in d and not isinstance(d["keep_best"], bool):
+            raise ConfigError(f"train config: keep_best must be true or false, got {d['keep_best']!r}")
         return cls(**d)
 
     @classmethod

@@ -3,9 +3,10 @@
 R is the estimated rate of ŷ and ẑ in bits per pixel.  D mixes MSE,
 1 − MS-SSIM, the ADGIC auxiliary loss ‖x − x̂_aux‖², a latent alignment term
 ‖l0 − E(x)‖² (keeps the codec's l0 in the VAE's latent space), a hinge GAN
-loss from a patch discriminator (stage 2), and LPIPS / CLIP terms when their
-weights already exist on disk.  Nothing is downloaded: a perceptual term
-whose weights are absent is skipped with one notice.
+loss from a patch discriminator (stage 2), and LPIPS / CLIP terms from local
+weight files named in the recipe.  Nothing is downloaded, and nothing is
+skipped silently: a recipe that weights a perceptual term whose weights do
+not load fails at start with the path (:func:`require_perceptual_weights`).
 """
 
 from __future__ import annotations
@@ -128,23 +129,38 @@ class CLIPLoss(nn.Module):
         return 1.0 - (self._embed(x) * self._embed(y)).sum(-1)
 
 
-def load_optional_perceptual(weights: LossWeights, lpips_path: str | None, clip_path: str | None) -> dict[str, nn.Module]:
-    """The LPIPS / CLIP modules whose weights exist locally.
+_PERCEPTUAL = {"lpips": ("a TorchScript LPIPS file", LPIPSLoss), "clip": ("a transformers CLIP vision folder", CLIPLoss)}
 
-    A term with a positive weight but no weights on disk is switched off
-    (its weight set to 0) and announced once, so a run never stalls on a
-    download.
+
+def require_perceptual_weights(stages: list[Any], lpips_path: str | None, clip_path: str | None) -> None:
+    """ConfigError, naming the path, when a stage weights LPIPS / CLIP and its local weights are not there.
+
+    Called when a run starts, so a missing file stops it then, not hours
+    later when the stage that needs it begins.
     """
+    for name, path in (("lpips", lpips_path), ("clip", clip_path)):
+        asking = [s.name for s in stages if getattr(s.loss, name) > 0]
+        if asking and (not path or not Path(path).exists()):
+            what = _PERCEPTUAL[name][0]
+            raise ConfigError(f"stage(s) {asking} weight the {name} loss, but its weights are not at {name}_path "
+                              f"{path!r}: put {what} there, or set loss.{name}: 0 in those stages")
+
+
+def load_perceptual(weights: LossWeights, lpips_path: str | None, clip_path: str | None) -> dict[str, nn.Module]:
+    """The LPIPS / CLIP modules of the terms ``weights`` switches on, from their local files (ConfigError if they fail)."""
     modules: dict[str, nn.Module] = {}
-    for name, path, factory in (("lpips", lpips_path, LPIPSLoss), ("clip", clip_path, CLIPLoss)):
+    for name, path in (("lpips", lpips_path), ("clip", clip_path)):
         if getattr(weights, name) <= 0:
             continue
-        if path and Path(path).exists():
+        what, factory = _PERCEPTUAL[name]
+        if not path or not Path(path).exists():
+            raise ConfigError(f"the {name} loss is weighted but {name}_path {path!r} does not exist: put {what} there")
+        try:
             modules[name] = factory(Path(path))
-            log.info("%s loss enabled from %s", name, path)
-        else:
-            print(f"notice: {name} loss skipped: no local weights (looked for {path!r})", flush=True)
-            setattr(weights, name, 0.0)
+        except Exception as exc:  # torch.jit / transformers errors vary; the path is what the user can fix
+            raise ConfigError(f"the {name} loss weights at {path} do not load ({what} expected): "
+                              f"{type(exc).__name__}: {exc}") from exc
+        log.info("%s loss enabled from %s", name, path)
     return modules
 
 

@@ -38,9 +38,10 @@ from gateway.training.losses import (
     color_loss,
     gan_discriminator_loss,
     kl_divergence,
-    load_optional_perceptual,
+    load_perceptual,
     ms_ssim_loss,
     mse_per_image,
+    require_perceptual_weights,
 )
 from gateway.training.latents import LATENT_STRIDE, LatentCache
 from gateway.training.vae_io import vae_decode, vae_encode
@@ -107,6 +108,7 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
+        require_perceptual_weights(cfg.stages, cfg.lpips_path, cfg.clip_path)  # a missing file stops the run now
 
         self.sampler = CropSampler(train_bank, cfg.data.crop, cfg.data.batch, seed=cfg.seed, rank=self.rank,
                                    vflip=cfg.data.vflip, max_size=cfg.max_crop)
@@ -119,6 +121,11 @@ class Trainer:
         if model_delta is not None:
             lo, hi = (float(v) for v in model_delta)
             self.delta_range = (max(cfg.delta_range[0], lo), min(cfg.delta_range[1], hi))
+            if self.delta_range[0] > lo or self.delta_range[1] < hi:
+                # The rate controller picks any Δ of the model's range; Δ never trained on decodes poorly.
+                self._log_line(f"notice: Δ is trained over [{self.delta_range[0]:g}, {self.delta_range[1]:g}] but the "
+                               f"model's rate controller may pick any Δ in [{lo:g}, {hi:g}]; set the recipe's "
+                               f"delta_range to [{lo:g}, {hi:g}] to train them all")
 
         self.step = 0
         self.stage_index = -1
@@ -136,6 +143,7 @@ class Trainer:
         self._metrics_file = self.out_dir / "metrics.jsonl"
         self._tb = None
         self._bad_steps = 0
+        self._val_loss: tuple[int, float] | None = None  # (step, loss) of the latest validation
 
     # ------------------------------------------------------------------ setup
     def _pad_multiple(self) -> int:
@@ -163,8 +171,9 @@ class Trainer:
                                align=LATENT_STRIDE if cached else 1)
         self.latent_cache = None
         if cached:
-            self.latent_cache = LatentCache.build(self.model, self.sampler.images,
-                                                  self.out_dir if self.is_main else None, log=self._log_line)
+            # Every rank encodes its share of the images into the shared run folder and reads them all.
+            self.latent_cache = LatentCache.build(self.model, self.sampler.images, self.out_dir, log=self._log_line,
+                                                  rank=self.rank, world=self.world)
         if not names:
             raise ConfigError(f"stage {stage.name!r}: no parameter matches trainable={stage.trainable}")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -198,7 +207,7 @@ class Trainer:
         else:
             self.disc_optimizer, self.disc_forward = None, None
         self.perceptual = {k: m.to(self.device) for k, m in
-                           load_optional_perceptual(stage.loss, self.cfg.lpips_path, self.cfg.clip_path).items()}
+                           load_perceptual(stage.loss, self.cfg.lpips_path, self.cfg.clip_path).items()}
         n_train = sum(p.numel() for p in params)
         self._log_line(f"stage {index} {stage.name!r} ({stage.kind}): {stage.steps} steps, "
                        f"{n_train / 1e6:.3f} M trainable parameters in {len(names)} tensors, lr {stage.lr:g}")
@@ -254,52 +263,54 @@ class Trainer:
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
         metrics: dict[str, float] = {}
-        with autocast:
-            if stage.kind == "vae":
+        # Only the networks run under autocast: the loss terms (MS-SSIM powers, likelihoods) need float32.
+        if stage.kind == "vae":
+            with autocast:
                 out = self.forward(x)
-                x_hat = out["x_hat"].float()
-                mse = mse_per_image(x, x_hat)
-                loss_vec = stage.loss.mse * mse
-                if stage.loss.ms_ssim > 0:
-                    loss_vec = loss_vec + stage.loss.ms_ssim * ms_ssim_loss(x, x_hat)
-                if stage.loss.kl > 0 and out["mean"] is not None:
-                    loss_vec = loss_vec + stage.loss.kl * kl_divergence(out["mean"], out["logvar"])
-                if stage.loss.color > 0:
-                    loss_vec = loss_vec + stage.loss.color * color_loss(x, x_hat)
-                loss = loss_vec.mean()
-                target = x
-            else:
-                lam, delta = self.sample_knobs(x.shape[0])
-                latent_target = None
-                if self.latent_cache is not None:
-                    latent_target = self.latent_cache.batch(where, x.shape[-1]).to(self.device)
-                elif stage.loss.latent > 0:
-                    with torch.no_grad():
-                        latent_target, _, _ = vae_encode(self.model, x)
-                received = None
-                if stage.truncate_prob > 0:
-                    cut = torch.rand(x.shape[0]) < stage.truncate_prob
-                    received = torch.where(cut, torch.randint(0, 4, (x.shape[0],)), torch.full((x.shape[0],), 4))
+            x_hat = out["x_hat"].float()
+            mse = mse_per_image(x, x_hat)
+            loss_vec = stage.loss.mse * mse
+            if stage.loss.ms_ssim > 0:
+                loss_vec = loss_vec + stage.loss.ms_ssim * ms_ssim_loss(x, x_hat)
+            if stage.loss.kl > 0 and out["mean"] is not None:
+                loss_vec = loss_vec + stage.loss.kl * kl_divergence(out["mean"], out["logvar"])
+            if stage.loss.color > 0:
+                loss_vec = loss_vec + stage.loss.color * color_loss(x, x_hat)
+            loss = loss_vec.mean()
+            target = x
+        else:
+            lam, delta = self.sample_knobs(x.shape[0])
+            latent_target = None
+            if self.latent_cache is not None:
+                latent_target = self.latent_cache.batch(where, x.shape[-1]).to(self.device)
+            elif stage.loss.latent > 0:
+                with torch.no_grad():
+                    latent_target, _, _ = vae_encode(self.model, x)
+            received = None
+            if stage.truncate_prob > 0:
+                cut = torch.rand(x.shape[0]) < stage.truncate_prob
+                received = torch.where(cut, torch.randint(0, 4, (x.shape[0],)), torch.full((x.shape[0],), 4))
+            with autocast:
                 out = self.forward(x, lam, delta, window=stage.pixel_window, received=received)
-                target = out["x_target"]
-                bpp = bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1]).float()
-                gan_on = stage.loss.gan > 0 and self.step_in_stage >= stage.disc_start and self.disc is not None
-                weights = stage.loss
-                if not gan_on and weights.gan > 0:
-                    weights = type(weights)(**{**weights.__dict__, "gan": 0.0})
-                if gan_on:
-                    self.disc.requires_grad_(False)
-                terms = codec_distortion(x, {**out, "x_hat": out["x_hat"].float()}, weights, latent_target,
-                                         disc=self.disc if gan_on else None, perceptual=self.perceptual)
-                loss = (lam * bpp + terms["D"]).mean()
-                aux_fn = getattr(self.model, "aux_loss", None)
-                if callable(aux_fn):
-                    loss = loss + aux_fn()
-                x_hat = out["x_hat"].float()
-                metrics["bpp"] = float(bpp.detach().mean())
-                metrics["lam"] = float(lam.mean())
-                for k, v in terms.items():
-                    metrics[k] = float(v.detach().mean())
+            target = out["x_target"]
+            bpp = bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1]).float()
+            gan_on = stage.loss.gan > 0 and self.step_in_stage >= stage.disc_start and self.disc is not None
+            weights = stage.loss
+            if not gan_on and weights.gan > 0:
+                weights = type(weights)(**{**weights.__dict__, "gan": 0.0})
+            if gan_on:
+                self.disc.requires_grad_(False)
+            terms = codec_distortion(x, {**out, "x_hat": out["x_hat"].float()}, weights, latent_target,
+                                     disc=self.disc if gan_on else None, perceptual=self.perceptual)
+            loss = (lam * bpp + terms["D"]).mean()
+            aux_fn = getattr(self.model, "aux_loss", None)
+            if callable(aux_fn):
+                loss = loss + aux_fn()
+            x_hat = out["x_hat"].float()
+            metrics["bpp"] = float(bpp.detach().mean())
+            metrics["lam"] = float(lam.mean())
+            for k, v in terms.items():
+                metrics[k] = float(v.detach().mean())
         finite = torch.isfinite(loss.detach()).float().reshape(1)
         if self.distributed:  # every rank must skip together, or the next all-reduce deadlocks
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -337,26 +348,35 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """PSNR / MS-SSIM (and estimated bpp at a few λ for codec stages) on the held-out crops."""
+        """PSNR / MS-SSIM (and estimated bpp at a few λ for codec stages) on the held-out crops.
+
+        ``loss`` is the stage's objective without its GAN and perceptual
+        terms (λ·bpp + weighted MSE and 1 − MS-SSIM, averaged over the λs):
+        the score that picks the best checkpoint of the stage.
+        """
         if not self.val_inputs:
             return {}
         self.model.eval()
         stage = self.stage
+        w = stage.loss
         record: dict[str, Any] = {"kind": "val", "step": self.step, "stage": stage.name}
         if stage.kind == "vae":
-            ps, ms = [], []
+            ps, ms, mse = [], [], []
             for x in self.val_inputs:
                 x = x.to(self.device)
                 latent, _, _ = vae_encode(self.model, x)
                 x_hat = vae_decode(self.model, latent).clamp(0, 1)
                 ps.append(float(_psnr_t(x, x_hat)[0]))
                 ms.append(float(1 - ms_ssim_loss(x, x_hat)[0]))
-            record.update(psnr=float(np.mean(ps)), ms_ssim=float(np.mean(ms)))
+                mse.append(float(mse_per_image(x, x_hat)[0]))
+            record.update(psnr=float(np.mean(ps)), ms_ssim=float(np.mean(ms)),
+                          loss=w.mse * float(np.mean(mse)) + w.ms_ssim * (1 - float(np.mean(ms))))
         else:
+            losses = []
             lo, hi = self.lam_range
             lams = np.exp(np.linspace(math.log(hi), math.log(lo), self.cfg.val_lams)) if self.cfg.val_lams > 1 else [math.sqrt(lo * hi)]
             for lam in lams:
-                ps, ms, bp = [], [], []
+                ps, ms, bp, mse = [], [], [], []
                 for x in self.val_inputs:
                     x = x.to(self.device)
                     out = self.model(x, torch.full((1,), float(lam), device=self.device), torch.ones(1, device=self.device))
@@ -364,11 +384,15 @@ class Trainer:
                     bp.append(float(bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1])[0]))
                     ps.append(float(_psnr_t(x, x_hat)[0]))
                     ms.append(float(1 - ms_ssim_loss(x, x_hat)[0]))
+                    mse.append(float(mse_per_image(x, x_hat)[0]))
                 key = f"lam{lam:.3g}"
                 record[f"{key}/bpp"] = float(np.mean(bp))
                 record[f"{key}/psnr"] = float(np.mean(ps))
                 record[f"{key}/ms_ssim"] = float(np.mean(ms))
+                losses.append(lam * float(np.mean(bp)) + w.mse * float(np.mean(mse)) + w.ms_ssim * (1 - float(np.mean(ms))))
+            record["loss"] = float(np.mean(losses))
         self.model.train()
+        self._val_loss = (self.step, float(record["loss"]))
         return record
 
     # ------------------------------------------------------------------ persistence
@@ -403,7 +427,10 @@ class Trainer:
         state["per_rank"] = gathered
         if not self.is_main:
             return None
-        return save_checkpoint(self.out_dir, self.step, state, keep=self.cfg.keep_checkpoints)
+        # A validation at this very step scores the checkpoint (the loop validates before it saves).
+        score = self._val_loss[1] if self._val_loss and self._val_loss[0] == self.step else None
+        return save_checkpoint(self.out_dir, self.step, state, keep=self.cfg.keep_checkpoints, score=score,
+                               keep_best=self.cfg.keep_best)
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``path`` (default: the newest checkpoint in ``out_dir``); False when there is none."""
@@ -480,8 +507,12 @@ class Trainer:
         return target
 
     # ------------------------------------------------------------------ the loop
-    def run(self, max_steps: int | None = None) -> dict[str, float]:
-        """Train until the recipe ends (or ``max_steps`` more steps); returns the last step's metrics."""
+    def run(self, max_steps: int | None = None, persist: bool = True) -> dict[str, float]:
+        """Train until the recipe ends (or ``max_steps`` more steps); returns the last step's metrics.
+
+        ``persist=False`` writes no checkpoint and no export (timing runs: a
+        full-size checkpoint is several GB).
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._open_tensorboard()
         total = self.cfg.total_steps
@@ -500,8 +531,9 @@ class Trainer:
         while self.step < end:
             index, _ = self.cfg.stage_at(self.step)
             if index != self.stage_index:
-                self.save()
-                self.export()
+                if persist:
+                    self.save()
+                    self.export()
                 self._enter_stage(index)
             last = self.train_step()
             self.step += 1
@@ -528,12 +560,13 @@ class Trainer:
                 if rec:
                     self._log_metrics(rec)
                     self._log_line("val " + " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
-            if self.step % self.cfg.ckpt_every == 0:
+            if persist and self.step % self.cfg.ckpt_every == 0:
                 self.save()
             if self.export_dir is not None and time.monotonic() - self._last_export >= self.cfg.export_every_s:
                 self.export()
         if bar is not None:
             bar.close()
-        self.save()
-        self.export()
+        if persist:
+            self.save()
+            self.export()
         return last

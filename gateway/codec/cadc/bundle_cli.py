@@ -54,7 +54,7 @@ def check(path: Path) -> int:
         print(f"not ready: {exc}")
         return 1
     print("  parameters:")
-    for name in ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "unet", "vae"):
+    for name in ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color", "unet", "vae"):
         module = getattr(model, name)
         if module is not None:
             print(f"    {name:<19} {type(module).__name__:<22} {_count(module):>14}")

@@ -33,6 +33,8 @@ from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs, SearchSpace
 from gateway.codec.cadc.entropy_models import SCALE_TABLE, quantize_means, quantize_scales
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
+from gateway.codec.cadc.devices import resolve_device, resolve_precision
+from gateway.codec.cadc.encoder import CADCEncoder
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
@@ -180,9 +182,24 @@ class CADCCodec(Codec):
     #: there against ~1.35 s on one thread.
     decoder_threads: int | None = 2
 
-    def __init__(self, model: CADCModel, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
+    def __init__(self, model: CADCEncoder, device: str | torch.device | None = "cpu",
+                 precision: str | torch.dtype | None = None) -> None:
+        """Wrap ``model`` (a whole :class:`CADCModel`, or only its :class:`CADCEncoder` half: encoding only).
+
+        ``device`` (``auto``, ``cpu``, ``cuda[:n]``) is where g_a, g_s and the
+        pretrained parts run; ``precision`` the dtype of the UNet, VAE, text
+        encoder and captioner there (:mod:`gateway.codec.cadc.devices`).
+        """
+        self.device = resolve_device(device)
+        #: Whether this codec can synthesise pictures (an encoder-only model cannot: the sender's codec).
+        self.decodes = isinstance(model, CADCModel)
+        self.precision = resolve_precision(precision, self.device) if self.decodes else torch.float32
         self.model = model.to(self.device).eval()
+        if self.decodes and self.precision != torch.float32:
+            for part in model.pretrained_modules():
+                part.to(self.precision)
+        if not self.decodes:
+            self.estimates_distortion = False  # its proxy needs g_s and the auxiliary decoder
         cfg = model.config.codec
         self.z_range = cfg.z_symbol_range
         self.y_range = cfg.y_symbol_range
@@ -197,10 +214,11 @@ class CADCCodec(Codec):
         # Their float32 twins, for the size predictions of large pictures only (_EXACT_PROBE_POSITIONS).
         self._probe_nets = copy.deepcopy(self._param_nets).to(torch.float32)
         # g_a in channels_last: its first conv (3 -> w, 5x5, stride 2, full resolution) is most of the
-        # encoder's time and runs ~3x faster in that layout on CPU (same weights, a snapshot like the above).
-        self._g_a = copy.deepcopy(model.g_a).to(memory_format=torch.channels_last).eval()
-        # The VAE decoder runs its convs at up to full resolution: channels_last is ~1.5x faster on CPU.
-        self.model.vae.to(memory_format=torch.channels_last)
+        # encoder's time and runs ~3x faster in that layout on CPU (converted in place: the codec is its only user).
+        self._g_a = model.g_a.to(memory_format=torch.channels_last).eval()
+        if self.decodes:
+            # The VAE decoder runs its convs at up to full resolution: channels_last is ~1.5x faster on CPU.
+            self.model.vae.to(memory_format=torch.channels_last)
         tables = model.entropy_bottleneck.to("cpu").integer_tables(self.z_range)
         model.entropy_bottleneck.to(self.device)
         self._z_tables = tables  # [Cz, 2R+1]
@@ -208,9 +226,15 @@ class CADCCodec(Codec):
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "CADCCodec":
-        """Load a bundle folder (None: the embedded ``cadc-tiny`` bundle)."""
-        from gateway.codec.cadc.bundle import CODEC_WEIGHTS, load_model
+    def from_bundle(cls, path: str | Path | None = None, device: str | torch.device | None = "cpu",
+                    precision: str | torch.dtype | None = None, encoder_only: bool = False) -> "CADCCodec":
+        """Load a bundle folder (None: the embedded ``cadc-tiny`` bundle).
+
+        ``encoder_only`` (the sender): read only the encoder's tensors and build
+        no UNet, VAE, text encoder or captioner; the codec then encodes and
+        entropy-decodes but does not synthesise pictures.
+        """
+        from gateway.codec.cadc.bundle import CODEC_WEIGHTS, load_encoder, load_model
         from gateway.paths import bundle_dir
 
         if path is None:
@@ -221,7 +245,11 @@ class CADCCodec(Codec):
                     "or pass a bundle folder (make a random-init one with: satgw bundle create "
                     "configs/models/cadc-tiny.yaml OUT)"
                 )
-        return cls(load_model(path, device=device), device=device)
+        target = resolve_device(device)
+        if encoder_only:
+            return cls(load_encoder(path, device=target), device=target)
+        return cls(load_model(path, device=target, dtype=resolve_precision(precision, target)), device=target,
+                   precision=precision)
 
     @property
     def model_id(self) -> int:
@@ -424,7 +452,7 @@ class CADCCodec(Codec):
         Runs g_s and the auxiliary decoder only (no UNet, no VAE).  Returns
         NaN when ADGIC is off.
         """
-        if self.model.aux_decoder is None:
+        if not self.decodes or self.model.aux_decoder is None:
             return float("nan")
         sym = self._quantize(analysis, knobs)
         with torch.no_grad():
@@ -530,8 +558,20 @@ class CADCCodec(Codec):
         The synthesis (g_s, UNet, VAE) runs on :attr:`decoder_threads`
         threads, so the picture does not depend on the caller's torch thread count.
         """
+        if not self.decodes:
+            raise CodecError("this CADC codec was loaded for encoding only (the sender's light load); "
+                             "load the whole bundle to decode (CADCCodec.from_bundle without encoder_only)")
         with _threads(self.decoder_threads if self.device.type == "cpu" else None):
             return self._decode_with_info(data, partial)
+
+    def _pretrained_precision(self) -> Any:
+        """Autocast to :attr:`precision` around the pretrained parts (a no-op in float32, e.g. on the CPU).
+
+        g_s, the auxiliary decoder and the one-step update itself stay in
+        float32: ``l_T[:k]`` is divided by √ᾱ after the UNet, so only the
+        UNet's own arithmetic runs in half precision.
+        """
+        return torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32)
 
     def _decode_with_info(self, data: bytes, partial: bool) -> tuple[np.ndarray, dict[str, Any]]:
         timings: dict[str, float] = {}
@@ -548,7 +588,7 @@ class CADCCodec(Codec):
             hyper = model.h_s(torch.from_numpy(sym.z).float().unsqueeze(0).to(self.device))
             y_hat = model.complete_latent(hyper, y_hat, torch.tensor([sym.steps]))
         # g_s, x̂_aux, text, UNet, VAE decoder: in tiles for a large picture, untiled for one that fits a tile.
-        synthesis = TiledSynthesis(model, y_hat, inv_gain, (cw, ch), self.tiles)
+        synthesis = TiledSynthesis(model, y_hat, inv_gain, (cw, ch), self.tiles, self._pretrained_precision)
         image, captions = synthesis.run(timings)
         if (cw, ch) != (header.width, header.height):
             from PIL import Image

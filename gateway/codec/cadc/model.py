@@ -1,6 +1,7 @@
 """CADCModel: the whole content-adaptive diffusion codec as one nn.Module.
 
-Encoder side: ``g_a`` -> λ gain -> ``h_a`` -> ẑ -> UGAQ -> ŷ.  Decoder side:
+Encoder side (:class:`~gateway.codec.cadc.encoder.CADCEncoder`, which this
+extends): ``g_a`` -> λ gain -> ``h_a`` -> ẑ -> UGAQ -> ŷ.  Decoder side:
 ŷ -> inverse gain -> ``g_s`` -> l_T -> (ADGIC x̂_aux -> BFATC text) -> one-step
 UNet -> l_0 -> VAE decoder.  :meth:`CADCModel.forward` is the training pass
 (rates estimated with uniform noise, rounding straight-through); the coding
@@ -14,31 +15,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from gateway.codec.cadc.config import CADCConfig
-from gateway.codec.cadc.entropy_models import (
-    EntropyBottleneck,
-    bits_from_likelihood,
-    gaussian_likelihood,
-    noisy,
-    round_ste,
-)
-from gateway.codec.cadc.layers import (
-    AnalysisTransform,
-    AuxDecoder,
-    ColorCorrection,
-    HyperAnalysis,
-    HyperSynthesis,
-    QuadtreeContext,
-    SynthesisTransform,
-    UGAQScale,
-)
+from gateway.codec.cadc.encoder import ENCODER_MODULES, ENCODER_PARAMS, CADCEncoder
+from gateway.codec.cadc.entropy_models import bits_from_likelihood, gaussian_likelihood, noisy, round_ste
+from gateway.codec.cadc.layers import AuxDecoder, ColorCorrection, SynthesisTransform
 from gateway.codec.cadc.text import TextConditioning
 
-#: Modules whose weights live in codec.safetensors (the rest are diffusers/transformers parts).
-CODEC_MODULES = ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color")
-CODEC_PARAMS = ("log_gain", "log_inv_gain", "text.null_embedding")
+#: Modules whose weights live in codec.safetensors (the rest are diffusers/transformers parts). The
+#: encoder's (:data:`ENCODER_MODULES`) are all a sender reads; the rest, the colour correction included,
+#: are the decoder's.
+CODEC_MODULES = (*ENCODER_MODULES, "g_s", "aux_decoder", "color")
+CODEC_PARAMS = (*ENCODER_PARAMS, "text.null_embedding")
 
 
 #: Spatial phases (row % 2, col % 2) in decoding order for channel group 0: the second step already
@@ -113,7 +101,7 @@ def build_captioner(config: CADCConfig) -> nn.Module:
     return BlipForConditionalGeneration(BlipConfig(**config.captioner))
 
 
-class CADCModel(nn.Module):
+class CADCModel(CADCEncoder):
     """The CADC codec model (config-driven; see :class:`CADCConfig`).
 
     ``parts`` supplies already-loaded diffusers/transformers parts (keys
@@ -124,30 +112,16 @@ class CADCModel(nn.Module):
     """
 
     def __init__(self, config: CADCConfig, parts: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        config.validate()
-        self.config = config
+        super().__init__(config)  # the encoder half: g_a, h_a, h_s, entropy and context models, UGAQ, gains
         c = config.codec
         parts = dict(parts or {})
         n = c.y_channels
         k = config.vae_latent_channels
-        self.g_a = AnalysisTransform(c.analysis_widths, n, c.transform_blocks)
-        self.h_a = HyperAnalysis(n, c.hyper_width, c.z_channels)
-        self.h_s = HyperSynthesis(c.z_channels, c.hyper_width, n)
-        self.entropy_bottleneck = EntropyBottleneck(c.z_channels)
-        self.ugaq = UGAQScale(c.z_channels, n, c.ugaq_width, c.ugaq_max_scale) if c.ugaq else None
-        self.context = QuadtreeContext(n, c.context_width, c.context_kernel)
         self.g_s = SynthesisTransform(n, c.synthesis_width, c.latent_channels, n_up=c.n_down - 3, blocks=c.transform_blocks)
         self.aux_decoder = AuxDecoder(c.aux_widths, k) if c.adgic else None
         self.color = ColorCorrection(k, c.color_width) if c.color_correction else None
         #: k: channels of the VAE latent, i.e. of l_T's primary part l_T[:k] and of the UNet's output.
         self.latent_primary = k
-        # Gain vectors at K λ levels, stored as logs so interpolation between levels is exponential.
-        levels = c.lam_levels
-        # Small λ (more bits) -> larger gain.
-        ramp = torch.linspace(1.0, -1.0, levels).view(levels, 1) * math.log(c.gain_init_span)
-        self.log_gain = nn.Parameter(ramp.repeat(1, n).clone())
-        self.log_inv_gain = nn.Parameter((-ramp).repeat(1, n).clone())
 
         def part(name: str, build: Any) -> Any:
             return parts[name] if parts.get(name) is not None else build(config)
@@ -177,51 +151,13 @@ class CADCModel(nn.Module):
         self.timestep = int(self.scheduler.timesteps[0])
         alpha_bar = float(self.scheduler.alphas_cumprod[self.timestep])
         self.sqrt_alpha_bar, self.sqrt_one_minus_alpha_bar = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-        self.model_id = 0  # set by the bundle loader: 16-bit hash of the weight files
 
-    # -- knobs ---------------------------------------------------------------------------------
-    @property
-    def lam_range(self) -> tuple[float, float]:
-        """(λ_min, λ_max) the gains were trained for (L = λ·R + D)."""
-        lo, hi = self.config.codec.lam_range
-        return float(lo), float(hi)
-
-    @property
-    def delta_range(self) -> tuple[float, float]:
-        """(Δ_min, Δ_max): the UGAQ bin widths the model supports."""
-        lo, hi = self.config.codec.delta_range
-        return float(lo), float(hi)
-
-    def gains(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gain, inverse gain) [B, N] for λ [B], interpolated exponentially between trained levels."""
-        lo, hi = self.lam_range
-        k = self.log_gain.shape[0]
-        pos = (torch.log(lam.to(self.log_gain.dtype).clamp(lo, hi)) - math.log(lo)) / math.log(hi / lo) * (k - 1)
-        i = pos.floor().clamp(0, k - 2).long()
-        t = (pos - i).unsqueeze(1)
-        lg = (1 - t) * self.log_gain[i] + t * self.log_gain[i + 1]
-        lig = (1 - t) * self.log_inv_gain[i] + t * self.log_inv_gain[i + 1]
-        return torch.exp(lg), torch.exp(lig)
-
-    # -- geometry ------------------------------------------------------------------------------
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Replicate-pad [B, 3, H, W] to the multiple the architecture needs."""
-        m = self.config.codec.pad_multiple
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % m, (-w) % m
-        return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+    def pretrained_modules(self) -> list[nn.Module]:
+        """The large diffusers / transformers networks (UNet, VAE, text encoder, captioner): what a decoder's
+        ``precision`` setting applies to (:mod:`gateway.codec.cadc.devices`)."""
+        return [m for m in (self.unet, self.vae, self.text.text_encoder, self.text.captioner) if m is not None]
 
     # -- pieces shared by training and coding ----------------------------------------------------
-    def analyze(self, x: torch.Tensor) -> torch.Tensor:
-        """y = g_a(x) for x in [0, 1] (padded inside)."""
-        return self.g_a(self.pad(x) * 2.0 - 1.0)
-
-    def ugaq_scale(self, y: torch.Tensor, y_gained: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
-        """UGAQ's m ≥ 1 for ``y`` (λ gain applied: ``y_gained``) and ẑ (ones when UGAQ is off)."""
-        if self.ugaq is None:
-            return torch.ones_like(y_gained)
-        return self.ugaq(y_gained if self.config.codec.ugaq_gained_input else y, z_hat)
-
     def quadtree_masks(self, y_hat: torch.Tensor) -> torch.Tensor:
         """[4, 1, N, h, w] masks of the elements each quadtree step decodes (this model's channel groups)."""
         c = self.config.codec
@@ -337,14 +273,17 @@ class CADCModel(nn.Module):
         y = self.analyze(x)
         y_g = y * gain[:, :, None, None]
         z = self.h_a(y_g)
-        bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(noisy(z)))
+        # Rates in float32 even under autocast: a bf16 likelihood summed over thousands of elements drifts.
+        with torch.autocast(x.device.type, enabled=False):
+            bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(noisy(z.float())))
         z_hat = round_ste(z)
         hyper = self.h_s(z_hat)
         m = self.ugaq_scale(y, y_g, z_hat)
         v = (y_g / m) / d
         y_hat = round_ste(v) * d
         mean, scale = self.entropy_parameters(hyper, y_hat)
-        bits_y = bits_from_likelihood(gaussian_likelihood(noisy(v), mean / d, scale / d))
+        with torch.autocast(x.device.type, enabled=False):
+            bits_y = bits_from_likelihood(gaussian_likelihood(noisy(v.float()), (mean / d).float(), (scale / d).float()))
         if received is not None:
             y_hat = self.complete_latent(hyper, y_hat, received)
         l_t = self.synthesize_latent(y_hat, inv_gain)

@@ -273,13 +273,23 @@ class TiledSynthesis:
         assert l0 is not None
         return l0
 
+    def _decode_pixels(self, l0: torch.Tensor) -> torch.Tensor:
+        """``model.decode_pixels`` with the VAE under ``pretrained`` and the colour correction in float32.
+
+        The colour correction is a codec network like g_s: it stays out of
+        a half-precision autocast.
+        """
+        with self.pretrained():
+            x_hat = self.model.vae_decode(l0.contiguous(memory_format=torch.channels_last))
+        x_hat = x_hat.float()
+        return self.model.color(l0.float(), x_hat) if self.model.color is not None else x_hat
+
     def pixels(self, l0: torch.Tensor, timings: dict[str, float]) -> np.ndarray:
         """The coded-size HxWx3 uint8 picture from l_0: the VAE decoder on each tile, blended row by row."""
         h, w = self.height, self.width
         t0 = _now()
         if self.vae_grid == (1, 1):
-            with self.pretrained():
-                x_hat = self.model.decode_pixels(l0.contiguous(memory_format=torch.channels_last))[..., :h, :w]
+            x_hat = self._decode_pixels(l0)[..., :h, :w]
             _add(timings, "vae_decode", _now() - t0)
             return to_uint8(x_hat[0])
         s, ov = LATENT_SCALE, self.settings.vae_overlap * LATENT_SCALE
@@ -293,8 +303,7 @@ class TiledSynthesis:
             acc: torch.Tensor | None = None
             for c, wc, lat in zip(cols, w_cols, self.vae_cols):
                 part = l0[..., r.start // s : r.stop // s, lat.start : lat.stop]
-                with self.pretrained():
-                    tile = self.model.decode_pixels(part.contiguous(memory_format=torch.channels_last))[0].float()
+                tile = self._decode_pixels(part)[0]
                 if tile.shape[-2:] != (r.size, c.size):
                     raise ConfigError(
                         f"the VAE decoder turned a {part.shape[-2]}x{part.shape[-1]} latent into "
