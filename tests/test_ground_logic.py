@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.daemon.faults import FaultBoard
@@ -18,6 +18,7 @@ from gateway.transport.eventlog import EventLog
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 20), st.lists(st.tuples(st.sampled_from(["start", "discard", "due"]), st.integers(0, 40),
                                               st.floats(0, 100)), max_size=200))
+@example(2, [("start", 0, 0.0), ("start", 1, 1.0), ("discard", 0, 0.0), ("due", 0, 0.0)])  # a discarded head
 def test_meta_waits_stay_bounded_and_every_wait_ends(limit: int, ops: list) -> None:
     w = MetaWaits(limit)
     deadlines: dict[int, float] = {}

@@ -54,8 +54,10 @@ class MetaWaits:
     def due(self, now: float) -> list[int]:
         """Messages whose wait is over (removed)."""
         out = []
+        self._drop_stale()  # a discarded wait's entry must not stand in for a later deadline
         while self._heap and self._heap[0][0] <= now:
             mid = self._pop()
+            self._drop_stale()
             if mid is not None:
                 out.append(mid)
         return out

@@ -279,8 +279,9 @@ class TiledSynthesis:
         The colour correction is a codec network like g_s: it stays out of
         a half-precision autocast.
         """
+        l0 = l0.contiguous(memory_format=torch.channels_last)
         with self.pretrained():
-            x_hat = self.model.vae_decode(l0.contiguous(memory_format=torch.channels_last))
+            x_hat = self.model.vae_decode(l0)
         x_hat = x_hat.float()
         return self.model.color(l0.float(), x_hat) if self.model.color is not None else x_hat
 
