@@ -16,6 +16,7 @@ from gateway.codec.cadc.bundle import create_bundle, load_model
 from gateway.codec.cadc.codec import CADCCodec
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable
 from gateway.errors import BitstreamError, ChecksumMismatch
+from cadc_fixtures import widen_gains
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
 SIZE = (96, 80)  # (width, height)
@@ -26,9 +27,7 @@ def codec(tmp_path_factory: pytest.TempPathFactory) -> CADCCodec:
     """A random-init cadc-tiny whose λ gains are widened so that every layer holds real symbols."""
     torch.manual_seed(0)
     model = load_model(create_bundle(TINY_YAML, tmp_path_factory.mktemp("cadc-prog") / "tiny"))
-    with torch.no_grad():
-        k = model.log_gain.shape[0]
-        model.log_gain.copy_(torch.linspace(6.0, 3.0, k).view(k, 1).expand_as(model.log_gain))
+    widen_gains(model, 6.0)
     return CADCCodec(model)
 
 

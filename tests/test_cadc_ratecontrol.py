@@ -13,6 +13,7 @@ from gateway.codec.cadc.bundle import create_bundle, load_model
 from gateway.codec.cadc.codec import CADCCodec, set_step_elements, step_elements
 from gateway.codec.cadc.model import quadtree_masks
 from gateway.ratecontrol import fit, fit_bytes
+from cadc_fixtures import textured_image, widen_gains
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
 
@@ -25,17 +26,9 @@ def codec(tmp_path_factory: pytest.TempPathFactory) -> CADCCodec:
     """
     torch.manual_seed(0)
     model = load_model(create_bundle(TINY_YAML, tmp_path_factory.mktemp("cadc-rc") / "tiny"))
-    with torch.no_grad():
-        k = model.log_gain.shape[0]
-        model.log_gain.copy_(torch.linspace(7.0, 3.0, k).view(k, 1).expand_as(model.log_gain))
+    widen_gains(model, 7.0)
     return CADCCodec(model)
 
-
-def _image(h: int = 192, w: int = 256, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx / w, yy / h, 0.5 + 0.4 * np.sin(xx / 9.0 + yy / 13.0)], axis=-1) * 220
-    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def test_search_space_is_the_full_code_grid_anchored_at_delta_one(codec: CADCCodec) -> None:
@@ -45,7 +38,7 @@ def test_search_space_is_the_full_code_grid_anchored_at_delta_one(codec: CADCCod
 
 
 def test_size_prediction_is_within_a_few_bytes(codec: CADCCodec) -> None:
-    img = _image()
+    img = textured_image()
     analysis = codec.analyze(img)
     errors = []
     for lc in (0, 90, 200, 255):
@@ -96,7 +89,7 @@ def test_quadtree_steps_partition_y_and_rotate_phases_across_groups(groups: int)
 
 @pytest.mark.parametrize("frames", [1, 2, 4])
 def test_rate_control_fills_the_budget_with_one_analyze(codec: CADCCodec, frames: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    img = _image(seed=frames)
+    img = textured_image(seed=frames)
     calls = {"analyze": 0, "encode": 0}
     real_analyze, real_encode = codec.analyze, codec.encode
 
@@ -122,7 +115,7 @@ def test_rate_control_fills_the_budget_with_one_analyze(codec: CADCCodec, frames
 
 
 def test_rate_control_prefers_lambda_and_keeps_delta_near_one(codec: CADCCodec) -> None:
-    img = _image(seed=7)
+    img = textured_image(seed=7)
     analysis = codec.analyze(img)
     anchor = codec.rate_anchor_delta_code
     # A budget between the lowest and highest λ at Δ = 1: λ carries the rate, Δ only fills the last step.
@@ -136,7 +129,7 @@ def test_rate_control_prefers_lambda_and_keeps_delta_near_one(codec: CADCCodec) 
 
 
 def test_more_bytes_never_lower_lambda(codec: CADCCodec) -> None:
-    img = _image(seed=3)
+    img = textured_image(seed=3)
     picks = [fit_bytes(codec, img, b) for b in (300, 500, 900, 1600)]
     for small, large in zip(picks, picks[1:]):
         assert small.bytes <= large.bytes
@@ -145,19 +138,19 @@ def test_more_bytes_never_lower_lambda(codec: CADCCodec) -> None:
 
 def test_decoder_skips_the_aux_decoder_without_captions(codec: CADCCodec, monkeypatch: pytest.MonkeyPatch) -> None:
     assert codec.model.text.mode != "caption"
-    data = codec.encode(codec.analyze(_image(64, 96)), Knobs(200, 85), (96, 64))
+    data = codec.encode(codec.analyze(textured_image(64, 96)), Knobs(200, 85), (96, 64))
     monkeypatch.setattr(codec.model.aux_decoder, "forward", lambda *a: pytest.fail("aux decoder ran"))
     out, info = codec.decode_with_info(data)
     assert out.shape == (64, 96, 3) and info["timings_ms"]["aux_decoder"] < 5.0
 
 
 def test_decode_does_not_change_the_callers_thread_count(codec: CADCCodec) -> None:
-    data = codec.encode(codec.analyze(_image(64, 96)), Knobs(200, 85), (96, 64))
+    data = codec.encode(codec.analyze(textured_image(64, 96)), Knobs(200, 85), (96, 64))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         codec.decode(data)
-        codec.analyze(_image(64, 96))
+        codec.analyze(textured_image(64, 96))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

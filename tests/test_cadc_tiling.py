@@ -30,6 +30,7 @@ from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles
 from gateway.codec.cadc.tiled_synthesis import TiledSynthesis, TileSettings, to_uint8
 from gateway.errors import CodecError, ConfigError
 from gateway.ratecontrol import fit
+from cadc_fixtures import textured_image, widen_gains
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
 #: Tiles far smaller than any real setting, so that a 256x192 picture (32x24 latent) is cut into several.
@@ -49,19 +50,12 @@ def codec() -> CADCCodec:
     torch.manual_seed(0)
     model = CADCModel(_config())
     with torch.no_grad():
-        k = model.log_gain.shape[0]
-        model.log_gain.copy_(torch.linspace(6.0, 3.0, k).view(k, 1).expand_as(model.log_gain))
+        widen_gains(model, 6.0)
         assert model.color is not None
         torch.nn.init.normal_(model.color.net[-1].weight, std=0.05)
         model.color.net[-1].bias.copy_(torch.tensor([0.05, -0.03, 0.02]))
     return CADCCodec(model)
 
-
-def _image(h: int = 192, w: int = 256, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx / w, yy / h, 0.5 + 0.4 * np.sin(xx / 9.0 + yy / 13.0)], axis=-1) * 220
-    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def _latent_input(codec: CADCCodec, image: np.ndarray, knobs: Knobs = Knobs(200, 100)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +69,7 @@ def _latent_input(codec: CADCCodec, image: np.ndarray, knobs: Knobs = Knobs(200,
 def test_a_picture_that_fits_one_tile_decodes_as_before_tiling(codec: CADCCodec) -> None:
     """Default tiles: a small picture takes the untiled path, bit for bit the pre-tiling pipeline
     (the VAE decoder followed by the colour correction: ``model.decode_pixels``)."""
-    img = _image()
+    img = textured_image()
     data = codec.encode(codec.analyze(img), Knobs(200, 100), (256, 192))
     out, info = codec.decode_with_info(data)
     assert info["tiles"] == {"unet": (1, 1), "vae": (1, 1)}
@@ -139,7 +133,7 @@ def test_tiles_are_placed_and_blended_so_local_networks_match_untiled(
     The (non-zero) colour correction runs per VAE tile; its reach stays inside the faded-out tile edges."""
     w, h = size
     _local_stand_ins(codec.model, monkeypatch)
-    y_hat, inv_gain = _latent_input(codec, _image(h, w))
+    y_hat, inv_gain = _latent_input(codec, textured_image(h, w))
     with torch.no_grad():
         untiled = TiledSynthesis(codec.model, y_hat, inv_gain, (w, h), TileSettings(0, 0, 0, 0))
         tiled = TiledSynthesis(codec.model, y_hat, inv_gain, (w, h), SMALL_TILES)
@@ -153,7 +147,7 @@ def test_tiles_are_placed_and_blended_so_local_networks_match_untiled(
 def test_tiled_decode_runs_the_real_networks_tile_by_tile(codec: CADCCodec) -> None:
     """The real UNet and VAE decoder on small tiles: the whole picture comes back, with its tile grids and
     stage timings.  (How close it is to the untiled decode needs trained weights: tools/bench_seams.py.)"""
-    img = _image()
+    img = textured_image()
     data = codec.encode(codec.analyze(img), Knobs(200, 100), (256, 192))
     out, info = _with_tiles(codec, SMALL_TILES).decode_with_info(data)
     assert info["tiles"]["unet"] == info["tiles"]["vae"] == (3, 3)  # a 32x32 latent (the picture padded to 256)
@@ -169,7 +163,7 @@ def _with_tiles(codec: CADCCodec, tiles: TileSettings, **attrs: Any) -> CADCCode
 
 def test_auxiliary_reconstruction_is_exact_in_tiles(codec: CADCCodec) -> None:
     """x̂_aux (BFATC's caption input, the rate controller's distortion proxy) is exact per tile core."""
-    img = _image()
+    img = textured_image()
     analysis = codec.analyze(img)
     knobs = Knobs(200, 100)
     untiled = codec.estimate_distortion(analysis, knobs)
@@ -185,7 +179,7 @@ def test_auxiliary_reconstruction_is_exact_in_tiles(codec: CADCCodec) -> None:
 @pytest.mark.parametrize("size", [(512, 384), (300, 700)])
 def test_tiled_analysis_gives_the_same_y(codec: CADCCodec, size: tuple[int, int]) -> None:
     w, h = size
-    img = _image(h, w, seed=3)
+    img = textured_image(h, w, seed=3)
     pad = codec.model.config.codec.pad_multiple
     with torch.no_grad():
         whole = analyze_in_tiles(codec._g_a, img, pad, 0, torch.device("cpu"))
@@ -197,11 +191,11 @@ def test_size_predictions_of_large_pictures_agree_with_the_exact_ones(
     codec: CADCCodec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above _EXACT_PROBE_POSITIONS the predictions use float32 nets: still within a byte or so."""
-    analysis = codec.analyze(_image())
+    analysis = codec.analyze(textured_image())
     knobs = [Knobs(lc, dc) for lc in (60, 200) for dc in (60, 150)]
     exact = [codec.estimate_bytes(analysis, k) for k in knobs]
     monkeypatch.setattr(codec_module, "_EXACT_PROBE_POSITIONS", 0)
-    analysis = codec.analyze(_image())
+    analysis = codec.analyze(textured_image())
     probe = [codec.estimate_bytes(analysis, k) for k in knobs]
     assert all(abs(p - e) <= 1.0 + 1e-3 * e for p, e in zip(probe, exact)), (probe, exact)
     # The bitstream itself is still coded with the float64 models the decoder uses.
@@ -211,7 +205,7 @@ def test_size_predictions_of_large_pictures_agree_with_the_exact_ones(
 
 def test_a_picture_above_max_pixels_is_coded_downscaled_and_restored(codec: CADCCodec) -> None:
     small = _with_tiles(codec, codec.tiles, max_pixels=128 * 96)
-    img = _image(192, 256)
+    img = textured_image(192, 256)
     result = fit(small, img, 3)
     coded = bitstream.scaled_size(256, 192, result.knobs.scale_code)
     assert result.downscaled and coded[0] * coded[1] <= 128 * 96
@@ -222,9 +216,9 @@ def test_a_picture_above_max_pixels_is_coded_downscaled_and_restored(codec: CADC
 def test_a_picture_above_max_pixels_is_refused_when_configured(codec: CADCCodec) -> None:
     refusing = _with_tiles(codec, codec.tiles, max_pixels=128 * 96, oversize="refuse")
     with pytest.raises(CodecError, match=r"256x192 \(49,152 pixels\) is above the 12,288-pixel limit of cadc"):
-        fit(refusing, _image(192, 256), 3)
+        fit(refusing, textured_image(192, 256), 3)
     with pytest.raises(CodecError, match="limit"):
-        refusing.analyze(_image(192, 256))  # nor can the codec be handed one directly
+        refusing.analyze(textured_image(192, 256))  # nor can the codec be handed one directly
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,25 @@
+"""Shared pieces of the CADC codec tests: a test picture and a random model whose λ moves the rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def textured_image(h: int = 192, w: int = 256, seed: int = 0) -> np.ndarray:
+    """Gradients, a sinusoid and noise: enough structure for every rate to code something different."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, 0.5 + 0.4 * np.sin(xx / 9.0 + yy / 13.0)], axis=-1) * 220
+    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def widen_gains(model: torch.nn.Module, high: float, low: float = 3.0) -> None:
+    """Spread a random model's log gains over [low, high] across the λ levels.
+
+    Untrained, g_a's output is so small that every symbol rounds to 0 whatever
+    λ is; widened gains make λ move the rate like a trained model's.
+    """
+    with torch.no_grad():
+        k = model.log_gain.shape[0]
+        model.log_gain.copy_(torch.linspace(high, low, k).view(k, 1).expand_as(model.log_gain))
