@@ -25,7 +25,7 @@ from gateway.codec.registry import decoder_for
 from gateway.errors import ModelMismatch
 from gateway.eval.launcher import wait_for
 from gateway.paths import config_dir
-from tests.test_daemons import Rig, make_images
+from test_daemons import Rig, make_images
 
 TINY_YAML = config_dir() / "models" / "cadc-tiny.yaml"
 
