@@ -10,8 +10,9 @@ path lives in :mod:`gateway.codec.cadc.codec` and reuses the pieces below.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -223,10 +224,20 @@ class CADCModel(CADCEncoder):
         latent = l0 / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
         return (self.vae.decode(latent).sample + 1.0) / 2.0
 
-    def decode_pixels(self, l0: torch.Tensor) -> torch.Tensor:
-        """The decoder's picture of l0: the VAE decoder, then the colour correction when the model has one."""
-        x = self.vae_decode(l0)
-        return self.color(l0, x) if self.color is not None else x
+    def decode_pixels(
+        self, l0: torch.Tensor, pretrained: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+    ) -> torch.Tensor:
+        """The decoder's picture of l0: the VAE decoder, then the colour correction when the model has one.
+
+        ``pretrained`` wraps the VAE decoder only (e.g. a half-precision
+        autocast on a GPU); the colour correction is a codec network like g_s
+        and runs in float32.
+        """
+        with pretrained():
+            x = self.vae_decode(l0)
+        if self.color is None:
+            return x
+        return self.color(l0.float(), x.float())
 
     def vae_encode(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent (l_0 space) of x in [0, 1] (posterior mean for AutoencoderKL); for training."""

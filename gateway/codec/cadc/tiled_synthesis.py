@@ -274,16 +274,8 @@ class TiledSynthesis:
         return l0
 
     def _decode_pixels(self, l0: torch.Tensor) -> torch.Tensor:
-        """``model.decode_pixels`` with the VAE under ``pretrained`` and the colour correction in float32.
-
-        The colour correction is a codec network like g_s: it stays out of
-        a half-precision autocast.
-        """
-        l0 = l0.contiguous(memory_format=torch.channels_last)
-        with self.pretrained():
-            x_hat = self.model.vae_decode(l0)
-        x_hat = x_hat.float()
-        return self.model.color(l0.float(), x_hat) if self.model.color is not None else x_hat
+        """``model.decode_pixels`` of one latent tile, the VAE under ``pretrained``."""
+        return self.model.decode_pixels(l0.contiguous(memory_format=torch.channels_last), self.pretrained).float()
 
     def pixels(self, l0: torch.Tensor, timings: dict[str, float]) -> np.ndarray:
         """The coded-size HxWx3 uint8 picture from l_0: the VAE decoder on each tile, blended row by row."""
