@@ -84,11 +84,12 @@ class AckEntry:
         return self.status == AckStatus.DONE
 
 
-def _reason_bytes(reason: str | None) -> bytes:
+def _reason_bytes(reason: str | None, limit: int = MAX_REASON_BYTES) -> bytes:
+    """UTF-8 of ``reason`` cut at a character boundary to ``limit`` bytes."""
     raw = (reason or "").encode("utf-8", "replace")
-    if len(raw) <= MAX_REASON_BYTES:
+    if len(raw) <= limit:
         return raw
-    return raw[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -125,7 +126,8 @@ def _encode_entry(entry: AckEntry, capacity: int) -> list[tuple[bytes, int]]:
     except ValueError:
         raise HeaderError(f"ACK status {entry.status!r} is not one of {[s.name for s in AckStatus]}") from None
     if status == AckStatus.FAILED:
-        reason = _reason_bytes(entry.reason)
+        # A small frame cuts the reason shorter still: the entry must fit one frame.
+        reason = _reason_bytes(entry.reason, min(MAX_REASON_BYTES, capacity - _ENTRY.size - 1))
         return [(_ENTRY.pack(mid, n, status) + bytes([len(reason)]) + reason, 0)]
     if status != AckStatus.RECEIVING:
         return [(_ENTRY.pack(mid, n, status), 0)]
