@@ -111,6 +111,54 @@ def _e2e(j: dict) -> list[Row]:
                 "report", None) for r in j["rows"]]
 
 
+def _scaling(j: dict) -> list[Row]:
+    rows = []
+    for s in j["summary"]:
+        name, frames = s["codec"], s["frames"]
+        per_mp = s["decode_s_per_mp"]
+        if not per_mp:
+            continue
+        largest = max(per_mp, key=float)
+        mp = f"{float(largest):.1f}"  # the summary keys are exact pixel counts (1152x864 is 0.995 MP)
+        ratio = s.get("decode_ratio_largest_to_1mp")
+        if name == "cadc":
+            rows.append(Row("scaling", f"cadc {frames} fr: decode s/MP at {mp} MP", per_mp[largest], "<= 1.0",
+                            per_mp[largest] <= 1.0))
+            if ratio is not None:
+                rows.append(Row("scaling", f"cadc {frames} fr: decode s/MP at {mp} MP / at 1 MP", ratio,
+                                "<= 1.5", ratio <= 1.5))
+            rss = s["decode_rss_mb"].get("24")
+            if rss is not None:
+                rows.append(Row("scaling", f"cadc {frames} fr: peak decode RSS at 24 MP, MB", rss, "< 2500",
+                                rss < 2500))
+            enc12 = s["encode_s_per_mp"].get("12")
+            if enc12 is not None:
+                rows.append(Row("scaling", f"cadc {frames} fr: rate-controlled encode of 12 MP, s",
+                                round(enc12 * 12, 2), "< 1.5", enc12 * 12 < 1.5))
+        else:
+            rows.append(Row("scaling", f"{name} {frames} fr: decode s/MP at {mp} MP", per_mp[largest],
+                            "report", None))
+    return rows
+
+
+def _seams(j: dict) -> list[Row]:
+    m = j["mean"]
+    return [Row("seams", "tiled vs untiled decode on Kodak: mean |PSNR difference|, dB", round(m["abs_diff_db"], 3),
+                "< 0.1", m["abs_diff_db"] < 0.1)]
+
+
+def _progressive(j: dict) -> list[Row]:
+    k, cost = j["frames"], j["progressive_cost_ms_ssim"]
+    rows = [Row("progressive", f"cost of progressiveness at {k} of {k} frames, MS-SSIM", round(cost, 4),
+                ">= -0.005", cost >= -0.005)]
+    for frames, means in sorted(j["by_frames"].items(), key=lambda kv: int(kv[0])):
+        if "prefix_ms_ssim" in means:
+            rows.append(Row("progressive", f"MS-SSIM from first {frames} of {k} frames (complete {frames}-frame "
+                            f"encode {means.get('complete_ms_ssim', float('nan')):.3f})",
+                            round(means["prefix_ms_ssim"], 3), "report", None))
+    return rows
+
+
 BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict], list[Row]]]] = {
     # name: (full args, quick args, extractor)
     "packetizer": (["bench_packetizer.py"], ["bench_packetizer.py", "--repeat", "1", "--messages", "60"], _packetizer),
@@ -121,6 +169,12 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict], list[Row]]]] = {
     "codec": (["bench_codec.py", "--all"], ["bench_codec.py", "--images", "2"], _codec),
     "e2e": (["bench_e2e.py", "--images", "8"], ["bench_e2e.py", "--images", "3", "--packets", "2"], _e2e),
     "sender": (["bench_sender.py", "--repeat", "3"], ["bench_sender.py", "--repeat", "1"], _sender),
+    # The scaling sweep at full size takes about an hour on 2 cores (24 MP pictures, fresh processes).
+    "scaling": (["bench_scaling.py"], ["bench_scaling.py", "--sizes", "0.4,1", "--frames", "4", "--codecs", "cadc,jpeg",
+                                       "--repeat", "1"], _scaling),
+    "seams": (["bench_seams.py"], ["bench_seams.py", "--limit", "2"], _seams),
+    "progressive": (["bench_progressive.py"], ["bench_progressive.py", "--limit", "1", "--frames", "4",
+                                               "--no-slow-metrics"], _progressive),
 }
 
 
