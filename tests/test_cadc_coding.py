@@ -1,0 +1,42 @@
+"""The range coder's layer ends: where a prefix starts to hold the first k coding calls exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
+
+
+def _writer(seed: int, calls: int, n: int) -> tuple[SymbolWriter, bytes]:
+    rng = np.random.default_rng(seed)
+    writer = SymbolWriter()
+    for _ in range(calls):
+        means = rng.normal(0, 3, n)
+        stds = rng.uniform(0.2, 8, n)
+        symbols = np.clip(np.round(rng.normal(means, stds)), -64, 63).astype(np.int32)
+        writer.write_gaussian(symbols, means, stds, 64)
+    return writer, writer.finish()
+
+
+def _decodes(writer: SymbolWriter, data: bytes, ops: int) -> bool:
+    reader = SymbolReader(data)
+    return all(np.array_equal(reader.read_gaussian(*params), symbols)
+               for _, symbols, params in writer._ops[:ops])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), calls=st.integers(1, 4), ops=st.integers(1, 4), guess=st.integers(0, 2000))
+def test_a_sufficient_prefix_decodes_and_is_the_guess_when_the_guess_does(seed: int, calls: int, ops: int,
+                                                                          guess: int) -> None:
+    writer, data = _writer(seed, calls, 300)
+    ops = min(ops, calls)
+    needed = writer.prefix_needed(data, ops)
+    got = writer.prefix_sufficient(data, ops, guess)
+    assert _decodes(writer, data[:got], ops)
+    assert got >= min(guess, len(data))
+    if min(guess, len(data)) >= needed:
+        assert got == min(guess, len(data))  # one replay confirmed it: no search
+    else:
+        assert got == needed  # a guess too short falls back to the shortest prefix
+    assert needed == 0 or not _decodes(writer, data[: needed - 1], ops)
