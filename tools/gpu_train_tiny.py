@@ -11,8 +11,11 @@ most 10, so the run is planned by the clock, not by step counts:
 1. Data: the payload's JPEGs (``tools/pack_gpu_payload.py``) go onto the GPU
    once as one padded uint8 tensor; every batch is cut there
    (:class:`gateway.training.device_bank.DeviceImageBank`).
-2. Baseline: the committed bundle is validated on the same held-out crops,
-   so the log compares like with like without any later evaluation.
+2. Model and baseline: a fresh run builds ``configs/models/cadc-tiny-gpu.yaml``
+   and copies the shipped bundle's codec and UNet tensors wherever names and
+   shapes agree (``--warm-start``); ``--init-bundle`` continues a bundle as
+   it is.  The shipped bundle is validated on the same held-out crops, so
+   the log compares like with like before any later evaluation.
 3. Stages: the recipe's stages in order; each gets the share of the time
    left that its ``steps`` have of the remaining stages' steps.  Its first
    steps measure the speed and the log states the steps that will fit; the
