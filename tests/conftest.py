@@ -7,6 +7,7 @@ examples a run happened to draw; developers' runs keep exploring new ones.
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -27,6 +28,8 @@ def load_tool() -> Callable[[str], ModuleType]:
     def load(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(f"satgw_tool_{name}", TOOLS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        # Registered before it runs, as an import would: dataclasses resolve their annotations through it.
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         return module
     return load

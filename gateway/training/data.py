@@ -170,14 +170,14 @@ class ImageBank(Sequence[torch.Tensor]):
 
 
 def _fit_size(h: int, w: int, size: int) -> tuple[int, int]:
-    """The ``(H, W)`` :func:`_fit_crop` gives an ``h`` x ``w`` image for crops of ``size``."""
+    """The ``(H, W)`` :func:`fit_crop` gives an ``h`` x ``w`` image for crops of ``size``."""
     if min(h, w) >= size:
         return h, w
     s = size / min(h, w)
     return max(size, round(h * s)), max(size, round(w * s))
 
 
-def _fit_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+def fit_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Upscale an image whose short side is below ``size`` so a crop fits."""
     h, w = img.shape[-2:]
     nh, nw = _fit_size(h, w, size)
@@ -207,7 +207,7 @@ class PreparedImages(Sequence[torch.Tensor]):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        img = _fit_crop(self.bank[index], self.fit)
+        img = fit_crop(self.bank[index], self.fit)
         h, w = self.size(index)
         return img[:, :h, :w]
 
@@ -300,7 +300,7 @@ def center_crops(bank: ImageBank, size: int, multiple: int = 64) -> list[torch.T
         h, w = img.shape[-2:]
         ch = max(multiple, min(size, h) // multiple * multiple)
         cw = max(multiple, min(size, w) // multiple * multiple)
-        img = _fit_crop(img, max(ch, cw))
+        img = fit_crop(img, max(ch, cw))
         h, w = img.shape[-2:]
         top, left = (h - ch) // 2, (w - cw) // 2
         out.append(img[None, :, top : top + ch, left : left + cw].float() / 255.0)

@@ -49,13 +49,58 @@ from gateway.training.vae_io import vae_decode, vae_encode
 ExportFn = Callable[[nn.Module, Path], None]
 
 
-def _select(name: str, stage: StageConfig) -> bool:
+def trains(name: str, stage: StageConfig) -> bool:
     """Whether parameter ``name`` trains in ``stage`` (prefix match on trainable minus frozen)."""
     if stage.trainable and not any(name.startswith(p) for p in stage.trainable):
         return False
     if stage.kind == "vae" and not stage.trainable and not name.startswith("vae."):
         return False
     return not any(name.startswith(p) for p in stage.frozen)
+
+
+def stage_param_groups(model: nn.Module, stage: StageConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups of ``stage``: the parameters that train, one group per lr multiplier.
+
+    ``stage.lr_scale`` maps name prefixes to multipliers (first match wins);
+    each group's ``lr`` is ``stage.lr`` times its multiplier, so a LambdaLR
+    schedule scales every group alike and the multipliers survive warmup and decay.
+    Call after setting ``requires_grad`` with :func:`trains`.
+    """
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((f for prefix, f in stage.lr_scale.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr": stage.lr * f} for f, ps in groups.items()]
+
+
+def lr_factor(i: int, stage: StageConfig) -> float:
+    """Learning-rate multiplier at step ``i`` of ``stage``: linear warmup, then cosine to ``min_lr_ratio``
+    at ``stage.steps``."""
+    if i < stage.warmup:
+        return (i + 1) / max(1, stage.warmup)
+    t = min(1.0, (i - stage.warmup) / max(1, stage.steps - stage.warmup))
+    return stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def draw_knobs(n: int, lam_range: tuple[float, float], delta_range: tuple[float, float],
+               lam_sampling: str = "log_uniform") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample λ over ``lam_range`` and Δ over ``delta_range`` (CPU tensors, torch's global generator).
+
+    Half the samples get Δ = 1, which keeps the primary operating point well
+    trained; the rest spread Δ log-uniformly.
+    """
+    lo, hi = lam_range
+    u = torch.rand(n)
+    if lam_sampling == "log_uniform":
+        lam = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    else:
+        lam = lo + u * (hi - lo)
+    dlo, dhi = delta_range
+    v = torch.rand(n)
+    delta = torch.exp(math.log(dlo) + v * (math.log(dhi) - math.log(dlo)))
+    delta = torch.where(torch.rand(n) < 0.5, torch.ones(n), delta)
+    return lam, delta
 
 
 class _StageForward(nn.Module):
@@ -74,7 +119,7 @@ class _StageForward(nn.Module):
         return self.model(x, lam, delta, window=window, received=received)
 
 
-def _psnr_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def psnr_8bit(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """PSNR per image on 8-bit-quantised values, as a decoder would deliver them."""
     xq = (x.clamp(0, 1) * 255).round()
     yq = (y.clamp(0, 1) * 255).round()
@@ -161,7 +206,7 @@ class Trainer:
         stage = self.cfg.stages[index]
         names = []
         for name, p in self.model.named_parameters():
-            p.requires_grad_(_select(name, stage))
+            p.requires_grad_(trains(name, stage))
             if p.requires_grad:
                 names.append(name)
         # With the VAE encoder frozen, each image's latent target is computed once (crops on the latent grid).
@@ -177,22 +222,9 @@ class Trainer:
         if not names:
             raise ConfigError(f"stage {stage.name!r}: no parameter matches trainable={stage.trainable}")
         params = [p for p in self.model.parameters() if p.requires_grad]
-        groups: dict[float, list[nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                scale = next((f for prefix, f in stage.lr_scale.items() if name.startswith(prefix)), 1.0)
-                groups.setdefault(scale, []).append(p)
-        # LambdaLR scales each group's own initial lr, so the multipliers survive warmup and decay.
-        self.optimizer = torch.optim.AdamW([{"params": ps, "lr": stage.lr * f} for f, ps in groups.items()],
-                                           lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.0)
-
-        def lr_lambda(i: int, s: StageConfig = stage) -> float:
-            if i < s.warmup:
-                return (i + 1) / max(1, s.warmup)
-            t = min(1.0, (i - s.warmup) / max(1, s.steps - s.warmup))
-            return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.optimizer = torch.optim.AdamW(stage_param_groups(self.model, stage), lr=stage.lr, betas=(0.9, 0.99),
+                                           weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i, s=stage: lr_factor(i, s))
         fwd = _StageForward(self.model, stage.kind)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -240,17 +272,7 @@ class Trainer:
     # ------------------------------------------------------------------ sampling
     def sample_knobs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample λ (over the model's range) and Δ (over the recipe's range around 1)."""
-        lo, hi = self.lam_range
-        u = torch.rand(n)
-        if self.cfg.lam_sampling == "log_uniform":
-            lam = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-        else:
-            lam = lo + u * (hi - lo)
-        dlo, dhi = self.delta_range
-        # Half the batch at Δ=1 keeps the primary operating point well trained; the rest spreads Δ.
-        v = torch.rand(n)
-        delta = torch.exp(math.log(dlo) + v * (math.log(dhi) - math.log(dlo)))
-        delta = torch.where(torch.rand(n) < 0.5, torch.ones(n), delta)
+        lam, delta = draw_knobs(n, self.lam_range, self.delta_range, self.cfg.lam_sampling)
         return lam.to(self.device), delta.to(self.device)
 
     # ------------------------------------------------------------------ one step
@@ -330,7 +352,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         metrics.update(loss=float(loss.detach()), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
-                       psnr=float(_psnr_t(target, x_hat.detach()).mean()))
+                       psnr=float(psnr_8bit(target, x_hat.detach()).mean()))
 
         if stage.kind == "codec" and self.disc_optimizer is not None and self.step_in_stage >= stage.disc_start:
             self.disc.requires_grad_(True)
@@ -366,7 +388,7 @@ class Trainer:
                 x = x.to(self.device)
                 latent, _, _ = vae_encode(self.model, x)
                 x_hat = vae_decode(self.model, latent).clamp(0, 1)
-                ps.append(float(_psnr_t(x, x_hat)[0]))
+                ps.append(float(psnr_8bit(x, x_hat)[0]))
                 ms.append(float(1 - ms_ssim_loss(x, x_hat)[0]))
                 mse.append(float(mse_per_image(x, x_hat)[0]))
             record.update(psnr=float(np.mean(ps)), ms_ssim=float(np.mean(ms)),
@@ -382,7 +404,7 @@ class Trainer:
                     out = self.model(x, torch.full((1,), float(lam), device=self.device), torch.ones(1, device=self.device))
                     x_hat = out["x_hat"].float().clamp(0, 1)
                     bp.append(float(bits_per_pixel(out["bits_y"], out["bits_z"], x.shape[-2], x.shape[-1])[0]))
-                    ps.append(float(_psnr_t(x, x_hat)[0]))
+                    ps.append(float(psnr_8bit(x, x_hat)[0]))
                     ms.append(float(1 - ms_ssim_loss(x, x_hat)[0]))
                     mse.append(float(mse_per_image(x, x_hat)[0]))
                 key = f"lam{lam:.3g}"
