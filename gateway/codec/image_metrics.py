@@ -54,19 +54,30 @@ def _gaussian_window(size: int, sigma: float, channels: int, device: torch.devic
     return g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
 
 
-def _ssim_components(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image mean SSIM and contrast-structure term (separable Gaussian, valid padding)."""
+def _ssim_components(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor,
+                     fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean SSIM and contrast-structure term (separable Gaussian, valid padding).
+
+    ``fast`` blurs the five maps in one channels-last grouped convolution
+    (3-10x faster on a CPU, the same sums in another order): for measuring,
+    not for the training losses, whose numbers stay as they were.
+    """
     c = x.shape[1]
 
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        t = F.conv2d(t, win, groups=c)
-        return F.conv2d(t, win.transpose(2, 3), groups=c)
+    def blur(t: torch.Tensor, w: torch.Tensor = win) -> torch.Tensor:
+        t = F.conv2d(t, w, groups=w.shape[0])
+        return F.conv2d(t, w.transpose(2, 3), groups=w.shape[0])
 
     c1, c2 = _K1**2, _K2**2
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x**2
-    syy = blur(y * y) - mu_y**2
-    sxy = blur(x * y) - mu_x * mu_y
+    if fast:
+        stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1).contiguous(memory_format=torch.channels_last)
+        mu_x, mu_y, xx, yy, xy = blur(stacked, win.repeat(5, 1, 1, 1)).chunk(5, dim=1)
+        sxx, syy, sxy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    else:
+        mu_x, mu_y = blur(x), blur(y)
+        sxx = blur(x * x) - mu_x**2
+        syy = blur(y * y) - mu_y**2
+        sxy = blur(x * y) - mu_x * mu_y
     cs_map = (2 * sxy + c2) / (sxx + syy + c2)
     ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * cs_map
     return ssim_map.flatten(1).mean(1), cs_map.flatten(1).mean(1)
@@ -81,12 +92,14 @@ def ms_ssim_levels(height: int, width: int, win_size: int = 11) -> int:
     return levels
 
 
-def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: float = 1.5,
+                  fast: bool = False) -> torch.Tensor:
     """Differentiable MS-SSIM per image for ``[B,3,H,W]`` tensors in [0, 1].
 
     Images too small for five scales use fewer (weights renormalised); images
     smaller than the window shrink the window.  Negative contrast terms are
-    clamped at 0 so the power stays defined, as in pytorch-msssim.
+    clamped at 0 so the power stays defined, as in pytorch-msssim.  ``fast``:
+    see :func:`_ssim_components` (measuring only).
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"expected two equal [B,C,H,W] tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -101,7 +114,7 @@ def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: f
     win = _gaussian_window(win_size, sigma, x.shape[1], x.device, x.dtype)
     values = []
     for level in range(levels):
-        ssim_val, cs = _ssim_components(x, y, win)
+        ssim_val, cs = _ssim_components(x, y, win, fast)
         if level < levels - 1:
             values.append(torch.relu(cs))
             x = F.avg_pool2d(x, 2, ceil_mode=False)
@@ -114,7 +127,8 @@ def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: f
 
 def to_unit_tensor(a: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """An HxWx3 uint8 image as a [1, 3, H, W] tensor of ``dtype`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).unsqueeze(0).to(dtype) / 255.0
+    as_numpy = np.float32 if dtype == torch.float32 else np.float64
+    return torch.from_numpy(np.array(a, dtype=as_numpy)).permute(2, 0, 1).unsqueeze(0).to(dtype) / 255.0
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray, dtype: torch.dtype = torch.float64) -> float:
@@ -126,11 +140,12 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, dtype: torch.dtype = torch.float64) ->
     """
     check_pair(a, b)
     with torch.no_grad():
-        return float(ms_ssim_torch(to_unit_tensor(a, dtype), to_unit_tensor(b, dtype))[0])
+        return float(ms_ssim_torch(to_unit_tensor(a, dtype), to_unit_tensor(b, dtype), fast=dtype != torch.float64)[0])
 
 
 def measure_size(width: int, height: int, max_pixels: int = MEASURE_PIXELS) -> tuple[int, int]:
-    """(width, height) at which a ``width`` x ``height`` picture is measured: itself, or box-reduced to ~``max_pixels``."""
+    """(width, height) at which a ``width`` x ``height`` picture is measured: itself, or box-reduced to about
+    ``max_pixels``."""
     f = min(1.0, math.sqrt(max_pixels / (width * height)))
     return max(1, round(width * f)), max(1, round(height * f))
 
