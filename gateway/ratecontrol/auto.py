@@ -188,9 +188,10 @@ class AutoChoice:
 class _Candidate:
     """One codec's way through the choice: its staged fit, the bitstream it keeps, its report."""
 
-    def __init__(self, codec: Codec, image: np.ndarray, budget: Budget, label: str) -> None:
+    def __init__(self, codec: Codec, image: np.ndarray, budget: Budget, label: str, metric: str) -> None:
         self.codec = codec
         self.image = image
+        self.metric = metric
         self.report = CandidateReport(codec.name)
         self.fitting = Fitting(codec, image, budget, label=label)
         self.budget_error: BudgetError | None = None  #: why nothing of this codec fits, when nothing does
@@ -208,7 +209,7 @@ class _Candidate:
             values, kind, errors, source, note = est.values, "predicted", est.errors, est.source, est.note
         else:
             values, kind, errors, source, note = {}, None, {}, None, f"{self.codec.name} cannot tell its quality here"
-        if rep.result is None or _better(values, rep.quality):
+        if rep.result is None or _better(values, rep.quality, self.metric):
             rep.result, rep.quality, rep.kind, rep.errors, rep.source, rep.note = \
                 result, dict(values), kind, dict(errors), source, note
             rep.bytes, rep.setting = result.bytes, dict(result.setting)
@@ -230,15 +231,17 @@ class _Candidate:
             rep.result = None
             self.budget_error = e
         except (SatgwError, OSError, ValueError, RuntimeError) as e:  # one candidate's failure is not the job's
-            rep.state, rep.reason = "failed", f"{type(e).__name__}: {e}"
-            rep.result = None
+            if probe or rep.result is None:
+                rep.state, rep.reason, rep.result = "failed", f"{type(e).__name__}: {e}", None
+            else:  # the probe's bitstream still stands
+                rep.reason = f"kept its probe: its full search failed ({type(e).__name__}: {e})"
         rep.seconds += time.perf_counter() - t0
 
 
-def _better(values: dict[str, float], than: dict[str, float]) -> bool:
-    """Whether ``values`` beat ``than`` on MS-SSIM, then PSNR (used only within one candidate's own bitstreams)."""
-    for metric in METRICS:
-        a, b = values.get(metric), than.get(metric)
+def _better(values: dict[str, float], than: dict[str, float], metric: str) -> bool:
+    """Whether ``values`` beat ``than`` on ``metric``, then the other metrics (one candidate's own bitstreams)."""
+    for m in (metric, *(x for x in METRICS if x != metric)):
+        a, b = values.get(m), than.get(m)
         if a is not None and b is not None and a != b:
             return a > b
     return not than
@@ -269,8 +272,8 @@ def choose_codec(codecs: Sequence[Codec], image: np.ndarray, budget: Budget, set
     image = as_rgb_array(image)
     if not codecs:
         raise ConfigError("auto has no candidate codecs to choose from")
-    cands = [_Candidate(c, image, budget, label) for c in codecs]
     metric = settings.metric
+    cands = [_Candidate(c, image, budget, label, metric) for c in codecs]
     floor: float | None = None  # the best value an earlier candidate is sure to reach
     for cand in cands:
         rep = cand.report
