@@ -315,3 +315,43 @@ def test_demo_plans_with_the_auto_choice() -> None:
 
     rows = plan([("tex", IMAGE)], [2], None, 450, Quiet())
     assert len(rows) == 1 and rows[0].codec in CLASSICAL and rows[0].bytes <= Budget(2).bytes
+
+
+# --- the tools ------------------------------------------------------------------------------------------------
+
+
+def test_refitting_the_calibration_is_one_command_and_keeps_the_model_id(bundle: Path, tmp_path: Path,
+                                                                          load_tool, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    pictures = tmp_path / "train"
+    pictures.mkdir()
+    for seed in range(4):
+        Image.fromarray(textured_image(64, 96, seed=seed)).save(pictures / f"p{seed}.png")
+    before = model_id_of(copy)
+    tool = load_tool("fit_quality_calibration")
+    assert tool.main(["--bundle", str(copy), "--images", str(pictures), "--limit", "4", "--budgets", "1,2",
+                      "--held-out", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out MAE" in out and "id unchanged" in out
+    cal = read_calibration(copy)
+    assert cal.model_id == before == model_id_of(copy) == bundle_model_id(copy)
+    assert cal.provenance["pictures"] == 4 and cal.provenance["held_out_pictures"] == 1
+    assert cal.error("ms_ssim") is not None and "per_budget" in cal.held_out["ms_ssim"]
+    with pytest.raises(SystemExit, match="Kodak is for evaluation only"):
+        tool.main(["--bundle", str(copy), "--images", str(tmp_path / "kodak")])
+
+
+def test_bench_auto_runs_on_a_folder(bundle: Path, tmp_path: Path, load_tool, capsys) -> None:
+    pictures = tmp_path / "eval"
+    pictures.mkdir()
+    Image.fromarray(IMAGE).save(pictures / "tex.png")
+    assert load_tool("bench_auto").main(["--images", str(pictures), "--frames", "2", "--bundle", str(bundle),
+                                         "--candidates", "cadc,webp,jpeg"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.split("BENCH_JSON ", 1)[1])
+    entry = summary["budgets"]["2"]
+    assert set(entry["single"]) == {"cadc", "webp", "jpeg"} and entry["auto"] <= entry["oracle"] + 1e-9
+    assert entry["pred_ms_ssim"]["n"] == 1 and summary["cadc_prediction_sources"] == ["aux"]
