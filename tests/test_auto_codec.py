@@ -355,3 +355,24 @@ def test_bench_auto_runs_on_a_folder(bundle: Path, tmp_path: Path, load_tool, ca
     entry = summary["budgets"]["2"]
     assert set(entry["single"]) == {"cadc", "webp", "jpeg"} and entry["auto"] <= entry["oracle"] + 1e-9
     assert entry["pred_ms_ssim"]["n"] == 1 and summary["cadc_prediction_sources"] == ["aux"]
+
+
+def test_an_auto_job_through_the_daemons_lands_with_its_choice(tmp_path: Path) -> None:
+    """sender -> link -> ground with ``codec: auto``: the ground's JSON names the choice; status shows it."""
+    from gateway.eval.launcher import wait_for
+    from test_daemons import Rig, make_images
+
+    rig = Rig(tmp_path / "rig", preset="clean", time_scale=50.0).start()
+    try:
+        name, data = make_images(1, size=96)[0]
+        mid = rig.submit(name, data, packets=3, codec="auto")
+        out = wait_for(lambda: rig.outputs().get(mid), 120, what="the auto job's picture on the ground")
+        choice = out["codec_choice"]
+        assert choice["requested"] == "auto" and choice["chosen"] == out["codec"] and choice["metric"] == "ms_ssim"
+        assert [c["codec"] for c in choice["candidates"]] == list(default_candidates())
+        cadc = next(c for c in choice["candidates"] if c["codec"] == "cadc")
+        assert cadc["kind"] == "predicted" and 0 < cadc["ms_ssim"] <= 1
+        row = next(m for m in rig.sender_status()["messages"] if m["id"] == mid)
+        assert row["codec"] == "auto" and row["chosen_codec"] == out["codec"]
+    finally:
+        rig.stop()
