@@ -69,7 +69,8 @@ def send_main(argv: list[str]) -> int:
     p.add_argument("image", help="image file (any format Pillow reads)")
     p.add_argument("--packets", type=int, help="image budget in frames (default: the sender's)")
     p.add_argument("--priority", type=int, help="higher goes first (default: the sender's)")
-    p.add_argument("--codec", help="webp, avif, jxl, jpeg or cadc (default: the sender's)")
+    p.add_argument("--codec", help="webp, avif, jxl, jpeg, cadc, or auto: the best of the sender's auto.candidates "
+                                   "for this image and budget (default: the sender's)")
     p.add_argument("--parity", type=int, help="erasure-coded parity frames within the budget")
     p.add_argument("--sender", default="tcp://127.0.0.1:5601", help="the sender's control endpoint")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each try")
@@ -190,7 +191,7 @@ def status_main(argv: list[str]) -> int:
                 str(r["id"]),
                 r["state"],
                 str(r["priority"]),
-                r["codec"],
+                r["codec"] if r["codec"] != "auto" or not r.get("chosen_codec") else f"auto: {r['chosen_codec']}",
                 str(r["source_name"])[:32],
                 f"{r.get('acked', '-')}/{r.get('n') if r.get('n') is not None else '-'}",
                 str(r.get("sent", 0)),

@@ -22,6 +22,7 @@ from gateway.codec import bitstream
 from gateway.codec.image_io import png_bytes, read_rgb, write_atomic
 from gateway.codec.registry import CODEC_NAMES, decoder_for, make_codec
 from gateway.errors import BudgetError, SatgwError
+from gateway.ratecontrol.auto import AUTO
 
 EXIT_ERROR = 1
 EXIT_BUDGET = 3
@@ -54,7 +55,12 @@ def encode_main(argv: list[str]) -> int:
     ap.add_argument("image", type=Path, help="input image (any format Pillow reads)")
     ap.add_argument("--packets", "-n", type=int, required=True, metavar="N", help="frame budget (total frames)")
     ap.add_argument("-o", "--output", type=Path, help="bitstream file to write (default: IMAGE with .sgw)")
-    ap.add_argument("--codec", choices=CODEC_NAMES, help="codec (default: cadc if its bundle loads, else avif)")
+    ap.add_argument("--codec", choices=[*CODEC_NAMES, AUTO],
+                    help="codec, or auto: the candidate with the best expected quality for this image and budget "
+                    "(default: cadc if its bundle loads, else avif)")
+    ap.add_argument("--candidates", help="with --codec auto: comma-separated codecs to choose from "
+                    "(default: cadc and every classical backend here)")
+    ap.add_argument("--metric", default="ms_ssim", help="with --codec auto: ms_ssim (default) or psnr")
     ap.add_argument("--frame-size", type=int, default=450, help="bytes per frame on the wire (default 450)")
     ap.add_argument("--parity", type=int, default=0, metavar="M", help="of the N frames, M are erasure-code parity")
     ap.add_argument("--auth-tag-len", type=int, default=0, metavar="B", help="HMAC tag bytes per frame (0 = none)")
@@ -64,6 +70,9 @@ def encode_main(argv: list[str]) -> int:
 
     from gateway.ratecontrol import Budget, fit  # after parsing, so --help stays fast
 
+    if args.candidates and args.codec != AUTO:
+        return _fail(prog, "--candidates goes with --codec auto", 2)
+
     out_path = args.output or args.image.with_suffix(".sgw")
     try:
         image = read_rgb(args.image.read_bytes())
@@ -71,8 +80,13 @@ def encode_main(argv: list[str]) -> int:
         return _fail(prog, f"cannot read image {args.image}: {exc}")
     try:
         budget = Budget(args.packets, args.frame_size, args.auth_tag_len, args.parity)
-        codec, how = _load_codec(args.codec, args.bundle)
-        result = fit(codec, image, budget, label=args.image.name)
+        choice = None
+        if args.codec == AUTO:
+            choice, notes = _choose(args, image, budget)
+            result, how = choice.result, f"codec {choice.codec} (auto: best expected {choice.metric})"
+        else:
+            codec, how = _load_codec(args.codec, args.bundle)
+            result = fit(codec, image, budget, label=args.image.name)
         write_atomic(out_path, result.bitstream)
     except BudgetError as exc:
         return _fail(prog, str(exc), EXIT_BUDGET)
@@ -80,6 +94,8 @@ def encode_main(argv: list[str]) -> int:
         return _fail(prog, str(exc))
 
     info = result.as_dict()
+    if choice is not None:
+        info["auto"] = {**choice.as_dict(), "notes": notes}
     if args.json:
         print(json.dumps({"input": str(args.image), "output": str(out_path), "chosen_by": how, **info}))
         return 0
@@ -95,7 +111,41 @@ def encode_main(argv: list[str]) -> int:
         f"budget {result.budget_counting}"
     )
     print(f"  search: {result.candidates} candidates in {result.seconds:.2f} s")
+    if choice is not None:
+        _print_choice(choice, notes)
     return 0
+
+
+def _choose(args: argparse.Namespace, image: Any, budget: Any) -> tuple[Any, list[str]]:
+    """``--codec auto``: the choice among the candidates, and notes on candidates that did not load or fell back."""
+    from gateway.codec.registry import available_codecs
+    from gateway.ratecontrol.auto import AutoSettings, check_candidates, choose_codec, default_candidates, \
+        load_candidates
+
+    names = check_candidates(args.candidates.split(","), available_codecs()) if args.candidates \
+        else default_candidates()
+    settings = AutoSettings(names, args.metric)
+    codecs, missing = load_candidates(names, lambda n: make_codec(n, bundle=args.bundle, encoder_only=True))
+    notes = [f"{name} left out: {why}" for name, why in missing.items()]
+    choice = choose_codec(codecs, image, budget, settings, label=args.image.name,
+                          on_fallback=lambda name, note: notes.append(f"{name}: {note}"))
+    return choice, notes
+
+
+def _print_choice(choice: Any, notes: list[str]) -> None:
+    """The auto candidates as a small table, best expected first."""
+    print(f"  auto: chose {choice.codec} by {choice.metric} in {choice.seconds:.2f} s")
+    print(f"    {'codec':<6} {'state':<9} {'ms_ssim':>8} {'psnr':>7} {'bytes':>6}  how")
+    for c in choice.candidates:
+        ms, ps = c.quality.get("ms_ssim"), c.quality.get("psnr")
+        how = c.kind or "-"
+        if c.kind == "predicted":
+            how += f" ({c.source})"
+        print(f"    {c.codec:<6} {c.state:<9} {'-' if ms is None else f'{ms:.4f}':>8} "
+              f"{'-' if ps is None else f'{ps:.2f}':>7} {c.bytes or '-':>6}  {how}"
+              + (f": {c.reason}" if c.reason and c.state in ('unfit', 'failed') else ""))
+    for note in notes:
+        print(f"    note: {note}")
 
 
 def decode_main(argv: list[str]) -> int:

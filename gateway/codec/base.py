@@ -51,6 +51,24 @@ class SearchSpace:
     scale_codes: Sequence[int] = field(default_factory=lambda: tuple(range(0, 65, 4)))
 
 
+@dataclass(frozen=True)
+class QualityEstimate:
+    """How good a codec's picture of one image is expected to be, without the decoder that would show it.
+
+    ``values``: metric name (``ms_ssim``, ``psnr``) -> value; ``errors``:
+    metric -> the typical absolute error of that value (a calibration's
+    held-out MAE), absent where unknown; ``source`` says where the values
+    come from (``calibration``: a fitted predictor; ``aux``: the auxiliary
+    reconstruction's own quality, the fallback without a calibration);
+    ``note`` is a sentence for logs (e.g. why the fallback was used).
+    """
+
+    values: dict[str, float]
+    errors: dict[str, float] = field(default_factory=dict)
+    source: str = "calibration"
+    note: str | None = None
+
+
 class Codec(ABC):
     """An image codec usable by the rate controller and the daemons.
 
@@ -66,6 +84,9 @@ class Codec(ABC):
       length without coding it;
     * :attr:`estimates_distortion`: :meth:`estimate_distortion` ranks settings
       without decoding;
+    * :attr:`predicts_quality`: :meth:`predict_quality` tells how good the
+      decoded picture will be without decoding it (CADC, whose decoder is the
+      ground's diffusion model);
     * :attr:`progressive`: any prefix of a bitstream that holds its first
       layer decodes to a (coarser) picture: ``decode_with_info(..., partial=True)``;
     * :meth:`decode_with_info`: every codec has it; the default adds no info;
@@ -80,6 +101,7 @@ class Codec(ABC):
     fast_decode: ClassVar[bool] = False
     predicts_bytes: ClassVar[bool] = False
     estimates_distortion: ClassVar[bool] = False
+    predicts_quality: bool = False
     progressive: ClassVar[bool] = False
     rate_anchor_delta_code: int | None = None
     max_pixels: int | None = None
@@ -140,3 +162,10 @@ class Codec(ABC):
         Only codecs that declare :attr:`estimates_distortion` implement it.
         """
         return float("nan")
+
+    def predict_quality(self, image: np.ndarray, bitstream: bytes) -> QualityEstimate:
+        """The expected quality of ``bitstream``'s decoded picture against ``image`` (the original), not decoded.
+
+        Only codecs that declare :attr:`predicts_quality` implement it.
+        """
+        raise NotImplementedError(f"codec {self.name} does not predict its quality (predicts_quality is False)")

@@ -64,6 +64,22 @@ class SenderDefaults:
 
 
 @dataclass(frozen=True)
+class SenderAuto:
+    """How a ``codec: auto`` job chooses its codec, as the config gives it.
+
+    ``candidates``: codec names (None: cadc and every classical backend this
+    host has); ``metric``: what the pick maximises; ``drop_margin``: see
+    ``docs/ratecontrol.md`` (None: the metric's default).  The sender checks
+    the names and the metric against its codecs at start
+    (:func:`gateway.sender.auto_codecs.auto_settings`).
+    """
+
+    candidates: tuple[str, ...] | None = None
+    metric: str = "ms_ssim"
+    drop_margin: float | None = None
+
+
+@dataclass(frozen=True)
 class SenderLimits:
     """What the sender accepts."""
 
@@ -110,6 +126,7 @@ class SenderConfig(DaemonConfig):
     defaults: SenderDefaults
     limits: SenderLimits
     arq: ArqSettings
+    auto: SenderAuto = SenderAuto()  #: how ``codec: auto`` chooses
 
 
 @dataclass(frozen=True)
@@ -265,6 +282,7 @@ def _sender(top: Section) -> SenderConfig:
         a.fail(a.key_path("initial_rto_s"), "must lie between arq.min_rto_s and arq.max_rto_s")
     a.done()
     cfg = SenderConfig(
+        auto=_auto(top.section("auto")),
         spool=_path(top, "spool", "var/sender/spool.db"),
         inbox=top.path_value("inbox", None, "a folder polled for new images"),
         inbox_poll_s=_num(top, "inbox_poll_s", 1.0, 0.05, 3600),
@@ -276,6 +294,20 @@ def _sender(top: Section) -> SenderConfig:
     )
     top.done()
     return cfg
+
+
+def _auto(s: Section) -> SenderAuto:
+    """``auto``: the candidate list (null or a list of codec names), the metric, the drop margin."""
+    value = s.raw("candidates")
+    if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+        s.fail(s.key_path("candidates"), "must be a list of codec names, e.g. [cadc, avif, webp], or null for all")
+    auto = SenderAuto(
+        candidates=None if value is None else tuple(value),
+        metric=s.string("metric", "ms_ssim"),
+        drop_margin=s.number("drop_margin", None, lo=0.0, hi=100.0),
+    )
+    s.done()
+    return auto
 
 
 def _bundle_list(top: Section) -> tuple[str, ...]:

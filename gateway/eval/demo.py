@@ -64,51 +64,43 @@ def _setting_text(codec: Any, knobs: Any) -> str:
 
 
 def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, frame_size: int,
-         console: Any) -> tuple[list[DemoRow], dict[tuple[str, int, str], np.ndarray]]:
+         console: Any) -> list[DemoRow]:
     """Encode locally once to pick the best classical codec per image and budget, and to time encodes.
 
-    The sender re-encodes on its own (the rate controller is deterministic), so
-    what goes on the air is exactly what was measured here.
+    The pick is the sender's own ``codec: auto`` choice among the classical
+    backends (:func:`gateway.ratecontrol.auto.choose_codec`: each decoded
+    here and measured by MS-SSIM).  The sender re-encodes on its own (the
+    rate controller is deterministic), so what goes on the air is exactly
+    what was measured here.
     """
     from gateway.codec.registry import make_codec
-    from gateway.eval.metrics import ms_ssim
     from gateway.ratecontrol import Budget, fit
+    from gateway.ratecontrol.auto import AutoSettings, choose_codec
 
-    classical = {name: make_codec(name) for name in CLASSICAL}
+    classical = [make_codec(name) for name in CLASSICAL]
+    settings = AutoSettings(CLASSICAL, "ms_ssim")
     rows: list[DemoRow] = []
-    local: dict[tuple[str, int, str], np.ndarray] = {}
     for name, img in images:
         for frames in budgets:
-            best: tuple[float, DemoRow] | None = None
-            for cname, codec in classical.items():
-                try:
-                    res = fit(codec, img, Budget(frames, frame_size))
-                except BudgetError:
-                    continue
-                rec = codec.decode(res.bitstream)
-                score = ms_ssim(img, rec)
-                row = DemoRow(name, frames, cname, bytes=res.bytes, setting=_setting_text(codec, res.knobs),
-                              encode_ms=res.seconds * 1000)
-                if best is None or score > best[0]:
-                    best = (score, row)
-                    local[(name, frames, "classical")] = rec
-            cadc_row = None
             if cadc is not None:
                 try:
                     res = fit(cadc, img, Budget(frames, frame_size))
-                    cadc_row = DemoRow(name, frames, "cadc", bytes=res.bytes,
-                                       setting=_setting_text(cadc, res.knobs), encode_ms=res.seconds * 1000)
+                    rows.append(DemoRow(name, frames, "cadc", bytes=res.bytes,
+                                        setting=_setting_text(cadc, res.knobs), encode_ms=res.seconds * 1000))
                 except BudgetError as e:
-                    cadc_row = DemoRow(name, frames, "cadc", state="skipped", reason=str(e))
-                rows.append(cadc_row)
-            if best is not None:
-                rows.append(best[1])
-            else:
+                    rows.append(DemoRow(name, frames, "cadc", state="skipped", reason=str(e)))
+            try:
+                choice = choose_codec(classical, img, Budget(frames, frame_size), settings, label=name)
+                best = next(c for c in classical if c.name == choice.codec)
+                rows.append(DemoRow(name, frames, choice.codec, bytes=choice.result.bytes,
+                                    setting=_setting_text(best, choice.result.knobs),
+                                    encode_ms=choice.result.seconds * 1000))
+            except BudgetError:
                 rows.append(DemoRow(name, frames, "classical", state="skipped",
                                     reason=f"no classical codec fits {frames} frame(s)"))
             console.print(f"  planned {name} @ {frames} frame(s): "
                           + ", ".join(f"{r.codec} {r.bytes or '-'} B" for r in rows[-2:]))
-    return rows, local
+    return rows
 
 
 def run_transfers(daemons: Daemons, rows: list[DemoRow], images: dict[str, np.ndarray], frame_size: int,
@@ -258,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         cadc, cadc_note = None, f"CADC unavailable, classical codecs only: {e}"
     console.print(f"[bold]satgw demo[/bold]: {len(images)} images x budgets {budgets} frames; {cadc_note}")
     console.print("encoding locally to pick the best classical backend per image and budget ...")
-    rows, _ = plan(images, budgets, cadc, frame_size, console)
+    rows = plan(images, budgets, cadc, frame_size, console)
     img_map = dict(images)
 
     web_port = a.web_port if _port_free(a.web_port) else None

@@ -23,95 +23,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy.interpolate import PchipInterpolator
 
-# Weights of the five MS-SSIM scales (Wang et al. 2003).
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-_K1, _K2 = 0.01, 0.03
-
-
-def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
-    if a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected HxWx3 arrays, got shape {a.shape}")
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR in dB between two HxWx3 uint8 images (``inf`` when identical)."""
-    _check_pair(a, b)
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(peak * peak / mse)
-
-
-def _gaussian_window(size: int, sigma: float, channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2.0
-    g = torch.exp(-(coords**2) / (2.0 * sigma * sigma))
-    g = g / g.sum()
-    return g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
-
-
-def _ssim_components(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image mean SSIM and contrast-structure term (separable Gaussian, valid padding)."""
-    c = x.shape[1]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        t = F.conv2d(t, win, groups=c)
-        return F.conv2d(t, win.transpose(2, 3), groups=c)
-
-    c1, c2 = _K1**2, _K2**2
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x**2
-    syy = blur(y * y) - mu_y**2
-    sxy = blur(x * y) - mu_x * mu_y
-    cs_map = (2 * sxy + c2) / (sxx + syy + c2)
-    ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * cs_map
-    return ssim_map.flatten(1).mean(1), cs_map.flatten(1).mean(1)
-
-
-def ms_ssim_levels(height: int, width: int, win_size: int = 11) -> int:
-    """How many MS-SSIM scales fit an image (5 for >=161 px, fewer for small images, at least 1)."""
-    side = min(height, width)
-    levels = 1
-    while levels < len(MS_SSIM_WEIGHTS) and side // (2**levels) >= win_size:
-        levels += 1
-    return levels
-
-
-def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Differentiable MS-SSIM per image for ``[B,3,H,W]`` tensors in [0, 1].
-
-    Images too small for five scales use fewer (weights renormalised); images
-    smaller than the window shrink the window.  Negative contrast terms are
-    clamped at 0 so the power stays defined, as in pytorch-msssim.
-    """
-    if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"expected two equal [B,C,H,W] tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
-    h, w = x.shape[-2:]
-    win_size = min(win_size, h, w)
-    if win_size % 2 == 0:
-        win_size -= 1
-    win_size = max(win_size, 1)
-    levels = ms_ssim_levels(h, w, win_size)
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=x.dtype, device=x.device)
-    weights = weights / weights.sum()
-    win = _gaussian_window(win_size, sigma, x.shape[1], x.device, x.dtype)
-    values = []
-    for level in range(levels):
-        ssim_val, cs = _ssim_components(x, y, win)
-        if level < levels - 1:
-            values.append(torch.relu(cs))
-            x = F.avg_pool2d(x, 2, ceil_mode=False)
-            y = F.avg_pool2d(y, 2, ceil_mode=False)
-        else:
-            values.append(torch.relu(ssim_val))
-    stack = torch.stack(values, dim=0)  # [levels, B]
-    return torch.prod(stack ** weights.view(-1, 1), dim=0)
-
+# PSNR and MS-SSIM live with the codecs (the sender chooses codecs by them); evaluations use them from here.
+from gateway.codec.image_metrics import (  # noqa: F401  (re-exported: the evaluation's metrics in one module)
+    MS_SSIM_WEIGHTS,
+    check_pair,
+    ms_ssim,
+    ms_ssim_levels,
+    ms_ssim_torch,
+    psnr,
+    to_unit_tensor,
+)
 
 def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
@@ -131,7 +55,7 @@ def block_delta_e(a: np.ndarray, b: np.ndarray, block: int = 16) -> float:
     """
     from skimage.color import deltaE_ciede2000, rgb2lab
 
-    _check_pair(a, b)
+    check_pair(a, b)
     h, w = a.shape[:2]
     rows, cols = -(-h // block), -(-w // block)
 
@@ -143,17 +67,6 @@ def block_delta_e(a: np.ndarray, b: np.ndarray, block: int = 16) -> float:
         return rgb2lab(np.clip(_linear_to_srgb(sums / counts), 0.0, 1.0).reshape(rows, cols, 3))
 
     return float(np.mean(deltaE_ciede2000(block_means(a), block_means(b))))
-
-
-def _to_tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, dtype=np.float64)).permute(2, 0, 1).unsqueeze(0) / 255.0
-
-
-def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM in [0, 1] between two HxWx3 uint8 images (fewer scales for small images)."""
-    _check_pair(a, b)
-    with torch.no_grad():
-        return float(ms_ssim_torch(_to_tensor(a), _to_tensor(b))[0])
 
 
 # ---------------------------------------------------------------- external tools
@@ -168,7 +81,7 @@ def _find_tool(*names: str) -> str | None:
 
 def _run_pair_tool(tool: str, a: np.ndarray, b: np.ndarray, extra: Sequence[str] = ()) -> float | None:
     """Run ``tool ORIG DIST`` on PNG copies and return the first number it prints."""
-    _check_pair(a, b)
+    check_pair(a, b)
     with tempfile.TemporaryDirectory(prefix="satgw-metric-") as d:
         pa, pb = Path(d) / "a.png", Path(d) / "b.png"
         Image.fromarray(a).save(pa)
@@ -223,13 +136,13 @@ def _load_torchscript(name: str) -> torch.jit.ScriptModule | None:
 
 
 def _learned(name: str, a: np.ndarray, b: np.ndarray) -> float | None:
-    _check_pair(a, b)
+    check_pair(a, b)
     model = _load_torchscript(name)
     if model is None:
         return None
     # Learned metrics conventionally take inputs in [-1, 1].
-    ta = _to_tensor(a).float() * 2 - 1
-    tb = _to_tensor(b).float() * 2 - 1
+    ta = to_unit_tensor(a).float() * 2 - 1
+    tb = to_unit_tensor(b).float() * 2 - 1
     with torch.no_grad():
         return float(model(ta, tb).flatten()[0])
 

@@ -89,6 +89,8 @@ class OutputRecord:
     caption: str | None
     timings: Timings
     png: str
+    #: How the sender chose the codec of a ``codec: auto`` job (None: the codec was asked for, or an older sender).
+    codec_choice: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         """The record as the JSON file's bytes."""
@@ -157,6 +159,7 @@ def decode_message(job: DecodeJob) -> OutputRecord:
             latency_s=None if meta.accepted_at is None else round(decoded_at - meta.accepted_at, 4),
         ),
         png=f"{msg.id}.png",
+        codec_choice=None if meta.choice is None else meta.choice.record(header.codec_name),
     )
     out = Path(job.outbox)
     png = png_bytes(image)
@@ -169,7 +172,7 @@ def decode_message(job: DecodeJob) -> OutputRecord:
 
 
 def add_source(outbox: str | Path, message_id: int, meta: bytes | None) -> bool:
-    """Fill in ``source_name`` / ``source_bytes`` of a written ``<id>.json`` from a META frame that came late.
+    """Fill in ``source_name`` / ``source_bytes`` (and ``codec_choice``) of a written ``<id>.json`` from a late META.
 
     The picture was written after ``ack.meta_grace_s`` without its META frame; the sender still
     had it and sent it again. Returns whether the record changed (it is rewritten atomically).
@@ -182,8 +185,16 @@ def add_source(outbox: str | Path, message_id: int, meta: bytes | None) -> bool:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(record, dict) or record.get("source_name") is not None or info.name is None:
+    if not isinstance(record, dict):
         return False
-    record["source_name"], record["source_bytes"] = info.name, info.size
+    changed = False
+    if record.get("source_name") is None and info.name is not None:
+        record["source_name"], record["source_bytes"] = info.name, info.size
+        changed = True
+    if record.get("codec_choice") is None and info.choice is not None:
+        record["codec_choice"] = info.choice.record(record.get("codec"))
+        changed = True
+    if not changed:
+        return False
     write_atomic(path, (json.dumps(record, indent=1, default=str) + "\n").encode())
     return True

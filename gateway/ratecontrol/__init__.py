@@ -8,6 +8,6 @@ point. How the search works, and why: ``docs/ratecontrol.md``.
 """
 
 from gateway.ratecontrol.budget import Budget
-from gateway.ratecontrol.fit import RateResult, fit, fit_bytes
+from gateway.ratecontrol.fit import Fitting, RateResult, fit, fit_bytes
 
-__all__ = ["Budget", "RateResult", "fit", "fit_bytes"]
+__all__ = ["Budget", "Fitting", "RateResult", "fit", "fit_bytes"]

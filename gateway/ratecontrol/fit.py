@@ -12,7 +12,7 @@ from gateway.codec.base import Codec, Knobs
 from gateway.codec.image_io import as_rgb_array
 from gateway.errors import BudgetError, CodecError
 from gateway.ratecontrol.budget import Budget
-from gateway.ratecontrol.search import Candidate, Search
+from gateway.ratecontrol.search import MAX_SCALES, Candidate, Search
 
 
 @dataclass
@@ -105,6 +105,65 @@ def fit_bytes(codec: Codec, image: np.ndarray, budget_bytes: int, *, label: str 
     )
 
 
+class Fitting:
+    """One codec, one image, one frame budget, fitted in stages: a cheap :meth:`probe`, then :meth:`finish`.
+
+    The probe is the search at the largest scale that fits only (for codecs
+    that decode cheaply; the others' search has one scale, so their probe is
+    the whole search).  :meth:`finish` runs the whole search and reuses every
+    encode the probe made, so probing first costs almost nothing for a codec
+    that is finished anyway, and saves the walk over smaller scales for one
+    that is dropped after its probe (:mod:`gateway.ratecontrol.auto`).
+    Raises :class:`BudgetError` as :func:`fit` does.
+    """
+
+    def __init__(self, codec: Codec, image: np.ndarray, budget: Budget | int, *, label: str = "the image",
+                 **shorthand: Any) -> None:
+        self.codec = codec
+        self.budget = _as_budget(budget, shorthand)
+        self.label = label
+        self.seconds = 0.0  #: time spent in the stages so far
+        self._search = Search(codec, as_rgb_array(image), self.budget.bytes)
+
+    def probe(self) -> RateResult:
+        """The best setting at the largest scale that fits (the whole search for codecs without ``fast_decode``)."""
+        return self._run(1)
+
+    def finish(self) -> RateResult:
+        """The best setting of the whole search (what :func:`fit` returns)."""
+        return self._run(MAX_SCALES)
+
+    def _run(self, max_scales: int) -> RateResult:
+        t0 = time.perf_counter()
+        cand = self._search.run(max_scales)
+        if cand is None:
+            self.seconds += time.perf_counter() - t0
+            raise self._nothing_fits()
+        budget = self.budget
+        result = _result(self._search, cand, t0, budget_frames=budget.frames, parity=budget.parity,
+                         budget_bytes=budget.bytes, budget_counting=budget.describe())
+        self.seconds += result.seconds
+        result.seconds = self.seconds
+        return result
+
+    def _nothing_fits(self) -> BudgetError:
+        budget, codec = self.budget, self.codec
+        smallest = self._search.smallest or 0
+        parity_note = f" ({budget.parity} of them parity)" if budget.parity else ""
+        needed = budget.frames_needed(smallest)
+        if needed is None:
+            msg = (
+                f"{self.label} cannot fit any budget of {budget.frame_size} B frames with {codec.name}{parity_note}: "
+                f"its smallest bitstream is {smallest} B; use a larger frame size or fewer parity frames"
+            )
+        else:
+            msg = (
+                f"{self.label} needs at least {needed} frames of {budget.frame_size} B with {codec.name}"
+                f"{parity_note}; budget was {budget.frames}"
+            )
+        return BudgetError(msg, needed)
+
+
 def fit(
     codec: Codec,
     image: np.ndarray,
@@ -122,36 +181,7 @@ def fit(
     object. Raises :class:`BudgetError` with ``frames_needed`` (the smallest
     frame count that fits the smallest bitstream) when nothing fits.
     """
-    t0 = time.perf_counter()
-    budget = _as_budget(budget, shorthand)
-    budget_bytes = budget.bytes
-    image = as_rgb_array(image)
-    search = Search(codec, image, budget_bytes)
-    cand = search.run()
-    if cand is None:
-        smallest = search.smallest or 0
-        parity_note = f" ({budget.parity} of them parity)" if budget.parity else ""
-        needed = budget.frames_needed(smallest)
-        if needed is None:
-            msg = (
-                f"{label} cannot fit any budget of {budget.frame_size} B frames with {codec.name}{parity_note}: "
-                f"its smallest bitstream is {smallest} B; use a larger frame size or fewer parity frames"
-            )
-        else:
-            msg = (
-                f"{label} needs at least {needed} frames of {budget.frame_size} B with {codec.name}{parity_note}; "
-                f"budget was {budget.frames}"
-            )
-        raise BudgetError(msg, needed)
-    return _result(
-        search,
-        cand,
-        t0,
-        budget_frames=budget.frames,
-        parity=budget.parity,
-        budget_bytes=budget_bytes,
-        budget_counting=budget.describe(),
-    )
+    return Fitting(codec, image, budget, label=label, **shorthand).finish()
 
 
 def _as_budget(budget: Budget | int, shorthand: dict[str, Any]) -> Budget:

@@ -310,7 +310,12 @@ class Search:
         _, k = min(scored, key=lambda t: t[0])
         return Candidate(k, self.encode(k))
 
-    def run(self) -> Candidate | None:
+    def run(self, max_scales: int = MAX_SCALES) -> Candidate | None:
+        """The best fitting candidate (None: nothing fits); fast-decode codecs try up to ``max_scales`` scales.
+
+        ``max_scales=1`` is a cheap probe (the largest scale that fits only);
+        running again with more reuses every encode the probe made.
+        """
         scales = self.scales
         smallest_setting = lambda idx: Knobs(self.lams[-1], self.deltas[-1], scales[idx])  # noqa: E731
         if not self.fast_decode:
@@ -338,7 +343,7 @@ class Search:
             return self.best_at_scale(scales[first])
         top = (self.lams[0], self.deltas[0])
         best: Candidate | None = None
-        for idx in range(first, min(len(scales), first + MAX_SCALES)):
+        for idx in range(first, min(len(scales), first + max(1, max_scales))):
             # A smaller image affords a higher quality than the larger one got (about one size
             # doubling for a halved area): try that first.
             if self.nbytes(smallest_setting(idx)) > self.budget:

@@ -33,6 +33,7 @@ from gateway.protocol.pacer import Pacer
 from gateway.protocol.rto import RtoEstimator
 from gateway.protocol.selective_repeat import META_INDEX, TransmitScheduler
 from gateway.sender.acceptance import OPTIONS, check_job
+from gateway.sender.auto_codecs import job_codecs
 from gateway.sender.encoder import SPOOL, Encoder
 from gateway.sender.inbox import Inbox
 from gateway.sender.metrics import SenderMetrics
@@ -392,8 +393,6 @@ class SenderDaemon(LinkAttachedDaemon):
         A ``request_id`` already accepted returns that job's id: no second job.
         StoreUnavailable means "not now" (the spool's disk refuses, or its file is gone).
         """
-        from gateway.codec.registry import available_codecs
-
         self._check_spool_file()
         if self.spool_lost is not None:
             raise StoreUnavailable(f"the sender is not accepting jobs: {self.spool_lost}; restart it")
@@ -403,7 +402,7 @@ class SenderDaemon(LinkAttachedDaemon):
                 self.counters["repeated_requests"] += 1
                 self.log.info("request_repeated", id=known, source=name, request_id=request_id)
                 return known
-        job = check_job(data, name, options, self.cfg.defaults, self.cfg.limits, available_codecs())
+        job = check_job(data, name, options, self.cfg.defaults, self.cfg.limits, job_codecs())
         if self.spool.active_count() >= self.cfg.limits.max_queue:
             raise RequestError(
                 f"the spool holds limits.max_queue = {self.cfg.limits.max_queue} undelivered jobs; try later")
@@ -445,7 +444,9 @@ class SenderDaemon(LinkAttachedDaemon):
         flushed = self.spool.sent_counters(r.id for r in rows if r.id not in self.sched)
         msgs = []
         for r in rows:
+            # An auto job shows the codec it was encoded with beside what it asked for.
             d = {"id": r.id, "state": r.state, "priority": r.priority, "codec": r.codec,
+                 "chosen_codec": (r.knobs or {}).get("codec"),
                  "source_name": r.source_name, "n": r.n, "reason": r.reason}
             if r.id in self.sched:
                 d.update(self.sched.progress(r.id))

@@ -23,6 +23,8 @@ from gateway.daemon.config import SenderConfig
 from gateway.daemon.faults import FaultBoard
 from gateway.errors import SatgwError
 from gateway.protocol.meta import MessageMeta
+from gateway.ratecontrol.auto import AUTO
+from gateway.sender.auto_codecs import AutoCodecs, meta_choice
 from gateway.store.spool import MessageRow, Spool
 from gateway.transport.eventlog import EventLog
 from packetizer.errors import PacketizerError
@@ -47,6 +49,8 @@ class Encoder(threading.Thread):
         self.cfg, self.codec, self.log, self.done, self.faults, self.metrics = cfg, codec, log, done, faults, metrics
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        #: ``codec: auto`` (checked now, so a bad candidate list stops the daemon at start).
+        self.auto = AutoCodecs(cfg, log)
         self.failures = 0  #: rounds that failed (the spool refused, or a bug) since start
 
     def stop(self) -> None:
@@ -99,11 +103,19 @@ class Encoder(threading.Thread):
         try:
             arr = read_rgb(image, self.cfg.limits.max_pixels)
             budget = Budget.for_frames(row.packets, self.codec, row.parity)
-            result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True), arr, budget, label=row.source_name)
+            if row.codec == AUTO:
+                choice = self.auto.choose(arr, budget, row.source_name)
+                result, record, sent_codec = choice.result, {**choice.result.as_dict(), "auto": choice.as_dict()}, \
+                    choice.codec
+            else:
+                choice = None
+                result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True), arr, budget,
+                             label=row.source_name)
+                record, sent_codec = result.as_dict(), row.codec
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
-            payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(
-                self.codec.payload_capacity)
+            payload = MessageMeta(row.source_name, row.image_size, sent_codec, row.accepted_at,
+                                  None if choice is None else meta_choice(choice)).pack(self.codec.payload_capacity)
         except SatgwError as e:  # a bad image, no setting fits: the message says why
             self._fail(spool, row, str(e), "warning")
             return
@@ -113,13 +125,15 @@ class Encoder(threading.Thread):
         except Exception as e:  # a codec bug must fail one job, not the thread
             self._fail(spool, row, f"internal error while encoding: {type(e).__name__}: {e}", "error")
             return
-        spool.mark_encoded(row.id, result.bitstream, result.as_dict(), frames,
+        spool.mark_encoded(row.id, result.bitstream, record, frames,
                            Frame(FrameType.META, row.id, 0, k, n, payload))
         seconds = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.encoded(seconds)
-        self.log.info("encoded", id=row.id, source=row.source_name, codec=row.codec, bytes=result.bytes, k=k, n=n,
-                      seconds=round(seconds, 3))
+        extra = {} if choice is None else {"requested": AUTO, "choice_s": round(choice.seconds, 3),
+                                           "expected": round(choice.chosen.value(choice.metric) or 0.0, 4)}
+        self.log.info("encoded", id=row.id, source=row.source_name, codec=sent_codec, bytes=result.bytes, k=k, n=n,
+                      seconds=round(seconds, 3), **extra)
         self.done.put(row.id)
 
     def _fail(self, spool: Spool, row: MessageRow, reason: str, level: str) -> None:

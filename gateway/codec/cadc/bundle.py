@@ -7,6 +7,8 @@ Layout::
                          entropy/context nets, g_s, aux decoder, null text)
     unet/ vae/ scheduler/                  diffusers save_pretrained folders
     text_encoder/ tokenizer/ captioner/    transformers folders, when the text mode uses them
+    quality_calibration.json               optional: the sender's CADC quality predictor
+                                           (gateway/codec/cadc/quality_calibration.py)
 
 Everything loads with ``local_files_only=True``.  The model id written into
 every bitstream is a 16-bit hash of the bundle's weight files, so a decoder
@@ -15,6 +17,8 @@ with other weights refuses the stream instead of decoding garbage.
 of every weight file), so a sender (:func:`load_encoder`) learns the id
 without reading the UNet, VAE and text weights it never uses; the whole-model
 loader (:func:`load_model`, the ground station) always hashes every file.
+Files that are not weights (the quality calibration) are listed in the
+manifest under ``files`` with their digest; they are no part of the id.
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ from safetensors.torch import load_file, save_file
 from gateway.codec.cadc.config import CADCConfig
 from gateway.codec.cadc.encoder import CADCEncoder, is_encoder_tensor
 from gateway.codec.cadc.model import CODEC_MODULES, CODEC_PARAMS, CADCModel
+from gateway.codec.image_io import write_atomic
 from gateway.errors import BundleError, ConfigError
 
 CONFIG_FILE = "config.yaml"
 CODEC_WEIGHTS = "codec.safetensors"
 MANIFEST = "manifest.json"
+CALIBRATION_FILE = "quality_calibration.json"
+#: Files of a bundle that are not weights: listed in the manifest, never part of the model id.
+EXTRA_FILES = (CALIBRATION_FILE,)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -150,12 +158,41 @@ def _codec_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def _file_entry(path: Path) -> dict[str, Any]:
+    h = hashlib.blake2b(digest_size=16)
+    _hash_file(h, path)
+    return {"bytes": path.stat().st_size, "blake2b": h.hexdigest()}
+
+
 def write_manifest(root: Path, model_id: int) -> None:
-    """``manifest.json``: the model id, the byte size of every weight file it was hashed from, and a digest
-    of ``codec.safetensors`` (the one file a sender reads)."""
+    """``manifest.json``: the model id, the byte size of every weight file it was hashed from, a digest
+    of ``codec.safetensors`` (the one file a sender reads), and the extra files present (:data:`EXTRA_FILES`)."""
     sizes = {f.relative_to(root).as_posix(): f.stat().st_size for f in _weight_files(root)}
-    manifest = {"model_id": f"{model_id:04x}", "codec_blake2b": _codec_digest(root), "weights": sizes}
+    manifest: dict[str, Any] = {"model_id": f"{model_id:04x}", "codec_blake2b": _codec_digest(root), "weights": sizes}
+    extras = {name: _file_entry(root / name) for name in EXTRA_FILES if (root / name).is_file()}
+    if extras:
+        manifest["files"] = extras
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def record_extra_file(root: Path, name: str) -> bool:
+    """List (or refresh) the non-weight file ``name`` in the bundle's manifest; False when there is no manifest.
+
+    The model id and the weight entries stay as they are: an extra file is
+    no part of the id.
+    """
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict):
+        return False
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    files[name] = _file_entry(root / name)
+    manifest["files"] = files
+    write_atomic(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    return True
 
 
 def bundle_model_id(path: str | Path) -> int:

@@ -63,8 +63,38 @@ def check(path: Path) -> int:
         if module is not None:
             print(f"    {name:<19} {type(module).__name__:<22} {_count(module):>14}")
     print(f"  model id      {model.model_id:04x}")
+    print(f"  quality calib {calibration_report(path, model.model_id)}")
     print("ready")
     return 0
+
+
+def calibration_report(path: Path, model_id: int) -> str:
+    """One line on the bundle's quality calibration: missing, unusable, stale, or its fit and held-out error."""
+    from gateway.codec.cadc.quality_calibration import CALIBRATION_FILE, read_calibration
+
+    refit = f"fit it with: python tools/fit_quality_calibration.py --bundle {path}"
+    try:
+        cal = read_calibration(path)
+    except SatgwError as exc:
+        return f"unusable  {exc}"
+    if cal is None:
+        return (f"missing   (no {CALIBRATION_FILE}: the sender's codec auto uses x̂_aux's own quality for cadc; "
+                f"{refit})")
+    if cal.model_id != model_id:
+        return f"stale     fitted for model {cal.model_id:04x}, not {model_id:04x}: the sender ignores it; {refit}"
+    prov = cal.provenance
+    parts = []
+    for target, unit in (("ms_ssim", ""), ("psnr", " dB")):
+        entry = cal.held_out.get(target) or {}
+        if isinstance(entry.get("mae"), (int, float)):
+            fb = (entry.get("fallback") or {}).get("mae")
+            rho = entry.get("spearman")
+            parts.append(f"{target} MAE {entry['mae']:.4g}{unit}"
+                         + (f" (Spearman {rho:.3f})" if isinstance(rho, (int, float)) else "")
+                         + (f" vs x̂_aux alone {fb:.4g}{unit}" if isinstance(fb, (int, float)) else ""))
+    fitted = f"fitted for {cal.model_id:04x} on {prov.get('pictures', '?')} training pictures"
+    held = f"{prov.get('held_out_pictures', '?')} held out"
+    return f"found     {fitted}, {held}: " + ("; ".join(parts) if parts else "no held-out error recorded")
 
 
 def main(argv: list[str] | None = None) -> int:

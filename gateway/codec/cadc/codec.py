@@ -18,6 +18,7 @@ so a decoder whose probability models differ from the encoder's fails loudly
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gateway.codec import bitstream
-from gateway.codec.base import Codec, Knobs, SearchSpace
+from gateway.codec.base import Codec, Knobs, QualityEstimate, SearchSpace
 from gateway.codec.cadc.entropy_models import SCALE_TABLE, quantize_means, quantize_scales
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
 from gateway.codec.cadc.devices import resolve_device, resolve_precision
@@ -203,6 +204,13 @@ class CADCCodec(Codec):
                 part.to(self.precision)
         if not self.decodes:
             self.estimates_distortion = False  # its proxy needs g_s and the auxiliary decoder
+        #: The bundle folder the codec was loaded from (None: built in memory); its quality predictor's source.
+        self.bundle_path: Path | None = None
+        # predict_quality reads x̂_aux: any model with ADGIC, an encoder-only one too (g_s and the auxiliary
+        # decoder are loaded from the bundle on first use).
+        self.predicts_quality = bool(model.config.codec.adgic)
+        self._quality_predictor: Any = None
+        self._quality_lock = threading.Lock()
         cfg = model.config.codec
         self.z_range = cfg.z_symbol_range
         self.y_range = cfg.y_symbol_range
@@ -250,9 +258,12 @@ class CADCCodec(Codec):
                 )
         target = resolve_device(device)
         if encoder_only:
-            return cls(load_encoder(path, device=target), device=target)
-        return cls(load_model(path, device=target, dtype=resolve_precision(precision, target)), device=target,
-                   precision=precision)
+            codec = cls(load_encoder(path, device=target), device=target)
+        else:
+            codec = cls(load_model(path, device=target, dtype=resolve_precision(precision, target)), device=target,
+                        precision=precision)
+        codec.bundle_path = Path(path)
+        return codec
 
     @property
     def model_id(self) -> int:
@@ -469,6 +480,33 @@ class CADCCodec(Codec):
             y_hat = torch.from_numpy(sym.q).float().unsqueeze(0).to(self.device) * self.delta(knobs.delta_code)
             synthesis = TiledSynthesis(self.model, y_hat, inv_gain, (analysis.width, analysis.height), self.tiles)
             return synthesis.aux_squared_error(lambda rows, cols: analysis.pixels(rows, cols, self.device))
+
+    def quality_predictor(self) -> Any:
+        """The :class:`~gateway.codec.cadc.quality_predictor.QualityPredictor` of this codec (made on first use).
+
+        On an encoder-only codec this reads g_s and the auxiliary decoder from
+        the bundle (still no UNet, VAE or text model); the bundle's quality
+        calibration comes with it when it fits these weights.
+        """
+        if not self.predicts_quality:
+            raise CodecError(f"model {self.model.config.name} has no auxiliary decoder (ADGIC off): "
+                             "its quality cannot be predicted")
+        with self._quality_lock:
+            if self._quality_predictor is None:
+                from gateway.codec.cadc.quality_predictor import QualityPredictor
+
+                self._quality_predictor = QualityPredictor.for_codec(self, self.bundle_path)
+            return self._quality_predictor
+
+    def predict_quality(self, image: np.ndarray, bitstream: bytes) -> QualityEstimate:
+        """The ground's expected MS-SSIM and PSNR of ``bitstream``, from x̂_aux and the bundle's calibration.
+
+        Without a usable calibration x̂_aux's own quality stands in (the
+        estimate's ``source`` is ``aux`` and its note says why); see
+        :mod:`gateway.codec.cadc.quality_predictor`.
+        """
+        with _threads(self.encoder_threads if self.device.type == "cpu" else None):
+            return self.quality_predictor().predict(image, bitstream)
 
     # -- decoder ---------------------------------------------------------------------------------
     def _grid(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
