@@ -102,8 +102,8 @@ class Encoder(threading.Thread):
             result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True), arr, budget, label=row.source_name)
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
-            payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at).pack(
-                self.codec.payload_capacity)
+            payload = MessageMeta(row.source_name, row.image_size, row.codec, row.accepted_at,
+                                  row.accepted_at + self.cfg.arq.ttl_s).pack(self.codec.payload_capacity)
         except SatgwError as e:  # a bad image, no setting fits: the message says why
             self._fail(spool, row, str(e), "warning")
             return
