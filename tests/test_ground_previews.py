@@ -63,7 +63,16 @@ def _stand_in(**overrides: Any) -> dict[str, Any]:
     return {"decode.check_bundle": False, "previews.quiet_s": 0.3, **overrides}
 
 
-def test_a_stalled_message_is_previewed_revised_and_finally_delivered(ground, tmp_path: Path) -> None:
+def _satgw_status_shows(tmp_path: Path, capsys: Any, words: str) -> None:
+    from gateway.cli.daemons import status_main
+
+    status_main(["--receiver", f"ipc://{tmp_path}/control", "--sender", f"ipc://{tmp_path}/no-sender",
+                 "--link", f"ipc://{tmp_path}/no-link", "--timeout", "0.2"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert words in out and "previews: 1 written" in out, out
+
+
+def test_a_stalled_message_is_previewed_revised_and_finally_delivered(ground, tmp_path: Path, capsys) -> None:
     worker = DecodeWorker("thread", 60, run=decode_runners.stand_in_progressive)
     daemon, link, lines = ground(worker=worker, **_stand_in())
     frames = split_message(21, STREAM, CODEC)
@@ -81,6 +90,7 @@ def test_a_stalled_message_is_previewed_revised_and_finally_delivered(ground, tm
     assert st["counts"]["receiving"] == 1 and st["counts"]["done"] == 0
     line = next(m for m in st["messages"] if m["id"] == 21)
     assert line["revision"]["revision"] == 1 and line["revision"]["frames_used"] == 1
+    _satgw_status_shows(tmp_path, capsys, "preview message 21: revision 1 from 1 of 4")
     link.send([frames[2]])  # a gap: the intact prefix is still frame 0 alone, nothing new to show
     wait_for(lambda: daemon.counters["stored"] >= 2, 10, "frame 2 stored")
     time.sleep(0.8)
@@ -98,6 +108,11 @@ def test_a_stalled_message_is_previewed_revised_and_finally_delivered(ground, tm
     assert store_revisions == [(1, False, 1), (2, False, 3), (3, True, 4)]
     assert [e["revision"] for e in lines.events("preview_written")] == [1, 2]
     assert daemon.counters["decoded"] == 1 and daemon.counters["previews_written"] == 2
+    from prometheus_client import generate_latest
+
+    scraped = generate_latest(daemon.metrics.registry).decode()
+    assert "satgw_ground_previews_written_total 2.0" in scraped
+    assert "satgw_ground_images_delivered_total 1.0" in scraped  # previews are not deliveries
 
 
 def _history(daemon: Any, mid: int) -> list[Any]:
