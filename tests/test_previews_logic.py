@@ -20,7 +20,7 @@ from gateway.ground.previews import MAX_PREVIEW_CRASHES, PreviewPlanner, intact_
 from gateway.store.framestore import FrameStore
 from gateway.store.revisions import Revision
 from gateway.transport.eventlog import EventLog
-from packetizer.frame import Frame, FrameCodec, FrameType
+from packetizer.frame import FrameCodec
 from packetizer.segment import split_message
 
 CODEC = FrameCodec(450)
