@@ -225,7 +225,8 @@ class _Watch:
     def _run(self) -> None:
         while not self.stop.wait(0.005):
             try:
-                ino, rec = self.path.stat().st_ino, json.loads(self.path.read_text())
+                with open(self.path, "rb") as f:  # inode and content of one file, even if a rename comes between
+                    ino, rec = os.fstat(f.fileno()).st_ino, json.loads(f.read())
             except (OSError, ValueError):
                 continue
             if not self.seen or self.seen[-1] != (rec["revision"], ino):
