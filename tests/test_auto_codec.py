@@ -218,11 +218,11 @@ def test_meta_with_a_choice_stays_readable_by_old_grounds_and_fits_small_frames(
 
     choice = CodecChoice("ms_ssim", 1.5, tuple(CandidateQuality(n, "finished", "measured", 0.8, 25.0)
                                                for n in ("cadc", "webp", "avif", "jxl", "jpeg")))
-    meta = MessageMeta("photo.png", 1234, "webp", 1.7e9, choice)
+    meta = MessageMeta("photo.png", 1234, "webp", 1.7e9, choice=choice)
     raw = meta.pack(416)
     old = msgpack.unpackb(raw, raw=False)
     assert (old["name"], old["size"], old["codec"], old["accepted_at"]) == ("photo.png", 1234, "webp", 1.7e9)
-    assert MessageMeta.unpack(raw) == MessageMeta("photo.png", 1234, "webp", 1.7e9, choice)
+    assert MessageMeta.unpack(raw) == MessageMeta("photo.png", 1234, "webp", 1.7e9, choice=choice)
     small = MessageMeta.unpack(meta.pack(80))  # the candidates go first, then the name
     assert small.choice is not None and small.choice.candidates == () and small.codec == "webp"
     broken = msgpack.packb({"codec": "webp", "auto": {"m": "ms_ssim", "s": 1, "c": [["x"]]}})

@@ -137,3 +137,43 @@ def test_layer_table_round_trips_and_cut_tables_are_refused(sizes: list[int], ch
     for cut in range(len(packed)):
         with pytest.raises(BitstreamError):
             LayerTable.unpack(packed[:cut])
+
+
+def test_prefix_layers_reads_what_a_partial_decode_finds_without_decoding(codec: CADCCodec, stream: bytes) -> None:
+    table, offset = _table(stream)
+    base = bitstream.HEADER_SIZE + offset
+    assert codec.prefix_layers(stream) == (LAYERS, LAYERS)
+    assert codec.prefix_layers(stream[: base - 1]) == (0, LAYERS)  # cut inside the table: no picture yet
+    for cut in sorted({base + e - d for e in table.ends() for d in (0, 1)}):
+        layers, total = codec.prefix_layers(stream[:cut])
+        assert total == LAYERS and layers == table.layers_in(cut - base)
+        if layers:
+            assert codec.decode_with_info(stream[:cut], partial=True)[1]["layers"] == layers
+
+
+def test_the_ground_writes_a_cadc_preview_from_the_first_frames(codec: CADCCodec, stream: bytes, tmp_path: Path) -> None:
+    """The real output writer with this codec: a preview from a frame-sized prefix, then the complete picture."""
+    from gateway.ground.output import DecodeJob, OutputRecord, PreviewSkipped, PreviewSpec, decode_message
+    from gateway.store.framestore import StoredMessage
+    from packetizer.frame import FrameCodec
+
+    cap = FrameCodec(64).payload_capacity  # small frames, so this small stream spans several of them
+    k = -(-len(stream) // cap)
+    assert k >= 3
+    msg = StoredMessage(7, "receiving", k, k, 1.0, 2.0, None, None, 2, 0, 1, None, None, None, 0)
+    first = next(j for j in range(1, k) if codec.prefix_layers(stream[: j * cap])[0] >= 1)
+
+    def job(data: bytes, revision: int, spec: PreviewSpec | None) -> DecodeJob:
+        return DecodeJob(msg, data, str(tmp_path), 64, revision=revision, preview=spec)
+
+    def ours(*args: object, **kwargs: object) -> CADCCodec:
+        return codec
+
+    early = decode_message(job(stream[: bitstream.HEADER_SIZE + 2], 1, PreviewSpec(1)), codec_for=ours)
+    assert isinstance(early, PreviewSkipped) and early.reason == "no_picture_yet"  # cut inside the layer table
+    rec = decode_message(job(stream[: first * cap], 1, PreviewSpec(first)), codec_for=ours)
+    assert isinstance(rec, OutputRecord) and not rec.complete and rec.revision == 1
+    assert rec.frames_used == first and 1 <= rec.layers_decoded < LAYERS and rec.layers_total == LAYERS
+    assert (tmp_path / "7.png").is_file()
+    done = decode_message(job(stream, 2, None), codec_for=ours)
+    assert isinstance(done, OutputRecord) and done.complete and done.revision == 2 and done.layers_decoded == LAYERS

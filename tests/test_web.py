@@ -131,8 +131,8 @@ def test_the_page_and_its_document(web: Web, ground: dict[str, Path]) -> None:
     assert [i["message_id"] for i in doc["images"]] == [PICTURE + 1, PICTURE]  # newest first
     newer = doc["images"][0]
     assert newer == {**json.loads((ground["outbox"] / f"{PICTURE + 1}.json").read_text()), "retransmissions": None,
-                     "setting_text": "quality 41 · scale 0.71", "full_url": f"/images/{PICTURE + 1}.png",
-                     "thumb_url": f"/images/{PICTURE + 1}/thumb.png"}
+                     "setting_text": "quality 41 · scale 0.71", "full_url": f"/images/{PICTURE + 1}.png?r=1",
+                     "thumb_url": f"/images/{PICTURE + 1}/thumb.png?r=1", "revisions": []}
     (arriving,) = doc["arriving"]
     assert (arriving["id"], arriving["name"], arriving["received"], arriving["k"]) == (11, "arriving.png", 2, 5)
     (failed,) = doc["failed"]
@@ -305,3 +305,30 @@ def test_link_panel_measures_utilization_and_loss_over_its_window() -> None:
     assert view["state"] == "outage" and view["source"] == "ground"
     assert view["loss"] == pytest.approx(0.1) and view["loss_source"] == "ground"
     assert view["utilization"] == pytest.approx(50 * 3600 / 10 / 24000)
+
+
+def test_a_preview_and_its_revisions_are_on_the_page(ground: dict[str, Path]) -> None:
+    """Message 11 is still arriving; the ground wrote two previews of it, the second one in the outbox now."""
+    import dataclasses
+
+    from gateway.store.revisions import Revision
+
+    store = FrameStore(ground["store"])
+    for rev, frames in ((1, 1), (2, 2)):
+        store.record_preview(Revision(11, rev, False, frames, 5, frames, 5, 1500.0 + rev))
+    store.close()
+    preview = dataclasses.replace(_record(11, "arriving.png", 2500.0), complete=False, revision=2, frames_used=2,
+                                  frames_data=5, layers_decoded=2, layers_total=5)
+    (ground["outbox"] / "11.png").write_bytes((ground["outbox"] / f"{PICTURE}.png").read_bytes())
+    (ground["outbox"] / "11.json").write_bytes(preview.to_json())
+    receiver = {"ok": True, "counters": {}, "previews": {"enabled": True, "written": 2, "queued": 0}}
+    state = PageState(OutboxView(ground["outbox"]), FrameStoreReader(ground["store"]), FakeSources(receiver, {}))
+    state.refresh()
+    doc = json.loads(state.snapshot()[1])
+    card = next(i for i in doc["images"] if i["message_id"] == 11)
+    assert (card["complete"], card["revision"], card["frames_used"]) == (False, 2, 2)
+    assert card["thumb_url"] == "/images/11/thumb.png?r=2" and card["full_url"] == "/images/11.png?r=2"
+    assert [(r["revision"], r["complete"], r["frames_used"]) for r in card["revisions"]] == [(1, False, 1),
+                                                                                            (2, False, 2)]
+    assert doc["arriving"][0]["id"] == 11  # still arriving: a preview is not a delivery
+    assert doc["ground"]["previews"]["written"] == 2

@@ -180,3 +180,55 @@ def test_pictures_appear_live_with_the_numbers_of_their_records(browser, tmp_pat
         assert json.loads(browser.execute_script("return JSON.stringify(window.satgwNoReload)")) == "still here"
     finally:
         rig.stop()
+
+
+def test_a_preview_is_marked_then_replaced_by_each_revision(browser, tmp_path):
+    """A picture still arriving: its card says preview and how much of it was decoded, its thumbnail is fetched
+    again for each revision, and the list of revisions grows until the complete picture."""
+    import dataclasses
+
+    import numpy as np
+
+    from gateway.codec.image_io import png_bytes
+    from gateway.store.framestore import FrameStore
+    from gateway.store.revisions import Revision
+    from test_web import Web, _record
+
+    outbox, store_path = tmp_path / "outbox", tmp_path / "frames.db"
+    outbox.mkdir()
+    FrameStore(store_path).close()
+
+    def write(revision: int, frames: int, complete: bool, grey: int) -> None:
+        rec = dataclasses.replace(_record(11, "pass.png", 1000.0 + revision), complete=complete, revision=revision,
+                                  frames_used=frames, frames_data=4, layers_decoded=frames + complete,
+                                  layers_total=5)
+        (outbox / "11.png").write_bytes(png_bytes(np.full((48, 64, 3), grey, dtype=np.uint8)))
+        (outbox / "11.json").write_bytes(rec.to_json())
+        store = FrameStore(store_path)
+        store.record_preview(Revision(11, revision, complete, frames, 4, frames + complete, 5, 1000.0 + revision))
+        store.close()
+
+    def card() -> dict[str, Any]:
+        return browser.execute_script("""
+            const c = document.querySelector('#images article.card[data-id="11"]');
+            if (!c) return null;
+            const b = c.querySelector('[data-field="preview"]');
+            return {badge: b.hidden ? null : b.textContent, src: c.querySelector('a.thumb img').getAttribute('src'),
+                    revisions: [...c.querySelectorAll('ol.revisions li')].map(li => li.textContent)};""")
+
+    write(1, 1, False, 40)
+    web = Web({"outbox": outbox, "store": store_path, "tmp": tmp_path})
+    try:
+        browser.get(f"http://127.0.0.1:{web.port}/")
+        first = wait_for(lambda: (c := card()) and c, WAIT_S, what="the preview's card")
+        assert first["badge"] == "preview 1 · 1 of 4 frames · 1/5 layers" and first["src"].endswith("?r=1")
+        write(2, 3, False, 120)
+        second = wait_for(lambda: (c := card()) and c["src"].endswith("?r=2") and c, WAIT_S, what="revision 2")
+        assert second["badge"] == "preview 2 · 3 of 4 frames · 3/5 layers" and len(second["revisions"]) == 2
+        write(3, 4, True, 200)
+        done = wait_for(lambda: (c := card()) and c["src"].endswith("?r=3") and c, WAIT_S, what="the complete picture")
+        assert done["badge"] is None
+        assert [r.split(":")[0] for r in done["revisions"]] == ["preview 1", "preview 2", "complete 3"]
+        _screenshot(browser, tmp_path, "web-preview.png")
+    finally:
+        web.stop()

@@ -159,6 +159,21 @@ def _progressive(j: dict) -> list[Row]:
     return rows
 
 
+def _previews(j: dict) -> list[Row]:
+    rows = []
+    n = j["images"]
+    for mode, r in j["leo_cut"].items():
+        rows.append(Row("previews", f"LEO pass cut early: images of {n} with a picture ({mode})",
+                        round(r["pictures_mean"], 1), "report", None))
+    for mode, r in j["leo_time_to_first_picture"].items():
+        rows.append(Row("previews", f"LEO: mean link s to an image's first picture ({mode})", round(r["mean"], 1),
+                        "report", None))
+    for mode, r in j["harsh"].items():
+        rows.append(Row("previews", f"harsh: share of retransmitted images previewed first ({mode})",
+                        round(r["share"], 2), "report", None))
+    return rows
+
+
 BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict], list[Row]]]] = {
     # name: (full args, quick args, extractor)
     "packetizer": (["bench_packetizer.py"], ["bench_packetizer.py", "--repeat", "1", "--messages", "60"], _packetizer),
@@ -175,6 +190,8 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[dict], list[Row]]]] = {
     "seams": (["bench_seams.py"], ["bench_seams.py", "--limit", "2"], _seams),
     "progressive": (["bench_progressive.py"], ["bench_progressive.py", "--limit", "1", "--frames", "4",
                                                "--no-slow-metrics"], _progressive),
+    "previews": (["bench_previews.py"], ["bench_previews.py", "--images", "6", "--seeds", "2", "--quiet-s", "10",
+                                         "--no-quality"], _previews),
 }
 
 

@@ -214,6 +214,7 @@ def status_main(argv: list[str]) -> int:
         for r in rcv.get("retrying", []):
             con.print(f"  [yellow]retrying[/yellow] message {r['id']} in {r['retry_in_s']} s "
                       f"(failed {r['failures']} times): {r['reason']}")
+        _print_previews(con, rcv)
         _print_faults(con, "ground station", rcv)
     if isinstance(lnk, str):
         con.print(f"[red]link[/red] {a.link}: {lnk}")
@@ -232,6 +233,28 @@ def status_main(argv: list[str]) -> int:
             lt.add_row(f"dropped: {cause}", str(fwd.get("dropped", {}).get(cause, 0)), str(ret.get("dropped", {}).get(cause, 0)))
         con.print(lt)
     return 0 if ok else 1
+
+
+def _print_previews(con: Any, reply: dict[str, Any]) -> None:
+    """The ground's previews: how many were written, and each message still arriving that has one on disk."""
+    pv = reply.get("previews") or {}
+    if not pv:
+        return
+    if pv.get("enabled") is False:
+        con.print("  previews: off")
+        return
+    decoding = pv.get("decoding")
+    con.print(f"  previews: {pv.get('written', 0)} written, {pv.get('queued', 0)} due"
+              + (f", decoding one of message {decoding}" if decoding is not None else ""))
+    for m in reply.get("messages", []):
+        rev = m.get("revision")
+        if m.get("state") == "receiving" and isinstance(rev, dict):
+            layers = "" if rev.get("layers") is None else f", {rev['layers']} of {rev['layers_total']} layers"
+            con.print(f"  [cyan]preview[/cyan] message {m['id']}: revision {rev['revision']} from "
+                      f"{rev['frames_used']} of {rev['frames_data']} data frames{layers} "
+                      f"({m.get('received')} of {m.get('n')} frames in now)")
+    for r in pv.get("retrying", []):
+        con.print(f"  [yellow]preview retry[/yellow] message {r['id']} in {r['retry_in_s']} s: {r['reason']}")
 
 
 def _print_faults(con: Any, who: str, reply: dict[str, Any]) -> None:

@@ -88,7 +88,8 @@ class Codec(ABC):
       decoded picture will be without decoding it (CADC, whose decoder is the
       ground's diffusion model);
     * :attr:`progressive`: any prefix of a bitstream that holds its first
-      layer decodes to a (coarser) picture: ``decode_with_info(..., partial=True)``;
+      layer decodes to a (coarser) picture: ``decode_with_info(..., partial=True)``,
+      and :meth:`prefix_layers` says how many layers a prefix holds;
     * :meth:`decode_with_info`: every codec has it; the default adds no info;
     * :attr:`max_pixels`: the largest picture it codes (None: no limit), and
       :attr:`oversize`, what the rate controller does with a larger one:
@@ -148,6 +149,14 @@ class Codec(ABC):
         raises :class:`gateway.errors.BitstreamError`).
         """
         return self.decode(bitstream), {}
+
+    def prefix_layers(self, bitstream: bytes) -> tuple[int, int]:
+        """(layers a prefix of a bitstream holds completely, layers of the whole stream), read from its framing.
+
+        Cheap: nothing is decoded. 0 layers means the prefix does not yet hold
+        a picture. Only codecs that declare :attr:`progressive` implement it.
+        """
+        raise NotImplementedError(f"codec {self.name} does not decode prefixes (progressive is False)")
 
     def estimate_bytes(self, analysis: Any, knobs: Knobs) -> float:
         """The bitstream length ``encode(analysis, knobs, ...)`` would give, predicted without coding.

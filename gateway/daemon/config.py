@@ -99,6 +99,9 @@ class ArqSettings:
     max_transmissions: int
     ttl_s: float
     burst_frames: int
+    #: Send every queued message's first data frames before the rest of any (round robin by frame index, data
+    #: before parity), so a short pass leaves a preview of everything queued on the ground.
+    preview_first: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +154,19 @@ class DecodeSettings:
 
 
 @dataclass(frozen=True)
+class PreviewSettings:
+    """Previews: a message whose frames stop coming is written from its intact prefix, then replaced by each
+    later revision and finally by the complete picture (codecs that decode prefixes only: CADC)."""
+
+    enabled: bool = True
+    quiet_s: float = 10.0  #: link seconds without a frame of a message before it is previewed
+    min_frames: int = 1  #: smallest intact prefix (data frames 0..j-1) worth a preview
+    #: wall seconds before the sender's lifetime for the message (its arq.ttl_s, from the META frame) ends
+    #: at which it is previewed whatever arrives
+    lifetime_margin_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class ReceiverLimits:
     """What the ground station keeps."""
 
@@ -175,6 +191,7 @@ class ReceiverConfig(DaemonConfig):
     bundles: tuple[str, ...] = ()
     device: str = "auto"  #: where CADC decodes: auto, cpu, cuda, cuda:N (checked by the ground station)
     precision: str = "auto"  #: dtype of the UNet, VAE and text models on a GPU: auto, fp16, bf16, fp32
+    previews: PreviewSettings = PreviewSettings()
 
     @property
     def decode_bundles(self) -> tuple[str | None, ...]:
@@ -277,6 +294,7 @@ def _sender(top: Section) -> SenderConfig:
         max_transmissions=_int(a, "max_transmissions", 50, 1, 100000),
         ttl_s=_num(a, "ttl_s", 86400.0, 1, 10 * 365 * 86400),
         burst_frames=_int(a, "burst_frames", 1, 0, 64),
+        preview_first=a.boolean("preview_first", False),
     )
     if not arq.min_rto_s <= arq.initial_rto_s <= arq.max_rto_s:
         a.fail(a.key_path("initial_rto_s"), "must lie between arq.min_rto_s and arq.max_rto_s")
@@ -340,6 +358,14 @@ def _receiver(top: Section) -> ReceiverConfig:
     if decode.retry_max_s < decode.retry_initial_s:
         d.fail(d.key_path("retry_max_s"), "must be at least decode.retry_initial_s")
     d.done()
+    pv = top.section("previews")
+    previews = PreviewSettings(
+        enabled=pv.boolean("enabled", True),
+        quiet_s=_num(pv, "quiet_s", 10.0, 0.001, 86400),
+        min_frames=_int(pv, "min_frames", 1, 1, 65535),
+        lifetime_margin_s=_num(pv, "lifetime_margin_s", 300.0, 0, 10 * 365 * 86400),
+    )
+    pv.done()
     lim = top.section("limits")
     limits = ReceiverLimits(
         max_pending_messages=_int(lim, "max_pending_messages", 2000, 1, 10_000_000),
@@ -358,6 +384,7 @@ def _receiver(top: Section) -> ReceiverConfig:
         bundles=_bundle_list(top),
         device=top.string("device", "auto"),
         precision=top.string("precision", "auto"),
+        previews=previews,
         **_attachment(top, "tcp://127.0.0.1:5602"),
     )
     top.done()

@@ -143,6 +143,9 @@ class LinkAttachedDaemon:
     def _on_link_up(self) -> None:
         """The link just came up."""
 
+    def _on_link_down(self) -> None:
+        """The link just went down as its schedule said (a pass ended; not a lost schedule reply)."""
+
     def _shutdown(self) -> None:
         """Release the daemon's own resources (threads, databases) at the end of :meth:`run`."""
 
@@ -249,6 +252,8 @@ class LinkAttachedDaemon:
                           until_s=round(self.window.until - asked_at, 3))
             if self.window.up:
                 self._on_link_up()
+            elif was_up:
+                self._on_link_down()
 
     def _poll_schedule(self, now: float) -> float:
         """Ask the link for its schedule (or evaluate the contact plan); returns when to ask next."""
@@ -260,6 +265,8 @@ class LinkAttachedDaemon:
             self._apply_rates()
             if self.window.up and not was_up:
                 self._on_link_up()
+            elif was_up and not self.window.up:
+                self._on_link_down()
         else:
             assert self.link_ctl is not None
             if self.link_ctl.timed_out():

@@ -19,6 +19,13 @@ read-only, memory, the bundle) is retried with backoff
 frame store that refuses writes is reported and recovered from without a
 restart. At start the daemon checks its CADC bundle and refuses to run with
 a broken one (:mod:`gateway.ground.bundle_check`).
+
+A message whose frames stop coming (quiet for ``previews.quiet_s``, its
+sender's lifetime nearly over, or the link's pass ended) is written early as
+a preview from its intact prefix by a codec that decodes prefixes
+(:class:`~gateway.ground.preview_decodes.PreviewDecodes`); each revision
+replaces the last, the complete picture last of all. Previews run only when
+the decode worker is idle and never change what the sender is told.
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ from gateway.ground.bundle_check import CheckCache, check_decoders, fingerprint
 from gateway.ground.decode_worker import DecodeOutcome, DecodeWorker
 from gateway.ground.meta_waits import MetaWaits
 from gateway.ground.metrics import GroundMetrics
-from gateway.ground.output import DecodeJob, add_source
+from gateway.ground.output import DecodeJob, PreviewSpec, add_source
+from gateway.ground.preview_decodes import PreviewDecodes
 from gateway.ground.retries import DecodeRetries
 from gateway.protocol.pacer import Pacer
-from gateway.store.framestore import FrameStore
+from gateway.store.framestore import FrameStore, StoredMessage
+from gateway.store.revisions import Revision
 from gateway.transport.eventlog import EventLog
 from packetizer.ack import AckEntry, pack_acks
 from packetizer.errors import PacketizerError
@@ -78,6 +87,8 @@ class ReceiverDaemon(LinkAttachedDaemon):
         self.assemble_again: set[int] = set()  # ready messages whose assembly the store refused
         self.decoding: set[int] = set()
         self.counters: Counter = Counter()
+        self.previews = PreviewDecodes(cfg.previews, self.store, log, self.counters, self._preview_job,
+                                       cfg.decode.retry_initial_s, cfg.decode.retry_max_s)
         self._next_periodic = 0.0
         self.metrics = GroundMetrics(self)
         self._serve_metrics(self.metrics.registry)
@@ -110,10 +121,13 @@ class ReceiverDaemon(LinkAttachedDaemon):
         for mid in self.store.with_state("assembled"):
             self._submit_decode(mid)
         now = time.monotonic()
-        for mid in self.store.with_state("receiving"):
+        receiving = self.store.with_state("receiving")
+        for mid in receiving:
             st = self.store.ack_state(mid)
             if st is not None and len(st.received) >= self.store.message(mid).k:
                 self._on_ready(mid, now)
+        # What was arriving before a restart is previewed after a quiet time, unless more of it comes first.
+        self.previews.on_frames(set(receiving), now, self._scale())
         self.log.info("start", store=self.cfg.store, outbox=self.cfg.outbox, link=self.cfg.link.endpoint,
                       hmac=self.codec.auth_key is not None, curve=self.curve is not None, counts=self.store.counts())
         return super().run()
@@ -131,7 +145,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
             wait = min(wait, self.ack_pacer.wait(now))
         if self.decoding:
             wait = min(wait, 0.02)  # the worker's results are polled
-        for due in (self.meta_waits.next_due(), self.retries.next_due()):
+        for due in (self.meta_waits.next_due(), self.retries.next_due(), self.previews.next_due()):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
         return min(wait, 0.1)
@@ -153,7 +167,12 @@ class ReceiverDaemon(LinkAttachedDaemon):
         for mid in self.retries.due(now):
             self._submit_decode(mid)
         self._collect_decodes()
+        # Previews only when the worker has nothing else to do: they never delay a complete picture.
+        self.previews.turn(now, not self.decoding and self.worker.pending() == 0, self.worker.submit)
         self._send_acks()
+
+    def _on_link_down(self) -> None:
+        self.previews.on_pass_end(time.monotonic())
 
     def _apply_rates(self) -> None:
         rate = self.window.return_rate_bps
@@ -192,6 +211,8 @@ class ReceiverDaemon(LinkAttachedDaemon):
         self.to_ack |= res.touched | res.complete_seen
         for mid in res.evicted:
             self.meta_waits.discard(mid)
+            self.previews.forget(mid)
+        self.previews.on_frames(res.touched, now, self._scale())
         for mid in res.late_meta:
             self._add_source(mid)
         for mid in res.ready:
@@ -231,6 +252,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
             return
         if data is None:
             return
+        self.previews.forget(mid)
         self.counters["assembled"] += 1
         self.to_ack.add(mid)  # HELD: committed before this ACK can go out
         self.log.info("assembled", id=mid, bytes=len(data))
@@ -239,6 +261,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
     def _fail(self, mid: int, reason: str) -> None:
         """The message's bitstream is bad: it fails for good and the sender is told (FAILED)."""
         self.meta_waits.discard(mid)
+        self.previews.forget(mid)
         try:
             self.store.mark_failed(mid, reason, time.time())
         except StoreError as e:  # the store cannot record it now: decide again later
@@ -269,13 +292,29 @@ class ReceiverDaemon(LinkAttachedDaemon):
             self._fail(mid, "assembled message has no bitstream in the store")
             return
         self.decoding.add(mid)
-        self.worker.submit(DecodeJob(self.store.message(mid), bitstream, self.cfg.outbox, self.codec.frame_size,
-                                     self.cfg.bundle, max_pixels=self.cfg.limits.max_image_pixels,
-                                     bundles=self.cfg.decode_bundles, device=self.cfg.device,
-                                     precision=self.cfg.precision))
+        latest = self.store.latest_revision(mid)
+        self.worker.submit(self._job(self.store.message(mid), bitstream, (latest.revision if latest else 0) + 1))
+
+    def _job(self, message: StoredMessage, data: bytes, revision: int, preview: PreviewSpec | None = None) -> DecodeJob:
+        return DecodeJob(message, data, self.cfg.outbox, self.codec.frame_size, self.cfg.bundle,
+                         max_pixels=self.cfg.limits.max_image_pixels, bundles=self.cfg.decode_bundles,
+                         device=self.cfg.device, precision=self.cfg.precision, revision=revision, preview=preview)
+
+    def _preview_job(self, message: StoredMessage, data: bytes, revision: int, spec: PreviewSpec) -> DecodeJob:
+        return self._job(message, data, revision, spec)
 
     def _collect_decodes(self) -> None:
         for outcome in self.worker.poll():
+            if outcome.preview:
+                try:
+                    failed = self.previews.on_outcome(outcome, time.monotonic())
+                except StoreError as e:  # written but not recorded: the next attempt finds it in the outbox
+                    self.faults.report(STORE, str(e))
+                    self.previews.retries.failed(outcome.message_id, str(e), time.monotonic())
+                    continue
+                if failed is not None:
+                    self.faults.report(DECODE, failed)
+                continue
             self.decoding.discard(outcome.message_id)
             try:
                 self._on_outcome(outcome)
@@ -287,7 +326,10 @@ class ReceiverDaemon(LinkAttachedDaemon):
         mid = outcome.message_id
         if outcome.status == "ok":
             rec = outcome.record
-            self.store.mark_done(mid, {"bpp": rec.bpp, "codec": rec.codec}, time.time())
+            self.store.mark_done(mid, {"bpp": rec.bpp, "codec": rec.codec}, time.time(),
+                                 Revision(mid, rec.revision, True, rec.frames_used or rec.frames_data,
+                                          rec.frames_data, rec.layers_decoded, rec.layers_total,
+                                          rec.timings.decoded_at))
             self.retries.succeeded(mid)
             self.faults.clear(DECODE)
             self.to_ack.add(mid)  # DONE: the picture is on disk
@@ -354,6 +396,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
             "retrying": [{"id": r.message_id, "reason": r.reason, "failures": r.failures,
                           "retry_in_s": round(max(0.0, r.due - now), 2)} for r in self.retries.waiting()],
             "faults": self.faults.snapshot(),
+            "previews": self.previews.status(),
             "bundle": self.checked,
             "link": self._link_status(),
         }

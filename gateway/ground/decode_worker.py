@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from gateway.errors import BundleError, CodecError, HostError, ModelMismatch
-from gateway.ground.output import DecodeJob, OutputRecord, decode_message
+from gateway.ground.output import DecodeJob, OutputRecord, PreviewSkipped, decode_message
 
-Runner = Callable[[DecodeJob], OutputRecord]
+Runner = Callable[[DecodeJob], "OutputRecord | PreviewSkipped"]
 Status = Literal["ok", "error", "retry", "crashed"]
 
 
@@ -35,12 +35,14 @@ Status = Literal["ok", "error", "retry", "crashed"]
 class DecodeOutcome:
     """How one job ended: ``ok`` (with the record), ``error`` (a bad bitstream: do not retry),
     ``retry`` (the host failed: keep the message, try later) or ``crashed`` (the decoder died,
-    hung or raised something unexpected: retry a bounded number of times)."""
+    hung or raised something unexpected: retry a bounded number of times). ``preview``: the job was a
+    preview (:class:`~gateway.ground.output.PreviewSpec`), whose outcomes never decide the message's fate."""
 
     message_id: int
     status: Status
     record: Any = None
     reason: str | None = None
+    preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,24 +58,29 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "memory" in str(e).lower())
 
 
-def outcome_of(message_id: int, e: Exception) -> DecodeOutcome:
+def outcome_of(message_id: int, e: Exception, preview: bool = False) -> DecodeOutcome:
     """The outcome of a job that raised ``e``: whose fault it was decides whether it is tried again."""
     reason = f"{type(e).__name__}: {e}"
     if isinstance(e, (HostError, BundleError, ModelMismatch, OSError)) or _is_out_of_memory(e):
         # ModelMismatch: the ground has another bundle than the sender; installing the right one fixes it.
-        return DecodeOutcome(message_id, "retry", reason=reason)
+        return DecodeOutcome(message_id, "retry", reason=reason, preview=preview)
     if isinstance(e, CodecError):
-        return DecodeOutcome(message_id, "error", reason=reason)
-    return DecodeOutcome(message_id, "crashed", reason=f"unexpected error in the decoder: {reason}")
+        return DecodeOutcome(message_id, "error", reason=reason, preview=preview)
+    return DecodeOutcome(message_id, "crashed", reason=f"unexpected error in the decoder: {reason}", preview=preview)
+
+
+def _is_preview(job: DecodeJob | CheckJob) -> bool:
+    return bool(getattr(job, "is_preview", False))
 
 
 def _run_job(run: Runner, job: DecodeJob | CheckJob) -> DecodeOutcome:
+    preview = _is_preview(job)
     try:
         if isinstance(job, CheckJob):
             return DecodeOutcome(job.message_id, "ok", record=job.fn(job.arg))
-        return DecodeOutcome(job.message_id, "ok", record=run(job))
+        return DecodeOutcome(job.message_id, "ok", record=run(job), preview=preview)
     except Exception as e:  # every decoder error becomes an outcome with its reason
-        return outcome_of(job.message_id, e)
+        return outcome_of(job.message_id, e, preview)
 
 
 def _child_main(conn: Any, parent_pid: int, run: Runner) -> None:
@@ -213,7 +220,7 @@ class DecodeWorker:
                 crashed = self._death()  # a dead child's pipe reads as end of file
             if crashed is not None:
                 self._kill_child()
-                out.append(DecodeOutcome(job.message_id, "crashed", reason=crashed))
+                out.append(DecodeOutcome(job.message_id, "crashed", reason=crashed, preview=_is_preview(job)))
                 self._current = None
         if self._current is None and self._waiting:
             if self._proc is None or not self._proc.is_alive():
@@ -225,7 +232,8 @@ class DecodeWorker:
                 self._current = (job, time.monotonic())
             except (EOFError, OSError) as e:
                 self._kill_child()
-                out.append(DecodeOutcome(job.message_id, "crashed", reason=f"cannot reach the decoder process ({e})"))
+                out.append(DecodeOutcome(job.message_id, "crashed", reason=f"cannot reach the decoder process ({e})",
+                                         preview=_is_preview(job)))
         return out
 
     def close(self) -> None:

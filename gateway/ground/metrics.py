@@ -52,6 +52,15 @@ COUNTERS = (
     CounterSpec("decode_retries", "satgw_ground_decode_retries_total",
                 "Decodes the host made fail (outbox full or read-only, memory, the bundle), retried with backoff"),
     CounterSpec("store_errors", "satgw_ground_store_errors_total", "Frame batches the frame store refused"),
+    CounterSpec("previews_written", "satgw_ground_previews_written_total",
+                "Previews written to the outbox (a revision of a picture decoded from a prefix of its message)"),
+    CounterSpec("previews_skipped", "satgw_ground_previews_skipped_total",
+                "Preview decodes that wrote nothing (no new layers, codec without prefixes, a revision already there)"),
+    CounterSpec("preview_errors", "satgw_ground_preview_errors_total",
+                "Prefixes the decoder refused (the message waits for more frames; it is not failed)"),
+    CounterSpec("preview_retries", "satgw_ground_preview_retries_total",
+                "Preview decodes the host made fail (outbox, memory, bundle), retried with backoff"),
+    CounterSpec("preview_crashed", "satgw_ground_preview_crashes_total", "Preview decodes that crashed or hung"),
 )
 
 DECODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -66,7 +75,7 @@ class GroundMetrics:
 
     ``daemon`` is the :class:`~gateway.ground.daemon.ReceiverDaemon`; its
     ``counters``, ``cfg.store``, ``codec.frame_size``, ``window``,
-    ``decoding``, ``ack_queue``, ``retries``, ``meta_waits`` and ``faults`` are read when scraped.
+    ``decoding``, ``ack_queue``, ``retries``, ``meta_waits``, ``previews`` and ``faults`` are read when scraped.
     """
 
     def __init__(self, daemon: Any) -> None:
@@ -105,6 +114,8 @@ class GroundMetrics:
         yield gauge("satgw_ground_decode_retrying_messages",
                     "Messages held (every frame in, the sender told HELD) whose decode waits for a retry",
                     len(d.retries))
+        yield gauge("satgw_ground_preview_queued_messages",
+                    "Messages due a preview, waiting for the decode worker to be idle", d.previews.planner.queued())
         yield gauge("satgw_ground_meta_waiting_messages", "Complete messages waiting a grace period for their META",
                     len(d.meta_waits))
         yield from fault_families("satgw_ground", d.faults, RESOURCES)

@@ -1,18 +1,20 @@
 """The META frame's payload: what the ground station learns about a message besides its bitstream.
 
-One small msgpack map ``{"name", "size", "codec", "accepted_at"}`` (the source
-file name, its size in bytes, the codec, and when the sender accepted it, in
-UTC seconds: the start of the end-to-end latency the ground reports), sent in
-one META frame outside the image budget.  A job sent with ``codec: auto``
-adds ``"auto"``: how the codec was chosen (:class:`CodecChoice`: the metric,
-the seconds spent choosing, and per candidate its state and its measured or
-predicted MS-SSIM and PSNR), packed tight (qualities as integers: MS-SSIM in
-1e-4, PSNR in 0.01 dB, the time in milliseconds; one-letter codes).
-Older grounds ignore the key; from older senders it is simply absent.
-The sender packs it to fit one frame's payload (dropping the candidates, then
-the name, then the choice if it must); the ground station reads it as
-untrusted input: bounded, and anything malformed reads as an empty record
-(a malformed ``auto`` alone reads as no choice).
+One small msgpack map ``{"name", "size", "codec", "accepted_at", "expires_at"}``
+(the source file name, its size in bytes, the codec, when the sender accepted
+it, in UTC seconds: the start of the end-to-end latency the ground reports,
+and when the sender gives it up: the ground previews a message whose
+lifetime is nearly over), sent in one META frame outside the image budget.
+A job sent with ``codec: auto`` adds ``"auto"``: how the codec was chosen
+(:class:`CodecChoice`: the metric, the seconds spent choosing, and per
+candidate its state and its measured or predicted MS-SSIM and PSNR), packed
+tight (qualities as integers: MS-SSIM in 1e-4, PSNR in 0.01 dB, the time in
+milliseconds; one-letter codes). Older grounds ignore the keys; from older
+senders they are simply absent. The sender packs it to fit one frame's
+payload (dropping the choice's candidates, then the name, then the choice if
+it must); the ground station reads it as untrusted input: bounded, and
+anything malformed reads as an empty record (a malformed ``auto`` alone reads
+as no choice).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class MessageMeta:
     size: int | None = None
     codec: str | None = None
     accepted_at: float | None = None  #: sender's wall clock (Unix seconds) when the job was accepted
+    expires_at: float | None = None  #: sender's wall clock when it gives the job up (accepted_at + its arq.ttl_s)
     choice: CodecChoice | None = None  #: how ``codec: auto`` chose (None: the codec was asked for)
 
     def pack(self, capacity: int) -> bytes:
@@ -116,6 +119,8 @@ class MessageMeta:
         the choice's candidates, the name, the choice."""
         fields: dict[str, Any] = {"name": (self.name or "")[:MAX_NAME], "size": self.size, "codec": self.codec,
                                   "accepted_at": self.accepted_at}
+        if self.expires_at is not None:  # absent rather than null: what a sender before it sent
+            fields["expires_at"] = self.expires_at
         tries = [fields]
         if self.choice is not None:
             tries = [{**fields, "auto": self.choice.wire()}, {**fields, "auto": self.choice.wire(False)},
@@ -139,7 +144,7 @@ class MessageMeta:
             return cls()
         if not isinstance(m, dict):
             return cls()
-        name, size, codec, accepted = m.get("name"), m.get("size"), m.get("codec"), m.get("accepted_at")
+        name, size, codec = m.get("name"), m.get("size"), m.get("codec")
         try:
             choice = CodecChoice.from_wire(m.get("auto"))
         except (TypeError, ValueError, OverflowError):
@@ -148,8 +153,13 @@ class MessageMeta:
             name if isinstance(name, str) else None,
             size if isinstance(size, int) and not isinstance(size, bool) else None,
             codec if isinstance(codec, str) else None,
-            # Older senders send no time; a non-number or an absurd one reads as unknown.
-            float(accepted) if isinstance(accepted, (int, float)) and not isinstance(accepted, bool)
-            and 0 < accepted < 1e11 else None,
+            # Older senders send no times; a non-number or an absurd one reads as unknown.
+            _time(m.get("accepted_at")),
+            _time(m.get("expires_at")),
             choice,
         )
+
+
+def _time(v: Any) -> float | None:
+    """A Unix time from the link, or None when it is not a plausible one."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e11 else None

@@ -14,6 +14,14 @@ now and then (the META frame again, answered with the message's current
 status), at growing intervals up to the RTO's ceiling, until DONE or FAILED
 comes back. A RECEIVING ACK for a held message (the ground lost it) sends it
 again.
+
+With ``preview_first`` the order is round robin by frame index instead, so a
+short pass leaves something of every queued message on the ground (a
+prefix of data frames decodes to a preview): every message's data frame 0,
+then the META frames, then every data frame 1, ... then the parity frames
+in the same way (parity is useless to a prefix). A frame known lost takes
+its index's place again before that index's new frames; priority and age
+break ties among messages.
 """
 
 from __future__ import annotations
@@ -64,6 +72,19 @@ class _Message:
         return sum(1 for f in self.frames if f.acked)
 
 
+def _rank(index: int, k: int, retransmission: bool) -> tuple[int, int, int]:
+    """Where a frame goes in the ``preview_first`` round robin: (data 0 / parity 1, position, lost 0 / new 1)."""
+    if index < k:
+        return (0, index, 0 if retransmission else 1)
+    return (1, index - k, 0 if retransmission else 1)
+
+
+_FIRST_RANK = _rank(0, 1, True)
+#: A message's META frame goes after every message's data frame 0 and before any data frame 1: the first
+#: frames make the previews, the META only names them.
+_META_RANK = (0, 0, 2)
+
+
 @dataclass(frozen=True)
 class Send:
     """One frame to send: ``index`` is a frame index or :data:`META_INDEX`."""
@@ -96,8 +117,10 @@ class TransmitScheduler:
         reorder_frames: int = 3,
         max_transmissions: int = 50,
         max_backoff: int = 8,
+        preview_first: bool = False,
     ) -> None:
         self.rto = rto
+        self.preview_first = preview_first
         self.reorder = reorder_frames
         self.max_tx = max_transmissions
         self.max_backoff = max_backoff
@@ -193,6 +216,8 @@ class TransmitScheduler:
 
         Probes of held messages go last: only when no message has a frame to send.
         """
+        if self.preview_first:
+            return self._next_round_robin(now)
         probe: Send | None = None
         for key in self._order:
             m = self._msgs[key[2]]
@@ -227,6 +252,46 @@ class TransmitScheduler:
             ):
                 return Send(m.mid, META_INDEX, True)
         return probe
+
+    def _next_round_robin(self, now: float) -> Send | None:
+        """:meth:`next` under ``preview_first``: the sendable frame of lowest :func:`_rank` over all messages."""
+        best: tuple[tuple[int, int, int], Send] | None = None
+        probe: Send | None = None
+        for key in self._order:
+            m = self._msgs[key[2]]
+            if m.held:
+                if probe is None and now >= m.probe_due:
+                    probe = Send(m.mid, self._probe_index(m), True)
+                continue
+            pick = self._lowest_sendable(m, now)
+            if pick is not None and (best is None or pick[0] < best[0]):
+                best = pick
+                if pick[0] == _FIRST_RANK:
+                    break  # nothing can go before a first frame that was lost
+        return best[1] if best is not None else probe
+
+    def _lowest_sendable(self, m: _Message, now: float) -> tuple[tuple[int, int, int], Send] | None:
+        """The frame of ``m`` that may go now with the lowest rank (frames in flight wait for their timeout)."""
+        meta = m.meta
+        meta_pick: tuple[tuple[int, int, int], Send] | None = None
+        if meta is not None and not meta.acked:
+            if meta.tx == 0:
+                meta_pick = (_META_RANK, Send(m.mid, META_INDEX, False))
+            elif meta.lost or (self._expired(meta, now) and all(f.acked for f in m.frames)):
+                meta_pick = (_META_RANK, Send(m.mid, META_INDEX, True))
+        for i, f in enumerate(m.frames):
+            if f.acked:
+                continue
+            if f.tx > 0 and not (f.lost or self._expired(f, now)):
+                continue  # in flight
+            again = f.tx > 0
+            if again:
+                f.lost = True
+            rank = _rank(i, m.k, again)
+            if meta_pick is not None and meta_pick[0] < rank:
+                return meta_pick
+            return rank, Send(m.mid, i, again)
+        return meta_pick
 
     def next_deadline(self, now: float) -> float | None:
         """Earliest wall time at which a retransmit timeout fires (for the event loop's sleep)."""

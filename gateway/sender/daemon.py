@@ -66,7 +66,7 @@ class SenderDaemon(LinkAttachedDaemon):
         self.rto = RtoEstimator(arq.initial_rto_s, arq.min_rto_s, arq.max_rto_s)
         self._rto_scale: tuple = ()  # (time scale, rates) the RTO bounds were last derived from
         self.sched = TransmitScheduler(self.rto, reorder_frames=arq.reorder_frames,
-                                       max_transmissions=arq.max_transmissions)
+                                       max_transmissions=arq.max_transmissions, preview_first=arq.preview_first)
         self.pacer = Pacer(1.0, burst=arq.burst_frames)
         self.encoded: queue.Queue[int] = queue.Queue()
         self.metrics = SenderMetrics(self)

@@ -115,7 +115,8 @@ class Encoder(threading.Thread):
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
             k, n = frames[0].k, frames[0].n
             payload = MessageMeta(row.source_name, row.image_size, sent_codec, row.accepted_at,
-                                  None if choice is None else meta_choice(choice)).pack(self.codec.payload_capacity)
+                                  expires_at=row.accepted_at + self.cfg.arq.ttl_s,
+                                  choice=None if choice is None else meta_choice(choice)).pack(self.codec.payload_capacity)
         except SatgwError as e:  # a bad image, no setting fits: the message says why
             self._fail(spool, row, str(e), "warning")
             return

@@ -19,6 +19,12 @@ the message ``assembled`` to be tried again. Rows of finished messages stay
 (without blobs) so duplicates and retransmissions are recognized forever and
 never produce a second output.
 
+A message whose frames stop coming may be written early as a preview; each
+picture written (preview or complete) is a revision recorded in
+:mod:`gateway.store.revisions`, the complete one in the same transaction as
+the ``done`` state. A preview changes nothing else: the message stays
+``receiving`` (acknowledged RECEIVING) until its complete picture is written.
+
 Bounded memory and disk: a message must declare sane ``k``/``n`` before any
 frame of it is kept, frames that disagree with the first one seen are
 dropped, and at most ``max_pending`` messages may be incomplete at once (the
@@ -35,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
-from gateway.store import frame_rows, link_state
+from gateway.store import frame_rows, link_state, revisions
 from gateway.store.frame_rows import FRAME_COLUMNS, read_frames
 from gateway.store.readonly import state_counts
+from gateway.store.revisions import Revision
 from gateway.store.sqlite import open_durable_db, transaction
 from packetizer.ack import AckStatus
 from packetizer.frame import Frame, FrameType
@@ -74,6 +81,7 @@ CREATE TABLE IF NOT EXISTS frames ({FRAME_COLUMNS},
     PRIMARY KEY (message_id, idx)
 ) WITHOUT ROWID;
 {link_state.SETTINGS_SCHEMA}
+{revisions.SCHEMA}
 """
 
 
@@ -336,15 +344,37 @@ class FrameStore:
         with transaction(self.db, f"frame store {self.path}: cannot update message {message_id}"):
             self.db.execute("UPDATE messages SET attempts=MAX(attempts-1, 0) WHERE id=?", (message_id,))
 
-    def mark_done(self, message_id: int, result: dict[str, Any], now: float | None = None) -> None:
-        """assembled -> done: the picture and its record are durably written; only now is the bitstream dropped."""
+    def mark_done(self, message_id: int, result: dict[str, Any], now: float | None = None,
+                  revision: Revision | None = None) -> None:
+        """assembled -> done: the picture and its record are durably written; only now is the bitstream dropped.
+
+        ``revision`` (the complete picture's) is recorded in the same transaction.
+        """
         now = time.time() if now is None else now
         with transaction(self.db, f"frame store {self.path}: cannot record message {message_id} done"):
-            self.db.execute(
+            cur = self.db.execute(
                 "UPDATE messages SET state='done', done_at=?, result=?, bitstream=NULL WHERE id=? AND state='assembled'",
                 (now, json.dumps(result, default=str), message_id),
             )
+            if revision is not None and cur.rowcount:
+                revisions.record(self.db, revision)
         self._set_state(message_id, "done")
+
+    def record_preview(self, revision: Revision) -> bool:
+        """Record a preview written to the outbox (one commit); False when it is not above the latest revision.
+
+        The message's state does not change: it is still being received.
+        """
+        with transaction(self.db, f"frame store {self.path}: cannot record a preview of {revision.message_id}"):
+            return revisions.record(self.db, revision)
+
+    def latest_revision(self, message_id: int) -> Revision | None:
+        """The last revision of ``message_id``'s picture recorded as written, or None."""
+        return revisions.latest(self.db, message_id)
+
+    def revision_history(self, message_id: int) -> list[Revision]:
+        """Every revision of ``message_id``'s picture recorded, oldest first."""
+        return revisions.histories(self.db, [message_id]).get(message_id, [])
 
     def mark_failed(self, message_id: int, reason: str, now: float | None = None) -> None:
         """receiving/assembled -> failed with a reason (ACKed FAILED: resending cannot help)."""
@@ -408,9 +438,18 @@ class FrameStore:
         return state_counts(self.db, STATES)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The most recently active messages, for status displays."""
+        """The most recently active messages, for status displays (with the last revision written, if any)."""
         cur = self.db.execute(
             "SELECT id, state, k, n, received, repeated, reason FROM messages ORDER BY last_at DESC LIMIT ?", (limit,)
         )
         cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        latest = revisions.histories(self.db, [r["id"] for r in rows])
+        for r in rows:
+            revs = latest.get(r["id"])
+            r["revision"] = revs[-1].as_dict() if revs else None
+        return rows
+
+    def preview_count(self) -> int:
+        """Previews recorded as written (revisions that are not complete pictures), ever."""
+        return revisions.count(self.db, complete=False)

@@ -12,8 +12,10 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.store import revisions as revision_rows
 from gateway.store.framestore import STATES
 from gateway.store.readonly import open_readonly, state_counts
+from gateway.store.revisions import Revision
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,15 @@ class FrameStoreReader:
         """Messages that failed, latest first, with their reasons."""
         rows = self._query(f"SELECT {_COLS} FROM messages WHERE state='failed' ORDER BY done_at DESC LIMIT ?", (limit,))
         return [_summary(r) for r in rows]
+
+    def revisions(self, message_ids: list[int]) -> dict[int, list[Revision]]:
+        """The revisions written of each message's picture (previews, then the complete one), oldest first."""
+        db = open_readonly(self.path)
+        if db is None:
+            return {}
+        try:
+            return revision_rows.histories(db, message_ids)
+        except sqlite3.OperationalError:
+            return {}  # a frame store from before revisions, or tables not created yet
+        finally:
+            db.close()

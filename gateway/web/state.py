@@ -8,9 +8,11 @@ version to the browser.
 
 Each picture is its outbox record as written, plus ``retransmissions`` (the
 sender's count, when the sender answers or once answered; else null),
-``setting_text`` and the URLs of its full image and thumbnail. When
-progressive delivery lands, a picture's revisions belong in its entry here
-(a list, oldest first) and in the card's ``revisions`` slot in ``app.js``.
+``setting_text``, the URLs of its full image and thumbnail (with the
+revision in the query, so a browser fetches each new revision), and
+``revisions``: every revision the ground wrote of it, oldest first (previews
+decoded from the first frames, then the complete picture; the record itself
+is the latest, ``complete: false`` while it is a preview).
 """
 
 from __future__ import annotations
@@ -107,11 +109,15 @@ class PageState:
             self._poll_live()
         self._turn += 1
         images = []
-        for rec in self.outbox.records(MAX_IMAGES):
+        records = self.outbox.records(MAX_IMAGES)
+        history = self.store.revisions([r["message_id"] for r in records])
+        for rec in records:
             mid = rec["message_id"]
+            rev = f"?r={int(rec.get('revision') or 1)}"
             images.append({**rec, "retransmissions": self._retx.get(mid),
                            "setting_text": setting_text(rec.get("codec"), rec.get("setting")),
-                           "full_url": f"/images/{mid}.png", "thumb_url": f"/images/{mid}/thumb.png"})
+                           "full_url": f"/images/{mid}.png{rev}", "thumb_url": f"/images/{mid}/thumb.png{rev}",
+                           "revisions": [r.as_dict() for r in history.get(mid, [])]})
         content = {
             "images": images,
             "arriving": [_message(m) for m in self.store.in_progress(MAX_LISTED)],
@@ -134,6 +140,7 @@ class PageState:
             "reachable": ground is not None, "asked": ep.receiver is not None,
             "counters": (ground or {}).get("counters", {}), "decoding": (ground or {}).get("decoding"),
             "faults": (ground or {}).get("faults", {}), "retrying": (ground or {}).get("retrying", []),
+            "previews": (ground or {}).get("previews", {}),
         }
         self._live["link"] = self.link_panel.update(replies)
         if sender is None:

@@ -594,6 +594,21 @@ class CADCCodec(Codec):
             )
         return header, sym
 
+    def prefix_layers(self, data: bytes) -> tuple[int, int]:
+        """(layers of ẑ and ŷ's steps a prefix holds completely, 5), from the header and the layer table only.
+
+        A format-1 stream (no table) or a prefix cut inside the table holds
+        no decodable layer: (0, 5). Raises BitstreamError for a bad header.
+        """
+        header, payload = bitstream.unpack(data)
+        if header.codec_id != self.codec_id or header.version == 1:
+            return 0, LAYERS
+        try:
+            table, offset = LayerTable.unpack(payload)
+        except BitstreamError:
+            return 0, LAYERS
+        return table.layers_in(len(payload) - offset), LAYERS
+
     @torch.no_grad()
     def decode_with_info(self, data: bytes, partial: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         """Decode to an HxWx3 uint8 array at the original size, plus caption, λ, Δ, layers and timings (ms).

@@ -68,15 +68,41 @@ function makeCard(r) {
   const setting = el("p", { class: "setting", "data-field": "setting_text" });
   const dl = el("dl", { class: "facts" });
   const foot = el("footer", { class: "muted" });
-  // Progressive delivery will list a picture's revisions here (r.revisions, oldest first).
-  const revisions = el("div", { class: "revisions", hidden: "" });
+  // A preview (decoded from the first frames of a message still arriving) says so until the complete picture.
+  const preview = el("span", { class: "preview-badge", "data-field": "preview", hidden: "" });
+  // Every revision the ground wrote of this picture, oldest first (r.revisions).
+  const revisions = el("ol", { class: "revisions", hidden: "" });
   const card = el("article", { class: "card new", "data-id": String(r.message_id) },
-    thumb, el("div", { class: "card-head" }, title, badge), setting, dl, revisions, foot);
+    thumb, el("div", { class: "card-head" }, title, preview, badge), setting, dl, revisions, foot);
   setTimeout(() => card.classList.remove("new"), 2500);
   return card;
 }
 
+// "3 of 4 frames · 3/5 layers": how much of the message a revision was decoded from.
+function revisionText(v) {
+  const layers = v.layers === null || v.layers === undefined ? "" : ` · ${int(v.layers)}/${int(v.layers_total)} layers`;
+  return `${int(v.frames_used)} of ${int(v.frames_data)} frames${layers}`;
+}
+
+function renderRevisions(card, r) {
+  const list = card.querySelector("ol.revisions");
+  const revs = r.revisions || [];
+  list.hidden = revs.length < 2 && r.complete !== false;
+  list.replaceChildren(...revs.map((v) => el("li", { "data-revision": String(v.revision),
+    text: `${v.complete ? "complete" : "preview"} ${int(v.revision)}: ${revisionText(v)} · ${fmt.clock(v.written_at)}` })));
+  const badge = card.querySelector('[data-field="preview"]');
+  badge.hidden = r.complete !== false;
+  badge.textContent = r.complete === false
+    ? `preview ${int(r.revision)} · ${revisionText({ ...r, layers: r.layers_decoded })}` : "";
+  card.classList.toggle("is-preview", r.complete === false);
+  // A new revision has the same file name: its URL carries the revision, so the browser fetches it.
+  const img = card.querySelector("a.thumb img");
+  if (img.getAttribute("src") !== r.thumb_url) img.setAttribute("src", r.thumb_url);
+  card.querySelector("a.thumb").setAttribute("href", r.full_url);
+}
+
 function updateCard(card, r) {
+  renderRevisions(card, r);
   card.querySelector('[data-field="source_name"]').textContent = r.source_name || `#${r.message_id}`;
   card.querySelector('[data-field="codec"]').textContent = r.codec;
   card.querySelector('[data-field="setting_text"]').textContent = r.setting_text;
@@ -143,6 +169,9 @@ function renderGround(g) {
   setText("g-crc", g.reachable ? int(n.bad_CRCError || 0) : "–");
   setText("g-auth", g.reachable ? int(n.bad_AuthError || 0) : "–");
   setText("g-dup", g.reachable ? int(n.duplicate || 0) : "–");
+  const pv = g.previews || {};
+  setText("g-previews", !g.reachable ? "–" : pv.enabled === false ? "off"
+    : `${int(pv.written || 0)}${pv.queued ? ` (${int(pv.queued)} due)` : ""}`);
   renderFaults("g-faults", g.reachable, g.faults);
   state.retrying = new Map((g.retrying || []).map((r) => [r.id, r]));
 }
