@@ -177,3 +177,35 @@ def test_the_ground_writes_a_cadc_preview_from_the_first_frames(codec: CADCCodec
     assert (tmp_path / "7.png").is_file()
     done = decode_message(job(stream, 2, None), codec_for=ours)
     assert isinstance(done, OutputRecord) and done.complete and done.revision == 2 and done.layers_decoded == LAYERS
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(into=st.floats(0.0, 1.0))
+def test_a_prefix_cut_inside_a_step_keeps_that_steps_first_symbols_exactly(codec: CADCCodec, stream: bytes,
+                                                                            into: float) -> None:
+    """The symbols a cut step yields are the full stream's (trusted by their information content alone)."""
+    table, offset = _table(stream)
+    base = bitstream.HEADER_SIZE + offset
+    full = codec.decode_symbols(stream)[1]
+    ends = table.ends()
+    step = 1  # cut inside ŷ's second step, anywhere from its start to its end
+    cut = base + ends[step] + int(into * (ends[step + 1] - ends[step] - 1))
+    _, sym = codec.decode_symbols(stream[:cut], partial=True)
+    assert sym.steps == step
+    if sym.partial is not None:
+        known = sym.partial > 0
+        assert np.array_equal(sym.q[known], full.q[known])
+        masks = codec.model.quadtree_masks(torch.from_numpy(full.q).float()[None])
+        assert not np.any(known & (masks[step][0].numpy() == 0))  # only that step's elements
+
+
+def test_most_of_a_step_received_gives_most_of_its_symbols(codec: CADCCodec, stream: bytes) -> None:
+    table, offset = _table(stream)
+    ends = table.ends()
+    cut = bitstream.HEADER_SIZE + offset + ends[1] + (ends[2] - ends[1]) * 9 // 10
+    _, sym = codec.decode_symbols(stream[:cut], partial=True)
+    masks = codec.model.quadtree_masks(torch.from_numpy(sym.q).float()[None])
+    in_step = float(masks[1].sum())
+    assert sym.partial is not None and 0.3 * in_step < float(sym.partial.sum()) < in_step
+    _, info = codec.decode_with_info(stream[:cut], partial=True)
+    assert not info["complete"] and info["layers"] == 2 and 0.3 < info["partial_layer"] < 1

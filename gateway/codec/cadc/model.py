@@ -177,14 +177,17 @@ class CADCModel(CADCEncoder):
             known = known + masks[step]
         return mean, scale
 
-    def complete_latent(self, hyper: torch.Tensor, y_hat: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    def complete_latent(self, hyper: torch.Tensor, y_hat: torch.Tensor, received: torch.Tensor,
+                        partial: torch.Tensor | None = None) -> torch.Tensor:
         """ŷ with the quadtree steps a decoder did not receive filled in by the entropy model's means.
 
         ``received`` [B] (int) is how many of the 4 steps each sample has
         (0: only ẑ).  Steps from there on take the context model's μ given
         everything before them, the missing ones included as their own μ —
         what a decoder of a truncated bitstream can compute, and what the
-        training pass feeds ``g_s`` for samples it truncates.
+        training pass feeds ``g_s`` for samples it truncates.  ``partial``
+        (shaped like ``y_hat``): 1 where the first missing step's symbol was
+        decoded anyway (a prefix cut inside that step); those keep ``y_hat``.
         """
         masks = self.quadtree_masks(y_hat)
         received = received.to(y_hat.device).view(-1, 1, 1, 1)
@@ -197,6 +200,8 @@ class CADCModel(CADCEncoder):
             mu, _ = self.context(step, hyper, filled if step else None)
             # Samples that received this step keep their symbols; the others take μ.
             keep = (received > step).to(y_hat.dtype)
+            if partial is not None:
+                keep = torch.maximum(keep, partial * (received == step).to(y_hat.dtype))
             filled = filled + masks[step] * (keep * y_hat + (1 - keep) * mu)
         return filled
 
