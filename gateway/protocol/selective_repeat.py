@@ -222,8 +222,7 @@ class TransmitScheduler:
         for key in self._order:
             m = self._msgs[key[2]]
             if m.held:
-                if probe is None and now >= m.probe_due:
-                    probe = Send(m.mid, self._probe_index(m), True)
+                probe = probe or self._due_probe(m, now)
                 continue
             if m.meta is not None and not m.meta.acked:
                 if m.meta.tx == 0:
@@ -253,6 +252,10 @@ class TransmitScheduler:
                 return Send(m.mid, META_INDEX, True)
         return probe
 
+    def _due_probe(self, m: _Message, now: float) -> Send | None:
+        """The probe of held message ``m`` if one is due at ``now``."""
+        return Send(m.mid, self._probe_index(m), True) if now >= m.probe_due else None
+
     def _next_round_robin(self, now: float) -> Send | None:
         """:meth:`next` under ``preview_first``: the sendable frame of lowest :func:`_rank` over all messages."""
         best: tuple[tuple[int, int, int], Send] | None = None
@@ -260,8 +263,7 @@ class TransmitScheduler:
         for key in self._order:
             m = self._msgs[key[2]]
             if m.held:
-                if probe is None and now >= m.probe_due:
-                    probe = Send(m.mid, self._probe_index(m), True)
+                probe = probe or self._due_probe(m, now)
                 continue
             pick = self._lowest_sendable(m, now)
             if pick is not None and (best is None or pick[0] < best[0]):
