@@ -183,3 +183,23 @@ def test_failed_tells_the_reason_and_a_held_message_the_ground_lost_is_sent_agai
     out = s.on_ack(5, 2, frozenset(), AckStatus.RECEIVING, 0.7)  # its store was wiped
     assert out.released and out.unacked == [0, 1]
     assert drain(s, 0.8) == [(5, META_INDEX), (5, 0), (5, 1)]
+
+
+def test_a_message_held_before_the_time_scale_is_known_is_probed_on_the_scaled_clock():
+    # The soak caught this: a sender restarted with held jobs queued them (first probe in 16 RTOs of
+    # the unscaled 4 s guess: 64 s) before the link said its time scale was 40; the first probes went
+    # out a minute of wall time late and one job was still held when the settle time ran out.
+    rto = RtoEstimator(4.0, 0.2, 120.0)
+    s = TransmitScheduler(rto)
+    s.add(7, priority=0, created=0.0, n=2, k=2)
+    s.hold(7, 0.0)
+    assert s.next_deadline(0.0) == pytest.approx(64.0)
+    rto.set_bounds(0.2 / 40, 120.0 / 40)
+    rto.rto = 4.0 / 40
+    s.rebase_probes(0.5)
+    assert s.next_deadline(0.5) == pytest.approx(0.5 + 16 * 0.1)
+    pick = s.next(2.1)
+    assert pick is not None and pick.message_id == 7 and pick.retransmission
+    s.sent(7, pick.index, 2.1)
+    s.rebase_probes(2.2)  # a later rebase never brings a probe forward past its backoff
+    assert s.next_deadline(2.2) == pytest.approx(2.1 + 3.0)

@@ -192,6 +192,17 @@ class TransmitScheduler:
             m.held, m.probes = True, 0
         m.probe_due = now + self._probe_interval(m)
 
+    def rebase_probes(self, now: float) -> None:
+        """Bring every held message's next probe within one probe interval of ``now`` under the current RTO.
+
+        Called when the RTO changes scale (the link's time scale or rates become known): a message
+        held before then (resumed from the spool at start) had its first probe timed with the
+        unscaled guess, which on a time-scaled link is minutes of wall time.
+        """
+        for m in self._msgs.values():
+            if m.held:
+                m.probe_due = min(m.probe_due, now + self._probe_interval(m))
+
     def is_held(self, message_id: int) -> bool:
         """Whether ``message_id`` is held by the ground (only probes go out)."""
         m = self._msgs.get(message_id)

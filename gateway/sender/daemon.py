@@ -182,6 +182,7 @@ class SenderDaemon(LinkAttachedDaemon):
             if self.rto.samples == 0:
                 first = max(arq.initial_rto_s / ts, 3.0 * physics)
                 self.rto.rto = min(max(first, self.rto.min), self.rto.max)
+            self.sched.rebase_probes(time.monotonic())
             self._rto_scale = key
 
     # --- transmit ---------------------------------------------------------------------------
