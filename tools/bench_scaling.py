@@ -167,6 +167,21 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _row_line(row: dict) -> str:
+    """One printed table row; '-' for what was not measured (decode columns under --encode-only)."""
+    def num(key: str, width: int, fmt: str, scale: float = 1.0) -> str:
+        v = row.get(key)
+        return f"{'-':>{width}}" if v is None else f"{v * scale:>{width}{fmt}}"
+
+    tiles = row.get("tiles") or {}
+    grid = "/".join(f"{a}x{b}" for a, b in tiles.values()) if tiles else "-"
+    return (f"{row['codec']:<6}{row['frames']:>7}{row['size']:>11}{row['mp']:>6.1f}{row['bytes']:>7}"
+            f"{num('encode_s', 8, '.2f')}{num('encode_cpu_s', 8, '.2f')}{num('encode_rss_mb', 8, '.0f')}"
+            f"{num('decode_s', 8, '.2f')}{num('decode_cpu_s', 8, '.2f')}{num('decode_s', 7, '.3f', 1 / row['mp'])}"
+            f"{num('unet_s', 8, '.2f')}{num('vae_s', 7, '.2f')}{num('decode_rss_mb', 8, '.0f')}"
+            f"{row.get('coded') or '-':>11}{grid:>14}{row['load']:>6.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"megapixels, from {sorted(SIZES)}")
@@ -176,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="decodes per bitstream; the best counts")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench-out/scaling"))
+    p.add_argument("--encode-only", action="store_true", help="rate-control only; no decode processes")
     # A child process runs one measurement.
     p.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)
     p.add_argument("--codec", help=argparse.SUPPRESS)
@@ -208,19 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 stream = Path(tmp.name) / f"{codec}-{frames}-{mp}.bin"
                 row = {"codec": codec, "frames": frames, "mp": size[0] * size[1] / 1e6, "size": f"{size[0]}x{size[1]}"}
                 row.update(_spawn("encode", args, codec, size, frames, stream, bundle))
-                if "error" not in row:
+                if "error" not in row and not args.encode_only:
                     row.update(_spawn("decode", args, codec, size, frames, stream, bundle))
                 rows.append(row)
                 if "error" in row:
                     print(f"{codec:<6}{frames:>7}{row['size']:>11}  failed: {row['error']}", flush=True)
                     continue
-                tiles = row.get("tiles") or {}
-                grid = "/".join(f"{a}x{b}" for a, b in tiles.values()) if tiles else "-"
-                print(f"{codec:<6}{frames:>7}{row['size']:>11}{row['mp']:>6.1f}{row['bytes']:>7}{row['encode_s']:>8.2f}"
-                      f"{row['encode_cpu_s']:>8.2f}{row['encode_rss_mb']:>8.0f}{row['decode_s']:>8.2f}"
-                      f"{row['decode_cpu_s']:>8.2f}{row['decode_s'] / row['mp']:>7.3f}{row['unet_s']:>8.2f}"
-                      f"{row['vae_s']:>7.2f}{row['decode_rss_mb']:>8.0f}{row.get('coded') or '-':>11}{grid:>14}{row['load']:>6.1f}",
-                      flush=True)
+                print(_row_line(row), flush=True)
     summary = summarize(rows)
     for s in summary:
         print(f"{s['codec']} {s['frames']} frames: decode s/MP {s['decode_s_per_mp']} slope {s['decode_slope']} "

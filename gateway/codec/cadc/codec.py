@@ -52,6 +52,8 @@ _LAM_CACHE_SIZE = 16
 #: (fast convolutions) rather than float64: a prediction only steers the rate controller, whose pick is
 #: then coded for real in float64, and a float64 probe of a 12 MP picture costs as much as an encode.
 _EXACT_PROBE_POSITIONS = 4096
+#: Pictures from this size on (pixels, as analysed) encode with ``large_encoder_threads``.
+_LARGE_PICTURE_PIXELS = 2_000_000
 
 
 #: Bytes the range coder adds over the information content (flush, minus trimming), on average.
@@ -191,6 +193,11 @@ class CADCCodec(Codec):
     #: Threads for ``g_a`` in :meth:`analyze` (None: the caller's torch setting).  One by default: g_a
     #: at Kodak size is ~25 ms on one core, and a second thread mostly adds waiting on a busy sender.
     encoder_threads: int | None = 1
+    #: Threads for ``g_a`` and the float32 size predictions of pictures of at least
+    #: :data:`_LARGE_PICTURE_PIXELS`: there each call is long enough (g_a ~1.8 s on one core at 12 MP)
+    #: that a second thread pays (~1.7x), and none of it is mirrored by the decoder (the symbols are
+    #: sent; the predictions only steer the search), so the thread count cannot change what decodes.
+    large_encoder_threads: int | None = 2
 
     #: Threads for the decoder's synthesis (g_s, UNet, VAE); None: the caller's torch setting.  Fixed by
     #: default because the UNet's float results depend on the thread count (a few 1e-7), which can flip
@@ -321,9 +328,15 @@ class CADCCodec(Codec):
         if h * w > self.max_pixels:
             raise CodecError(f"image {w}x{h} is larger than the {self.max_pixels}-pixel limit of this model")
         pad = self.model.config.codec.pad_multiple
-        with torch.no_grad(), _threads(self.encoder_threads if self.device.type == "cpu" else None):
+        with torch.no_grad(), _threads(self._encoder_threads(h * w)):
             y = analyze_in_tiles(self._g_a, image, pad, self.analysis_tile, self.device)
         return CADCAnalysis(y=y, image=image, width=w, height=h)
+
+    def _encoder_threads(self, pixels: int) -> int | None:
+        """Torch threads for the encoder-only work on a picture of ``pixels`` (None: the caller's setting)."""
+        if self.device.type != "cpu":
+            return None
+        return self.large_encoder_threads if pixels >= _LARGE_PICTURE_PIXELS else self.encoder_threads
 
     @torch.no_grad()
     def _lam_state(self, analysis: CADCAnalysis, lam_code: int) -> _LamState:
@@ -403,7 +416,10 @@ class CADCCodec(Codec):
         nets, hyper, step0 = self._params(state, kind)
         delta = self.delta(knobs.delta_code)
         groups = self.model.config.codec.context_groups
-        with torch.no_grad(), _one_thread():
+        # The exact nets stay on one thread (the decoder must compute the same parameters bit for bit);
+        # the float32 probe nets only predict sizes, so a large picture's may use more.
+        threads = 1 if kind == "exact" else self._encoder_threads(analysis.width * analysis.height)
+        with torch.no_grad(), _threads(threads):
             y_hat = q.astype(np.float64 if kind == "exact" else np.float32) * delta
             y_known = np.zeros_like(y_hat)
             for step in range(4):
