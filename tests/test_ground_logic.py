@@ -98,3 +98,14 @@ def test_a_bundles_fingerprint_changes_with_any_byte_and_not_with_its_folder(tmp
     assert cache.get(first) is None
     cache.put(first, {"cadc": {"model_id": "61a9"}})
     assert CheckCache(tmp_path / "cache" / "checks.json").get(first) == {"cadc": {"model_id": "61a9"}}
+
+
+def test_capping_meta_waits_brings_late_deadlines_forward_and_leaves_early_ones() -> None:
+    # A restarted ground resumes its waits before the link says its time scale: capped once it does.
+    w = MetaWaits(8)
+    w.start(1, 300.0)
+    w.start(2, 5.0)
+    w.cap(10.0)
+    assert w.deadline(1) == 10.0 and w.deadline(2) == 5.0
+    assert w.due(6.0) == [2] and w.next_due() == 10.0
+    assert w.due(10.0) == [1] and len(w) == 0

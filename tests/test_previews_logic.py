@@ -272,3 +272,15 @@ def test_the_meta_frame_carries_when_the_sender_gives_the_message_up() -> None:
     assert MessageMeta.unpack(older).expires_at is None  # a sender before it: no lifetime trigger
     assert MessageMeta.unpack(msgpack.packb({"expires_at": "soon"})).expires_at is None
     assert "expires_at" not in msgpack.unpackb(MessageMeta("a.png", 12, "cadc", 1000.0).pack(CAP))
+
+
+def test_capping_the_planner_brings_late_previews_forward() -> None:
+    p = PreviewPlanner()
+    p.touch(1, 400.0)
+    p.touch(2, 3.0)
+    p.cap(12.0)
+    assert p.next_due() == 3.0
+    p.due(3.0)
+    assert p.pop_ready() == 2 and p.next_due() == 12.0
+    p.due(12.0)
+    assert p.pop_ready() == 1

@@ -90,6 +90,7 @@ class ReceiverDaemon(LinkAttachedDaemon):
         self.previews = PreviewDecodes(cfg.previews, self.store, log, self.counters, self._preview_job,
                                        cfg.decode.retry_initial_s, cfg.decode.retry_max_s)
         self._next_periodic = 0.0
+        self._timer_scale = 1.0  # the time scale the pending META waits and preview deadlines were set with
         self.metrics = GroundMetrics(self)
         self._serve_metrics(self.metrics.registry)
 
@@ -178,6 +179,15 @@ class ReceiverDaemon(LinkAttachedDaemon):
         rate = self.window.return_rate_bps
         if rate:
             self.ack_pacer.set_interval(self.codec.frame_size * 8.0 / rate / self._scale())
+        scale = self._scale()
+        if scale != self._timer_scale:
+            # Waits resumed at start were timed before the link said its time scale (as if 1): at 40 a
+            # 300 s META grace would hold a restarted ground's message for 300 wall seconds, not 7.5.
+            now = time.monotonic()
+            self.meta_waits.cap(now + self.cfg.ack.meta_grace_s / scale)
+            self.previews.rescale(now, scale)
+            self._next_periodic = min(self._next_periodic, now + self.cfg.ack.interval_s / scale)
+            self._timer_scale = scale
 
     # --- frames in --------------------------------------------------------------------------
 

@@ -40,6 +40,13 @@ class MetaWaits:
         heapq.heappush(self._heap, (deadline, message_id))
         return cut
 
+    def cap(self, latest: float) -> None:
+        """Bring every deadline after ``latest`` forward to it (the link's time scale became known)."""
+        for mid, d in self._deadline.items():
+            if d > latest:
+                self._deadline[mid] = latest
+                heapq.heappush(self._heap, (latest, mid))
+
     def deadline(self, message_id: int) -> float | None:
         """When ``message_id`` stops waiting, or None if it does not wait."""
         return self._deadline.get(message_id)

@@ -64,6 +64,11 @@ class PreviewDecodes:
                 deadline = min(deadline, now + (expires - self.settings.lifetime_margin_s - time.time()))
             self.planner.touch(mid, deadline)
 
+    def rescale(self, now: float, time_scale: float) -> None:
+        """The link's time scale became known: no quiet time set before then may outlast one at this scale."""
+        if self.settings.enabled:
+            self.planner.cap(now + self.settings.quiet_s / time_scale)
+
     def _expiry(self, mid: int) -> float | None:
         if mid not in self._expires and self.store.has_meta(mid):
             self._expires[mid] = MessageMeta.unpack(self.store.message(mid).meta).expires_at

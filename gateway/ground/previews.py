@@ -107,6 +107,12 @@ class PreviewPlanner:
                 n += 1
         return n
 
+    def cap(self, latest: float) -> None:
+        """Bring every pending deadline after ``latest`` forward to it (the link's time scale became known)."""
+        for mid, e in self._entries.items():
+            if not e.never and not e.ready and e.deadline is not None and e.deadline > latest:
+                self._set(mid, e, latest)
+
     def tried(self, message_id: int, frames: int) -> None:
         """A preview of ``frames`` data frames was attempted (written, or found to hold nothing new).
 
