@@ -155,6 +155,18 @@ def test_tiled_decode_runs_the_real_networks_tile_by_tile(codec: CADCCodec) -> N
     assert out.shape == (192, 256, 3) and out.dtype == np.uint8
 
 
+def test_a_latent_within_vae_single_tile_takes_one_vae_tile_and_a_larger_one_small_tiles(codec: CADCCodec) -> None:
+    """Large pictures use the (faster) small VAE tiles while a picture up to ``vae_single_tile`` stays whole."""
+    img = textured_image()
+    data = codec.encode(codec.analyze(img), Knobs(200, 100), (256, 192))
+    whole, info = _with_tiles(codec, dataclasses.replace(SMALL_TILES, vae_single=32)).decode_with_info(data)
+    assert info["tiles"]["vae"] == (1, 1) and info["tiles"]["unet"] == (3, 3)  # the 32x32 latent fits 32
+    _, info = _with_tiles(codec, dataclasses.replace(SMALL_TILES, vae_single=24)).decode_with_info(data)
+    assert info["tiles"]["vae"] == (3, 3)
+    untiled_vae, _ = _with_tiles(codec, dataclasses.replace(SMALL_TILES, vae_tile=0)).decode_with_info(data)
+    assert np.array_equal(whole, untiled_vae)
+
+
 def _with_tiles(codec: CADCCodec, tiles: TileSettings, **attrs: Any) -> CADCCodec:
     clone = object.__new__(CADCCodec)
     clone.__dict__.update(codec.__dict__, tiles=tiles, **attrs)
@@ -228,6 +240,7 @@ def test_a_picture_above_max_pixels_is_refused_when_configured(codec: CADCCodec)
         ({"unet_tile_overlap": 12}, "unet_tile_overlap must be a multiple of 8"),
         ({"vae_tile": 64, "vae_tile_overlap": 40}, "vae_tile_overlap must be a multiple of 1 from 0 to half"),
         ({"analysis_tile": 200}, "analysis_tile must be 0"),
+        ({"vae_tile": 64, "vae_single_tile": 48}, "vae_single_tile must be 0 or at least"),
         ({"oversize": "crop"}, "oversize must be one of"),
     ],
 )
@@ -238,7 +251,7 @@ def test_bad_tile_settings_are_refused(keys: dict, message: str) -> None:
 
 def test_tile_settings_come_from_the_bundle_config() -> None:
     cfg = _config(unet_tile=64, unet_tile_overlap=8, vae_tile=48, vae_tile_overlap=4, analysis_tile=512)
-    assert TileSettings.of(cfg.codec) == TileSettings(64, 8, 48, 4)
+    assert TileSettings.of(cfg.codec) == TileSettings(64, 8, 48, 4, 96)  # vae_single_tile from the yaml
     assert dataclasses.asdict(TileSettings.of(CADCConfig().codec)) == {
-        "unet_tile": 96, "unet_overlap": 16, "vae_tile": 96, "vae_overlap": 8,
+        "unet_tile": 96, "unet_overlap": 16, "vae_tile": 96, "vae_overlap": 8, "vae_single": 0,
     }

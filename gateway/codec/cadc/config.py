@@ -87,6 +87,10 @@ class CodecSection:
     unet_tile_overlap: int = 16
     vae_tile: int = 96
     vae_tile_overlap: int = 8
+    #: A latent whose sides both fit this decodes in one VAE tile even when it exceeds vae_tile (0: vae_tile).
+    #: Lets a large picture use smaller VAE tiles, which are faster per pixel (cache), while a Kodak-size one
+    #: keeps the untiled decode.
+    vae_single_tile: int = 0
     #: Encoder: g_a's high-resolution stages run on tiles of at most this many pixels a side, with enough
     #: context that y is the same as untiled (tiled_analysis.py); 0: never tile.
     analysis_tile: int = 1024
@@ -140,6 +144,10 @@ class CodecSection:
                 raise ConfigError(
                     f"codec.{overlap} must be a multiple of {multiple} from 0 to half of codec.{tile}={t}, got {o}"
                 )
+        if self.vae_single_tile and self.vae_single_tile < self.vae_tile:
+            raise ConfigError(
+                f"codec.vae_single_tile must be 0 or at least codec.vae_tile={self.vae_tile}, got {self.vae_single_tile}"
+            )
         if self.analysis_tile and (self.analysis_tile % 16 or self.analysis_tile < 256):
             raise ConfigError(
                 f"codec.analysis_tile must be 0 (no tiling) or a multiple of 16 from 256 up, got {self.analysis_tile}"

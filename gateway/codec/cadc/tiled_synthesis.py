@@ -68,10 +68,11 @@ class TileSettings:
     unet_overlap: int
     vae_tile: int
     vae_overlap: int
+    vae_single: int = 0  #: a latent fitting this on both sides takes one VAE tile (0: vae_tile)
 
     @classmethod
     def of(cls, cfg: CodecSection) -> "TileSettings":
-        return cls(cfg.unet_tile, cfg.unet_tile_overlap, cfg.vae_tile, cfg.vae_tile_overlap)
+        return cls(cfg.unet_tile, cfg.unet_tile_overlap, cfg.vae_tile, cfg.vae_tile_overlap, cfg.vae_single_tile)
 
 
 def synthesis_halo(cfg: CodecSection) -> int:
@@ -134,8 +135,11 @@ class TiledSynthesis:
                 )
         self.unet_rows = spans(self.latent_height, settings.unet_tile, settings.unet_overlap, align)
         self.unet_cols = spans(self.latent_width, settings.unet_tile, settings.unet_overlap, align)
-        self.vae_rows = spans(self.latent_height, settings.vae_tile, settings.vae_overlap)
-        self.vae_cols = spans(self.latent_width, settings.vae_tile, settings.vae_overlap)
+        single = settings.vae_single or settings.vae_tile
+        whole = single and self.latent_height <= single and self.latent_width <= single
+        vae_tile = 0 if whole else settings.vae_tile
+        self.vae_rows = spans(self.latent_height, vae_tile, settings.vae_overlap)
+        self.vae_cols = spans(self.latent_width, vae_tile, settings.vae_overlap)
         self._whole_latent: torch.Tensor | None = None  # untiled: l_T computed once for x̂_aux and the UNet
         self._bands = cores(spans(self.latent_height, BAND_ROWS, 0, self.factor), self.factor)
         self._held: list[tuple[Span, torch.Tensor]] = []  # l_T blocks of whole rows, top to bottom
