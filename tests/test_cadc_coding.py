@@ -40,3 +40,21 @@ def test_a_sufficient_prefix_decodes_and_is_the_guess_when_the_guess_does(seed: 
     else:
         assert got == needed  # a guess too short falls back to the shortest prefix
     assert needed == 0 or not _decodes(writer, data[: needed - 1], ops)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 400), st.sampled_from([4, 60, 1000]), st.booleans())
+def test_symbol_bits_from_the_table_equal_the_formula(seed: int, n: int, spread: int, off_grid: bool) -> None:
+    """The size predictions' table of (scale, distance) cells gives the direct erfc values exactly,
+    for the coder's snapped parameters, far symbols (past the table) and parameters off the grids."""
+    from gateway.codec.cadc.codec import _erfc_symbol_bits, _gaussian_symbol_bits
+    from gateway.codec.cadc.entropy_models import SCALE_TABLE, quantize_means, quantize_scales
+
+    rng = np.random.default_rng(seed)
+    symbols = rng.integers(-spread, spread, n).astype(np.int32)
+    means = quantize_means(rng.normal(0, 5, n), 1023) + (0.01 if off_grid else 0.0)
+    idx = quantize_scales(np.exp(rng.normal(0, 2, n)))
+    stds = SCALE_TABLE[idx]
+    direct = _erfc_symbol_bits(np.abs(symbols - means), stds)
+    assert np.array_equal(_gaussian_symbol_bits(symbols, means, stds), direct)
+    assert np.array_equal(_gaussian_symbol_bits(symbols, means, stds, idx), direct)

@@ -81,6 +81,11 @@ def _erfc_symbol_bits(v: np.ndarray, std: np.ndarray) -> np.ndarray:
     return -np.log2(np.maximum(p, _MIN_PROBABILITY))
 
 
+#: Largest bits table (distances in 1/MEAN_GRID bins; 96 scales x 8192 float64 = 6 MB); a symbol farther
+#: than 512 bins from its mean (never seen in practice) takes the direct formula instead.
+_MAX_BITS_TABLE_OFFSETS = 1 << 13
+
+
 @functools.lru_cache(maxsize=4)
 def _symbol_bits_table(offsets: int) -> np.ndarray:
     """:func:`_erfc_symbol_bits` for every table scale x every distance k / MEAN_GRID, k < ``offsets``."""
@@ -105,7 +110,8 @@ def _gaussian_symbol_bits(
     on_grid = np.array_equal(off, v * MEAN_GRID) and (scale_idx is not None or np.array_equal(SCALE_TABLE[idx], std))
     if off.size and on_grid:
         size = 1 << max(10, int(off.max()).bit_length())  # a few sizes over a codec's life, cached
-        return _symbol_bits_table(size)[idx, off]
+        if size <= _MAX_BITS_TABLE_OFFSETS:
+            return _symbol_bits_table(size)[idx, off]
     return _erfc_symbol_bits(v, std)
 
 
