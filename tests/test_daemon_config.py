@@ -32,6 +32,7 @@ def test_shipped_configs_load_into_typed_records() -> None:
     assert s.arq == ArqSettings(4.0, 0.2, 120.0, 2, 50, 86400.0, 1)
     assert (s.defaults.codec, s.defaults.packets, s.limits.max_pixels, s.frame.size, s.curve_dir) == (
         "webp", 8, 64_000_000, 450, None)
+    assert s.refine_steps == 0  # encoder-side refinement is off unless asked for
     r = load_receiver_config(DAEMONS / "receiver.yaml")
     assert isinstance(r, ReceiverConfig)
     assert (r.decode.worker, r.decode.max_attempts, r.ack.meta_grace_s, r.limits.max_batch_frames) == (
@@ -59,6 +60,7 @@ def test_defaults_need_only_the_link_endpoint_and_a_schedule_source() -> None:
         ({"log_level": "loud"}, "log_level: must be one of debug, info, warning, error, got 'loud'"),
         ({"control": "127.0.0.1:5601"}, "control: must be a ZMQ endpoint"),
         ({"spool": None}, "spool: is required"),
+        ({"refine_steps": -2}, "refine_steps: must be between 0 and 1000, got -2"),
         ({"link": "tcp://x"}, "link: must be a mapping"),
     ],
 )

@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="dtype of CADC's UNet, VAE and text models on a GPU: "
                    "auto (fp16), fp16, bf16, fp32")
     p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--refine", action="append", default=[], metavar="LABEL=STEPS",
+                   help="encoder-side refinement for the CADC codec LABEL (e.g. cadc-refine=16, with "
+                   "cadc-refine=BUNDLE in --codecs); repeatable")
     p.add_argument("--reference", default="avif", help="codec the BD-rates are measured against")
     p.add_argument("--crops", type=int, default=4, help="side-by-side crops for the first N images (0 = none)")
     p.add_argument("--crop-size", type=int, default=256, help="side of the side-by-side crops in pixels")
@@ -253,8 +256,11 @@ def side_by_side(original: np.ndarray, panels: list[tuple[str, np.ndarray, int]]
 
 
 def codec_key(codec: Any) -> str:
-    """What makes two runs' measurements of a codec comparable: its name, plus the model id for CADC."""
-    return f"cadc:{codec.model_id:04x}" if codec.name == "cadc" else str(codec.name)
+    """What makes two runs' measurements of a codec comparable: its name, plus the model id (and refinement) for CADC."""
+    if codec.name != "cadc":
+        return str(codec.name)
+    steps = codec.refine_settings.iterations
+    return f"cadc:{codec.model_id:04x}" + (f"+refine{steps}" if steps else "")
 
 
 def _previous(json_path: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -298,6 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SatgwError as exc:
             setup_errors[label] = str(exc)
             print(f"warning: codec {label} unavailable: {exc}", file=sys.stderr)
+    for spec in args.refine:
+        label, _, steps = spec.partition("=")
+        if label.strip() not in codecs or codecs[label.strip()].name != "cadc" or not steps.strip().isdigit():
+            raise SystemExit(f"eval: --refine {spec!r} must name a CADC codec of --codecs and a step count")
+        from gateway.codec.cadc.refine import RefineSettings
+
+        codecs[label.strip()].refine_settings = RefineSettings(iterations=int(steps))
     keys = {label: codec_key(codec) for label, codec in codecs.items()}
     learned = [label for label, key in keys.items() if key.startswith("cadc:")]
 

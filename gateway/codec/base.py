@@ -91,6 +91,9 @@ class Codec(ABC):
       layer decodes to a (coarser) picture: ``decode_with_info(..., partial=True)``,
       and :meth:`prefix_layers` says how many layers a prefix holds;
     * :meth:`decode_with_info`: every codec has it; the default adds no info;
+    * :meth:`refine_symbols` (when :meth:`refines` says yes for a picture):
+      spends encoder time on better symbols for a chosen setting (CADC with
+      its decoder loaded and ``refine_settings.iterations`` > 0);
     * :attr:`max_pixels`: the largest picture it codes (None: no limit), and
       :attr:`oversize`, what the rate controller does with a larger one:
       ``"downscale"`` (code it at the largest scale within the limit) or
@@ -171,6 +174,19 @@ class Codec(ABC):
         Only codecs that declare :attr:`estimates_distortion` implement it.
         """
         return float("nan")
+
+    def refines(self, analysis: Any) -> bool:
+        """Whether :meth:`refine_symbols` would work on ``analysis`` (the default codec: never)."""
+        return False
+
+    def refine_symbols(self, analysis: Any, knobs: Knobs) -> tuple[Any, dict[str, Any]]:
+        """An analysis that encodes better symbols at ``knobs`` (every other setting as before), and a report.
+
+        The report has ``distortion_after`` (lower is better, comparable across
+        settings of one picture) and ``improved``.  Only codecs whose
+        :meth:`refines` is true implement it.
+        """
+        raise NotImplementedError(f"codec {self.name} does not refine its symbols")
 
     def predict_quality(self, image: np.ndarray, bitstream: bytes) -> QualityEstimate:
         """The expected quality of ``bitstream``'s decoded picture against ``image`` (the original), not decoded.

@@ -41,7 +41,10 @@ def make_codec(name: str, **options: Any) -> Codec:
     cadc-tiny), ``device`` (``auto`` | ``cpu`` | ``cuda[:n]``; default
     ``auto``), ``precision`` (of the pretrained parts on a GPU; default
     ``auto``) and ``encoder_only`` (the sender: load only what encoding needs,
-    no UNet, VAE or text models; then it cannot decode pictures).  Classical
+    no UNet, VAE or text models; then it cannot decode pictures) and
+    ``refine`` (gradient steps of encoder-side refinement per chosen setting,
+    :mod:`gateway.codec.cadc.refine`; 0 = off; on, the whole model is loaded,
+    ``encoder_only`` notwithstanding, and it stays on the CPU).  Classical
     codecs ignore those and accept their encoder options (``speed`` for avif,
     ``effort`` for jxl, ``method`` for webp).  Raises :class:`ConfigError` for
     an unknown name or option.
@@ -50,13 +53,21 @@ def make_codec(name: str, **options: Any) -> Codec:
     if key == "cadc":
         from gateway.codec.cadc.codec import CADCCodec
 
-        encoder_only = bool(options.get("encoder_only", False))
+        from gateway.codec.cadc.refine import RefineSettings
+
+        refine = int(options.get("refine") or 0)
+        if refine < 0:
+            raise ConfigError(f"refine must be >= 0 gradient steps, got {refine}")
+        encoder_only = bool(options.get("encoder_only", False)) and not refine
         # The sender's encoder stays on the CPU unless told otherwise: it is light, and a sender host has no GPU.
-        device = options.get("device") or ("cpu" if encoder_only else "auto")
-        return CADCCodec.from_bundle(options.get("bundle"), device=device, precision=options.get("precision"),
-                                     encoder_only=encoder_only)
+        device = options.get("device") or ("cpu" if encoder_only or refine else "auto")
+        codec = CADCCodec.from_bundle(options.get("bundle"), device=device, precision=options.get("precision"),
+                                      encoder_only=encoder_only)
+        if refine:
+            codec.refine_settings = RefineSettings(iterations=refine)
+        return codec
     if key in CLASSICAL_CODECS:
-        for cadc_only in ("bundle", "device", "precision", "encoder_only"):
+        for cadc_only in ("bundle", "device", "precision", "encoder_only", "refine"):
             options.pop(cadc_only, None)
         return CLASSICAL_CODECS[key](**options)
     raise ConfigError(f"unknown codec {name!r}; valid codecs: {', '.join(CODEC_NAMES)}")
@@ -69,15 +80,17 @@ def codec_name_for(data: bytes) -> str:
 
 
 def get_codec(name: str, bundle: str | Path | None = None, *, device: str | None = None,
-              precision: str | None = None, encoder_only: bool = False) -> Codec:
+              precision: str | None = None, encoder_only: bool = False, refine: int = 0) -> Codec:
     """The process-wide shared instance of codec ``name`` (a daemon loads a CADC bundle once).
 
     Options as for :func:`make_codec`; each distinct set of them is one instance.
     """
-    key = (name, str(bundle), device, precision, encoder_only) if name == "cadc" else (name, "", None, None, False)
+    key = (name, str(bundle), device, precision, encoder_only, refine) if name == "cadc" \
+        else (name, "", None, None, False, 0)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = make_codec(name, bundle=bundle, device=device, precision=precision, encoder_only=encoder_only)
+            _cache[key] = make_codec(name, bundle=bundle, device=device, precision=precision, encoder_only=encoder_only,
+                                     refine=refine)
         return _cache[key]
 
 

@@ -130,6 +130,9 @@ class SenderConfig(DaemonConfig):
     limits: SenderLimits
     arq: ArqSettings
     auto: SenderAuto = SenderAuto()  #: how ``codec: auto`` chooses
+    #: CADC messages: gradient steps of encoder-side refinement of the chosen setting (0: off; the sender then
+    #: loads the whole model; :mod:`gateway.codec.cadc.refine`)
+    refine_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,7 @@ def _sender(top: Section) -> SenderConfig:
         spool=_path(top, "spool", "var/sender/spool.db"),
         inbox=top.path_value("inbox", None, "a folder polled for new images"),
         inbox_poll_s=_num(top, "inbox_poll_s", 1.0, 0.05, 3600),
+        refine_steps=_int(top, "refine_steps", 0, 0, 1000),
         spool_synchronous=top.choice("spool_synchronous", "FULL", SYNCHRONOUS),
         defaults=defaults,
         limits=limits,

@@ -12,6 +12,7 @@ from gateway.codec.base import Codec, Knobs
 from gateway.codec.image_io import as_rgb_array
 from gateway.errors import BudgetError, CodecError
 from gateway.ratecontrol.budget import Budget
+from gateway.ratecontrol.refinement import refine_candidate
 from gateway.ratecontrol.search import MAX_SCALES, Candidate, Search
 
 
@@ -34,6 +35,8 @@ class RateResult:
     budget_counting: str
     setting: dict[str, Any] = field(default_factory=dict)
     distortion: float | None = None
+    #: Encoder-side refinement of the pick (codecs that refine): its passes; None when none ran.
+    refinement: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (the bitstream itself is left out; ``bytes`` is its length)."""
@@ -56,6 +59,7 @@ class RateResult:
             "candidates": self.candidates,
             "seconds": round(self.seconds, 4),
             "distortion_mse": None if self.distortion is None else round(self.distortion, 3),
+            **({"refinement": self.refinement} if self.refinement is not None else {}),
         }
 
 
@@ -94,7 +98,8 @@ def fit_bytes(codec: Codec, image: np.ndarray, budget_bytes: int, *, label: str 
             f"{label} needs at least {search.smallest} B with {codec.name}; budget was {budget_bytes} B",
             None,
         )
-    return _result(
+    cand, refinement = refine_candidate(search, cand)
+    result = _result(
         search,
         cand,
         t0,
@@ -103,6 +108,8 @@ def fit_bytes(codec: Codec, image: np.ndarray, budget_bytes: int, *, label: str 
         budget_bytes=int(budget_bytes),
         budget_counting=f"{budget_bytes} B",
     )
+    result.refinement = refinement
+    return result
 
 
 class Fitting:
@@ -139,9 +146,13 @@ class Fitting:
         if cand is None:
             self.seconds += time.perf_counter() - t0
             raise self._nothing_fits()
+        refinement = None
+        if max_scales >= MAX_SCALES:  # the whole search only: a probe stays cheap
+            cand, refinement = refine_candidate(self._search, cand)
         budget = self.budget
         result = _result(self._search, cand, t0, budget_frames=budget.frames, parity=budget.parity,
                          budget_bytes=budget.bytes, budget_counting=budget.describe())
+        result.refinement = refinement
         self.seconds += result.seconds
         result.seconds = self.seconds
         return result

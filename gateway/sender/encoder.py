@@ -109,7 +109,8 @@ class Encoder(threading.Thread):
                     choice.codec
             else:
                 choice = None
-                result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True), arr, budget,
+                refine = self.cfg.refine_steps if row.codec == "cadc" else 0
+                result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True, refine=refine), arr, budget,
                              label=row.source_name)
                 record, sent_codec = result.as_dict(), row.codec
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)

@@ -40,6 +40,7 @@ from gateway.codec.cadc.encoder import CADCEncoder
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
+from gateway.codec.cadc.refine import RefineSettings, refine
 from gateway.codec.cadc.tile_grid import Span
 from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles, to_model_input
 from gateway.codec.cadc.tiled_synthesis import TiledSynthesis, TileSettings
@@ -235,6 +236,10 @@ class CADCCodec(Codec):
     #: sent; the predictions only steer the search), so the thread count cannot change what decodes.
     large_encoder_threads: int | None = 2
 
+    #: Encoder-side refinement of the chosen setting's symbols (:mod:`gateway.codec.cadc.refine`); off
+    #: (0 iterations) by default: it costs seconds per iteration and needs the whole model at the sender.
+    refine_settings: RefineSettings = RefineSettings(iterations=0)
+
     #: Threads for the decoder's synthesis (g_s, UNet, VAE); None: the caller's torch setting.  Fixed by
     #: default because the UNet's float results depend on the thread count (a few 1e-7), which can flip
     #: a pixel's rounding: with a fixed count the decoded picture is the same however the caller is set.
@@ -367,6 +372,16 @@ class CADCCodec(Codec):
         with torch.no_grad(), _threads(self._encoder_threads(h * w)):
             y = analyze_in_tiles(self._g_a, image, pad, self.analysis_tile, self.device)
         return CADCAnalysis(y=y, image=image, width=w, height=h)
+
+    def refines(self, analysis: CADCAnalysis) -> bool:
+        """Whether :meth:`refine_symbols` runs for ``analysis``: a whole model, refinement on, picture within its limit."""
+        s = self.refine_settings
+        return self.decodes and s.iterations > 0 and analysis.width * analysis.height <= s.max_pixels
+
+    def refine_symbols(self, analysis: CADCAnalysis, knobs: Knobs) -> tuple[CADCAnalysis, dict[str, Any]]:
+        """Symbols optimised for ``knobs`` by gradient steps through the decoder (:mod:`.refine`)."""
+        refined, report = refine(self, analysis, knobs, self.refine_settings)
+        return refined, {**report.as_dict(), "improved": report.improved}
 
     def _encoder_threads(self, pixels: int) -> int | None:
         """Torch threads for the encoder-only work on a picture of ``pixels`` (None: the caller's setting)."""
