@@ -45,8 +45,7 @@ class RefineSettings:
     learning rate in units of ``g_a``'s output (0.02: a few hundredths of a
     quantisation bin a step, which flips the symbols that sit near a rounding
     boundary the right way).  ``max_pixels``: larger pictures are
-    not refined (the decoder's backward pass holds its activations: ~2 GB at
-    1 MP).  ``mse`` / ``ms_ssim`` / ``color``: the distortion's weights, those
+    not refined (the decoder's backward pass holds its activations).  ``mse`` / ``ms_ssim`` / ``color``: the distortion's weights, those
     of cadc-tiny's codec training stage (pixels in [0, 1]; colour is the MSE
     of 8-pixel block means).
     """
@@ -91,7 +90,7 @@ class RefineReport:
 def _distortion(x: torch.Tensor, x_hat: torch.Tensor, s: RefineSettings) -> torch.Tensor:
     d = s.mse * (x - x_hat).pow(2).mean()
     if s.ms_ssim:
-        d = d + s.ms_ssim * (1.0 - ms_ssim_torch(x, x_hat.clamp(0, 1))).mean()
+        d = d + s.ms_ssim * (1.0 - ms_ssim_torch(x, x_hat)).mean()
     if s.color:
         pool = torch.nn.functional.avg_pool2d
         d = d + s.color * (pool(x, 8, ceil_mode=True) - pool(x_hat, 8, ceil_mode=True)).pow(2).mean()
@@ -150,6 +149,8 @@ def refine(codec: "CADCCodec", analysis: "CADCAnalysis", knobs: Knobs,
                         x_aux = model.aux_reconstruction(l_t)[..., :h, :w] if model.aux_decoder is not None else None
                         text, _ = model.text(x_aux, 1, device, l_t.dtype)
                 x_hat = model.decode_pixels(model.denoise(l_t, text))[..., :h, :w]
+                # The decoder clamps its picture: so does the loss, with the gradient passed through (as in training).
+                x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
                 dist = _distortion(x, x_hat, settings)
                 return lam[0] * bits / (h * w) + dist, bits, dist
 
