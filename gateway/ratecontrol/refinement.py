@@ -42,9 +42,9 @@ def refine_candidate(search: Search, cand: Candidate) -> tuple[Candidate, dict[s
     refined, report = codec.refine_symbols(analysis, cand.knobs)
     data = codec.encode(refined, cand.knobs, search.size)
     passes.append({**report, "knobs": _knobs(cand), "bytes": len(data)})
-    best, distortion = cand, report["distortion_before"]  # the search's pick, as the model measures it
+    best, distortion, chosen = cand, report["distortion_before"], None  # the search's pick, as the model measures it
     if report["improved"] and len(data) <= search.budget and report["distortion_after"] < distortion:
-        best, distortion = Candidate(cand.knobs, data), report["distortion_after"]
+        best, distortion, chosen = Candidate(cand.knobs, data), report["distortion_after"], 0
     if len(data) <= search.budget * (1.0 - _SPEND_THRESHOLD):
         wider = Search(codec, search.image, int(search.budget * len(cand.data) / len(data) * _SPEND_CAUTION))
         wider.analyses = search.analyses  # the same pictures: no second analyze
@@ -54,9 +54,7 @@ def refine_candidate(search: Search, cand: Candidate) -> tuple[Candidate, dict[s
             data2 = codec.encode(refined2, more.knobs, search.size)
             passes.append({**report2, "knobs": _knobs(more), "bytes": len(data2)})
             if len(data2) <= search.budget and report2["distortion_after"] < distortion:
-                best, distortion = Candidate(more.knobs, data2), report2["distortion_after"]
-    chosen = None if best is cand else next(
-        i for i, p in enumerate(passes) if p["knobs"] == _knobs(best) and p["bytes"] == len(best.data))
+                best, distortion, chosen = Candidate(more.knobs, data2), report2["distortion_after"], 1
     return best, {"passes": passes, "chosen_pass": chosen, "search_bytes": len(cand.data)}
 
 
