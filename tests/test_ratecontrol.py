@@ -259,3 +259,34 @@ def test_as_dict_is_json_and_describes_the_setting(photo: np.ndarray) -> None:
     assert d["setting"]["quality"] == r.knobs.lam_code
     assert d["bytes"] == len(r.bitstream) and d["budget_counting"] == "2 frames x 432 B payload, 0 parity"
     assert "bitstream" not in d
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    base=st.floats(20, 400),
+    rates=st.lists(st.floats(0.0, 0.2), min_size=300, max_size=300),
+    budget=st.integers(30, 20_000),
+    per_doubling=st.sampled_from([None, 5.0, 36.0, 100.0]),
+    slack=st.sampled_from([0.0, 0.03, 0.2]),
+)
+def test_boundary_finds_a_fitting_index_within_slack_of_the_budget(
+    n: int, base: float, rates: list[float], budget: int, per_doubling: float | None, slack: float
+) -> None:
+    """Any sizes that fall as the index grows: the smallest fitting index, or with slack one whose size is that close."""
+    from gateway.ratecontrol.search import boundary
+
+    # Sizes fall with the index (flat stretches and jumps included); the last index is made to fit.
+    sizes = [base * math.exp(sum(rates[i:n])) for i in range(n)]
+    sizes = [min(s, budget) if i == n - 1 else s for i, s in enumerate(sizes)]
+    probes: list[int] = []
+
+    def size_at(i: int) -> int:
+        probes.append(i)
+        return max(1, round(sizes[i]))
+
+    found = boundary(size_at, budget, 0, n - 1, per_doubling=per_doubling, slack=slack)
+    first_fit = next(i for i in range(n) if max(1, round(sizes[i])) <= budget)
+    assert size_at(found) <= budget
+    assert found == first_fit or (slack > 0 and size_at(found) >= budget * (1 - slack))
+    assert len(set(probes)) <= 4 * math.ceil(math.log2(n + 1)) + 4  # logarithmic, whatever the prior

@@ -42,6 +42,9 @@ MAX_LAM_STEPS = 6
 _MEASURE_PIXELS = 1_000_000
 #: Anchored (CADC) search: at most this many real encodes to use bytes a cautious estimate left over.
 MAX_FILL_STEPS = 3
+#: Anchored search: the λ search may stop at a λ this close under budget (a fraction of it); the Δ
+#: search after it fills the rest, so the last few λ probes near the boundary are saved.
+LAM_SLACK = 0.03
 #: Anchored search: a predicted size this far under budget is trusted to fit without a real encode
 #: (CADC's predictions are within ~4 bytes); the final pick is always encoded and measured.
 _PREDICTION_MARGIN = 16
@@ -62,6 +65,7 @@ def boundary(
     *,
     guess: int | None = None,
     per_doubling: float | None = None,
+    slack: float = 0.0,
 ) -> int:
     """Smallest i in [lo, hi] with ``size_at(i) <= budget``, where sizes fall as i grows and hi fits.
 
@@ -69,34 +73,51 @@ def boundary(
     regula falsi on log(bytes) with the Illinois fix: bytes are close to
     exponential in a quality index, so the secant through the bracket lands
     within an index or two of the boundary in a handful of probes.  Before an
-    upper bracket end is known it steps from the fitting end by the prior
-    slope (doubling the step each time it falls short), so the first probe is
-    near the answer instead of at mid-range, where a probe is most expensive.
-    A bisection step whenever the bracket fails to halve twice keeps the
-    worst case logarithmic.  Without ``per_doubling`` it is plain bisection.
+    upper bracket end is known it extrapolates from the fitting end: along
+    the secant through the last two fitting probes where there are two, else
+    by the prior slope (doubling the step each time it falls short), so the
+    first probe is near the answer instead of at mid-range, where a probe is
+    most expensive.  A bisection step whenever the bracket fails to halve
+    twice keeps the worst case logarithmic.  Without ``per_doubling`` it is
+    plain bisection.
+
+    ``slack`` (a fraction of the budget): stop as soon as a fitting probe is
+    within it of the budget, which may be above the smallest fitting index
+    (for a caller that fills the rest with a finer knob).
     """
     log_budget = math.log(budget)
-    f_hi = math.log(size_at(hi)) - log_budget  # <= 0: hi fits
+    f_hi = f_fit = math.log(size_at(hi)) - log_budget  # <= 0: hi fits (f_hi: the Illinois-weighted copy)
+    f_close = math.log1p(-slack) if slack > 0 else math.inf
     f_over: float | None = None  # log-excess at lo - 1 once a probe has failed
+    fit_before: tuple[int, float] | None = None  # the fitting end before the last one moved it
+    secants = 0  # extrapolations along the secant so far: after a few, the doubling steps take over
     last_side = 0
     reach = 1.0
     missed = 0
-    while lo < hi:
+    while lo < hi and f_fit < f_close:
         width = hi - lo
         if guess is not None and lo <= guess < hi:
             probe, guess = guess, None
         elif per_doubling is None or missed >= 2:
             probe = (lo + hi) // 2
         elif f_over is None:
-            probe = hi - max(1, math.ceil(reach * per_doubling * -f_hi / math.log(2)))
-            reach *= 2
+            rise = 0.0
+            if fit_before is not None and fit_before[0] > hi:
+                rise = (f_fit - fit_before[1]) / (fit_before[0] - hi)  # log-bytes gained per index step down
+            if rise > 0 and secants < 3:
+                probe = hi - max(1, math.ceil(-f_fit / rise))  # lean past the boundary: that closes the bracket
+                secants += 1
+            else:
+                probe = hi - max(1, math.ceil(reach * per_doubling * -f_fit / math.log(2)))
+                reach *= 2
         else:
             t = (lo - 1) + (hi - lo + 1) * f_over / (f_over - f_hi)
             probe = math.ceil(t)  # lean to the fitting side: the boundary is the first index that fits
         probe = min(hi - 1, max(lo, probe))
         f = math.log(size_at(probe)) - log_budget
         if f <= 0:
-            hi, f_hi = probe, f
+            fit_before = (hi, f_fit)
+            hi, f_hi, f_fit = probe, f, f
             if last_side > 0 and f_over is not None:
                 f_over /= 2
             last_side = 1
@@ -105,8 +126,9 @@ def boundary(
             if last_side < 0:
                 f_hi /= 2
             last_side = -1
-        missed = 0 if (hi - lo) * 2 <= width else missed + 1
-    return lo
+        # Only a closed bracket can fail to halve: extrapolating steps from the fitting end are not counted.
+        missed = 0 if (hi - lo) * 2 <= width or f_over is None else missed + 1
+    return hi  # == lo unless the slack stopped it early
 
 
 def oversize_scales(codec: Codec, size: tuple[int, int], scale_codes: list[int]) -> list[int]:
@@ -205,13 +227,18 @@ class Search:
         return float(np.mean((decoded - self._reference) ** 2))
 
     # --- the search -------------------------------------------------------
+    def anchor_index(self) -> int:
+        """Index in ``self.deltas`` of the Δ code nearest the codec's ``rate_anchor_delta_code``."""
+        return min(range(len(self.deltas)), key=lambda j: abs(self.deltas[j] - self.anchor))  # type: ignore[operator]
+
     def best_at_scale_anchored(self, s: int) -> Candidate | None:
         """Anchored search (codecs with ``rate_anchor_delta_code``, i.e. CADC) at scale ``s``.
 
         Δ stays at the anchor (the bin width the model was trained at most)
         while λ carries the rate: the highest λ whose bitstream fits at the
-        anchor Δ, then the smallest Δ that fits at that λ fills what one λ step
-        left over.  Only when even the highest λ fits at the anchor does Δ go
+        anchor Δ (or one that fits within :data:`LAM_SLACK` of the budget, if
+        the λ search meets one first), then the smallest Δ that fits at that λ
+        fills what the λ step left over.  Only when even the highest λ fits at the anchor does Δ go
         below it (more bits than λ alone can spend), and only when even the
         lowest λ does not fit does Δ go above it.  Boundaries are found on the
         codec's size predictions (``estimate_bytes``; the real sizes without
@@ -223,22 +250,23 @@ class Search:
         """
         lams, deltas, budget = self.lams, self.deltas, self.budget
         last_i, last_j = len(lams) - 1, len(deltas) - 1
-        j1 = min(range(len(deltas)), key=lambda j: abs(deltas[j] - self.anchor))  # type: ignore[operator]
+        j1 = self.anchor_index()
         size = lambda i, j: self.predicted_bytes(Knobs(lams[i], deltas[j], s))  # noqa: E731
         lam_prior = self.lam_per_doubling
-        delta_prior = max(1.0, len(deltas) / 7)
+        # Near the anchor a Δ code moves the size far less than a λ code (CADC: ~0.7 % against ~1.5-2 %,
+        # about 100 codes a doubling); only the first step of a Δ search uses this prior.
+        delta_prior = max(1.0, len(deltas) / 2.5)
 
         def smallest_delta(i: int, lo: int, hi: int) -> int:
             return boundary(lambda j: size(i, j), budget, lo, hi, per_doubling=delta_prior)
 
-        # The lowest λ is probed first: its state is already cached by the smallest-setting check, and
-        # small budgets (where time is tightest) usually end in the third case after this one probe.
+        # The lowest λ is probed first: its state is already cached by the smallest-setting check.  The
+        # highest λ is never probed on its own: the λ search extrapolates from the lowest λ, and only a
+        # budget that even the highest λ fits ends its search at index 0.
         if size(last_i, j1) > budget:
             i, j = last_i, smallest_delta(last_i, j1, last_j)
-        elif size(0, j1) <= budget:
-            i, j = 0, smallest_delta(0, 0, j1)
         else:
-            i = boundary(lambda i: size(i, j1), budget, 0, last_i, per_doubling=lam_prior)
+            i = boundary(lambda i: size(i, j1), budget, 0, last_i, per_doubling=lam_prior, slack=LAM_SLACK)
             j = smallest_delta(i, 0, j1)
         knobs = lambda: Knobs(lams[i], deltas[j], s)  # noqa: E731
         while self.nbytes(knobs()) > budget:
@@ -322,7 +350,11 @@ class Search:
             # Codecs without fast_decode (CADC) use the largest scale that fits, and their smallest
             # setting usually fits at full size: one analyze, no probe at the smallest scale.
             if self.anchor is not None and self.predicts_bytes:
-                if self.predicted_bytes(smallest_setting(0)) <= self.budget - _PREDICTION_MARGIN:
+                # The anchored search's first probe (lowest λ at the anchor Δ) fitting means the smallest
+                # setting fits too (bytes fall as Δ grows): one prediction instead of two.
+                anchor_probe = Knobs(self.lams[-1], self.deltas[self.anchor_index()], scales[0])
+                fits = lambda k: self.predicted_bytes(k) <= self.budget - _PREDICTION_MARGIN  # noqa: E731
+                if fits(anchor_probe) or fits(smallest_setting(0)):
                     cand = self.best_at_scale_anchored(scales[0])
                     if cand is not None:
                         return cand

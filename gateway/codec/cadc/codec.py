@@ -50,10 +50,6 @@ from gateway.errors import BitstreamError, BundleError, ChecksumMismatch, CodecE
 _MAX_BYTES_PER_SYMBOL = 4
 #: Per-λ encoder state kept on an analysis (the rate controller probes a handful of λ codes).
 _LAM_CACHE_SIZE = 16
-#: Above this many ŷ positions (about 4 MP) size predictions run h_s and the context model in float32
-#: (fast convolutions) rather than float64: a prediction only steers the rate controller, whose pick is
-#: then coded for real in float64, and a float64 probe of a 12 MP picture costs as much as an encode.
-_EXACT_PROBE_POSITIONS = 4096
 #: Pictures from this size on (pixels, as analysed) encode with ``large_encoder_threads``.
 _LARGE_PICTURE_PIXELS = 2_000_000
 
@@ -227,13 +223,14 @@ class CADCCodec(Codec):
     predicts_bytes = True  # estimate_bytes: the rate controller searches on predictions
     estimates_distortion = True  # estimate_distortion: the ADGIC auxiliary reconstruction's MSE
 
-    #: Threads for ``g_a`` in :meth:`analyze` (None: the caller's torch setting).  One by default: g_a
-    #: at Kodak size is ~25 ms on one core, and a second thread mostly adds waiting on a busy sender.
-    encoder_threads: int | None = 1
+    #: Threads for ``g_a`` in :meth:`analyze` (None: the caller's torch setting).  Two: its full-resolution
+    #: first layers split well (Kodak size: 77 ms on one thread, 32-46 ms on two, 2-core sender), and
+    #: nothing of it is mirrored by the decoder (the symbols are sent), so the count cannot change what decodes.
+    encoder_threads: int | None = 2
     #: Threads for ``g_a`` and the float32 size predictions of pictures of at least
-    #: :data:`_LARGE_PICTURE_PIXELS`: there each call is long enough (g_a ~1.8 s on one core at 12 MP)
-    #: that a second thread pays (~1.7x), and none of it is mirrored by the decoder (the symbols are
-    #: sent; the predictions only steer the search), so the thread count cannot change what decodes.
+    #: :data:`_LARGE_PICTURE_PIXELS` (smaller ones predict on one thread: at a few hundred ŷ positions a
+    #: second thread only waits).  There each prediction is long enough that a second thread pays
+    #: (~1.7x); predictions only steer the search, so this cannot change what decodes either.
     large_encoder_threads: int | None = 2
 
     #: Encoder-side refinement of the chosen setting's symbols (:mod:`gateway.codec.cadc.refine`); off
@@ -283,7 +280,9 @@ class CADCCodec(Codec):
         # inputs, so encoder and decoder compute bit-identical parameters.
         self._param_nets = nn.ModuleDict({"h_s": copy.deepcopy(model.h_s), "context": copy.deepcopy(model.context)})
         self._param_nets = self._param_nets.to("cpu", torch.float64).eval()
-        # Their float32 twins, for the size predictions of large pictures only (_EXACT_PROBE_POSITIONS).
+        # Their float32 twins, for size predictions only: a prediction steers the rate controller, whose
+        # pick is then coded for real with the float64 nets, and float32 convolutions are several times
+        # faster (a Kodak-size prediction 10 ms; the picks of 32 Kodak fits identical to float64's).
         self._probe_nets = copy.deepcopy(self._param_nets).to(torch.float32)
         # g_a in channels_last: its first conv (3 -> w, 5x5, stride 2, full resolution) is most of the
         # encoder's time and runs ~3x faster in that layout on CPU (converted in place: the codec is its only user).
@@ -389,6 +388,12 @@ class CADCCodec(Codec):
             return None
         return self.large_encoder_threads if pixels >= _LARGE_PICTURE_PIXELS else self.encoder_threads
 
+    def _probe_threads(self, pixels: int) -> int | None:
+        """Torch threads for the float32 size predictions of a picture of ``pixels`` (None: the caller's setting)."""
+        if self.device.type != "cpu":
+            return None
+        return self.large_encoder_threads if pixels >= _LARGE_PICTURE_PIXELS else 1
+
     @torch.no_grad()
     def _lam_state(self, analysis: CADCAnalysis, lam_code: int) -> _LamState:
         """Gain, h_a, UGAQ and h_s for one λ (cached on the analysis: Δ probes reuse it)."""
@@ -472,12 +477,12 @@ class CADCCodec(Codec):
         """(symbols, coding means, coding stds, their SCALE_TABLE indices) of each quadtree step of ``q``,
         in coding order.
 
-        ``kind`` "probe": computed by the float32 nets (size predictions of large pictures only).
+        ``kind`` "probe": computed by the float32 nets (size predictions only).
         """
         state = self._lam_state(analysis, knobs.lam_code)
         # The exact nets stay on one thread (the decoder must compute the same parameters bit for bit);
         # the float32 probe nets only predict sizes, so a large picture's may use more.
-        threads = 1 if kind == "exact" else self._encoder_threads(analysis.width * analysis.height)
+        threads = 1 if kind == "exact" else self._probe_threads(analysis.width * analysis.height)
         nets, hyper, step0 = self._params(state, kind, threads)
         delta = self.delta(knobs.delta_code)
         groups = self.model.config.codec.context_groups
@@ -506,8 +511,7 @@ class CADCCodec(Codec):
         searches with it and checks its final pick with :meth:`encode`.
         """
         sym = self._quantize(analysis, knobs)
-        kind = "probe" if sym.q[0].size > _EXACT_PROBE_POSITIONS else "exact"
-        bits = [self._z_info_bits(sym.z)] + [_gaussian_bits(*step) for step in self._steps(analysis, knobs, sym.q, kind)]
+        bits = [self._z_info_bits(sym.z)] + [_gaussian_bits(*step) for step in self._steps(analysis, knobs, sym.q, "probe")]
         layer_bytes = [b / 8.0 for b in bits]
         return (bitstream.HEADER_SIZE + LayerTable.size_for(layer_bytes) + sum(layer_bytes)
                 + _CODER_OVERHEAD_BYTES + _CODER_OVERHEAD_BYTES_PER_SYMBOL * sym.q.size)
