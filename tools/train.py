@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from gateway.codec.cpu_heap import keep_freed_memory
 from gateway.errors import SatgwError
 from gateway.training.build import save_run_parts
 from gateway.training.config import TrainConfig
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig.from_yaml(args.train)
         torch.set_num_threads(args.threads or cfg.threads)
         device = setup_distributed(args.device)
+        if device.type == "cpu":
+            keep_freed_memory()  # activations and their gradients would be page-faulted in again every step
         rank = dist.get_rank() if dist.is_initialized() else 0
         random.seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)

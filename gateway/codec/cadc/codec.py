@@ -44,6 +44,7 @@ from gateway.codec.cadc.refine import RefineSettings, refine
 from gateway.codec.cadc.tile_grid import Span
 from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles, to_model_input
 from gateway.codec.cadc.tiled_synthesis import TiledSynthesis, TileSettings
+from gateway.codec.cpu_heap import keep_freed_memory
 from gateway.errors import BitstreamError, BundleError, ChecksumMismatch, CodecError, ModelMismatch
 
 #: Generous bound on payload bytes per coded symbol; anything longer is not a CADC stream.
@@ -255,6 +256,8 @@ class CADCCodec(Codec):
         self.device = resolve_device(device)
         #: Whether this codec can synthesise pictures (an encoder-only model cannot: the sender's codec).
         self.decodes = isinstance(model, CADCModel)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # full-resolution activations would otherwise be page-faulted in on every layer
         self.precision = resolve_precision(precision, self.device) if self.decodes else torch.float32
         self.model = model.to(self.device).eval()
         if self.decodes and self.precision != torch.float32:
