@@ -88,8 +88,45 @@ def test_fit_with_refinement_stays_within_budget(codec: CADCCodec) -> None:
         assert result.bitstream == plain.bitstream  # refinement did not pay: the search's pick is sent
     else:
         kept = report["passes"][chosen]
-        assert kept["bytes"] == result.bytes and [result.knobs.lam_code, result.knobs.delta_code] == kept["knobs"][:2]
+        knobs, size = kept.get("settled_knobs", kept["knobs"]), kept.get("settled_bytes", kept["bytes"])
+        assert size == result.bytes and [result.knobs.lam_code, result.knobs.delta_code] == knobs[:2]
     assert "refinement" in result.as_dict()
+
+
+@pytest.mark.parametrize("shift", [-12, -3, 0, 25])
+def test_settling_codes_a_pass_at_the_nearby_delta_that_fills_the_budget(codec: CADCCodec, shift: int) -> None:
+    """A pass's bitstream over budget steps Δ up until it fits; one well under steps Δ down; same λ, few codes."""
+    from gateway.ratecontrol.refinement import _settle_delta
+    from gateway.ratecontrol.search import Search
+
+    analysis = codec.analyze(IMAGE)
+    knobs = Knobs(140, codec.rate_anchor_delta_code)
+    data = codec.encode(analysis, knobs, (96, 64))
+    search = Search(codec, IMAGE, len(data) + shift)
+    settled = _settle_delta(search, analysis, knobs, data)
+    assert settled is not None
+    k, coded = settled
+    assert k.lam_code == knobs.lam_code and abs(k.delta_code - knobs.delta_code) <= 16
+    assert len(coded) <= search.budget and coded == codec.encode(analysis, k, (96, 64))
+    if shift < 0:
+        assert k.delta_code > knobs.delta_code  # over budget: a coarser Δ
+    elif shift > 10:
+        assert k.delta_code < knobs.delta_code  # bytes to spare: a finer Δ
+    if k.delta_code > knobs.delta_code - 16:  # the next finer Δ in the window would not have fitted (nor was predicted to)
+        finer = Knobs(k.lam_code, k.delta_code - 1, 0)
+        assert len(codec.encode(analysis, finer, (96, 64))) > search.budget or codec.estimate_bytes(analysis, finer) > search.budget
+
+
+def test_symbol_distortion_is_the_refinements_measure(codec: CADCCodec) -> None:
+    analysis = codec.analyze(IMAGE)
+    knobs = Knobs(120, codec.rate_anchor_delta_code)
+    refined, report = refine(codec, analysis, knobs, RefineSettings(iterations=2, step=0.05))
+    codec.refine_settings = RefineSettings(iterations=2, step=0.05)
+    try:
+        assert codec.symbol_distortion(refined, knobs) == pytest.approx(report.distortion_after, rel=1e-5)
+        assert codec.symbol_distortion(analysis, knobs) == pytest.approx(report.distortion_before, rel=1e-5)
+    finally:
+        codec.refine_settings = RefineSettings(iterations=0)
 
 
 def test_fit_bytes_refines_too(codec: CADCCodec) -> None:

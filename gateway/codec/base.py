@@ -188,6 +188,14 @@ class Codec(ABC):
         """
         raise NotImplementedError(f"codec {self.name} does not refine its symbols")
 
+    def symbol_distortion(self, analysis: Any, knobs: Knobs) -> float:
+        """The distortion :meth:`refine_symbols` reports, of ``analysis``'s symbols at ``knobs`` as they are.
+
+        Lets the rate controller compare a setting it did not refine with
+        those it did.  Only codecs whose :meth:`refines` is true implement it.
+        """
+        raise NotImplementedError(f"codec {self.name} does not refine its symbols")
+
     def predict_quality(self, image: np.ndarray, bitstream: bytes) -> QualityEstimate:
         """The expected quality of ``bitstream``'s decoded picture against ``image`` (the original), not decoded.
 

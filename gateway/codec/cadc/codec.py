@@ -40,7 +40,7 @@ from gateway.codec.cadc.encoder import CADCEncoder
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
-from gateway.codec.cadc.refine import RefineSettings, refine
+from gateway.codec.cadc.refine import RefineSettings, measure, refine
 from gateway.codec.cadc.tile_grid import Span
 from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles, to_model_input
 from gateway.codec.cadc.tiled_synthesis import TiledSynthesis, TileSettings
@@ -384,6 +384,10 @@ class CADCCodec(Codec):
         """Symbols optimised for ``knobs`` by gradient steps through the decoder (:mod:`.refine`)."""
         refined, report = refine(self, analysis, knobs, self.refine_settings)
         return refined, {**report.as_dict(), "improved": report.improved}
+
+    def symbol_distortion(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
+        """The refinement's distortion of ``analysis``'s symbols at ``knobs`` (one decoder pass, :func:`.refine.measure`)."""
+        return measure(self, analysis, knobs, self.refine_settings)[1]
 
     def _encoder_threads(self, pixels: int) -> int | None:
         """Torch threads for the encoder-only work on a picture of ``pixels`` (None: the caller's setting)."""

@@ -98,6 +98,71 @@ def _distortion(x: torch.Tensor, x_hat: torch.Tensor, s: RefineSettings) -> torc
     return d
 
 
+def _check(codec: "CADCCodec", analysis: "CADCAnalysis", settings: RefineSettings) -> None:
+    if not codec.decodes:
+        raise CodecError("refinement needs the whole CADC model (load the codec without encoder_only)")
+    h, w = analysis.height, analysis.width
+    if h * w > settings.max_pixels:
+        raise CodecError(f"a {w}x{h} picture is above the refinement limit of {settings.max_pixels} pixels")
+
+
+def _loss_function(codec: "CADCCodec", analysis: "CADCAnalysis", knobs: Knobs, settings: RefineSettings) -> Any:
+    """``y -> (λ·bits/pixel + D, bits, D)`` at ``knobs``: the encoder's path with rounding passed straight
+    through, and the whole decoder (call with the codec's threads set and autocast off)."""
+    model = codec.model
+    device = codec.device
+    h, w = analysis.height, analysis.width
+    delta = codec.delta(knobs.delta_code)
+    y_lo, y_hi = -codec.y_range, codec.y_range - 1
+    lam = torch.tensor([codec.lam(knobs.lam_code)], device=device)
+    x = to_model_input(analysis.image, device)
+    gain, inv_gain = model.gains(lam)
+    text = None
+
+    def loss_of(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        nonlocal text
+        # The encoder's path (codec._lam_state / _quantize), with rounding passed straight through.
+        y_g = y * gain[:, :, None, None]
+        z_hat = round_ste(model.h_a(y_g)).clamp(-codec.z_range, codec.z_range)
+        bits_z = bits_from_likelihood(model.entropy_bottleneck.likelihood(z_hat)).sum()
+        hyper = model.h_s(z_hat)
+        v = (y_g / model.ugaq_scale(y, y_g, z_hat)) / delta
+        q = round_ste(v).clamp(y_lo, y_hi)
+        y_hat = q * delta
+        mean, scale = model.entropy_parameters(hyper, y_hat)
+        bits = bits_z + bits_from_likelihood(gaussian_likelihood(q, mean / delta, scale / delta)).sum()
+        l_t = model.synthesize_latent(y_hat, inv_gain)
+        if text is None:
+            # The caption (full model) is held at g_a's: a decoder recaptions the refined x̂_aux, nearly
+            # the same picture.
+            with torch.no_grad():
+                x_aux = model.aux_reconstruction(l_t)[..., :h, :w] if model.aux_decoder is not None else None
+                text, _ = model.text(x_aux, 1, device, l_t.dtype)
+        x_hat = model.decode_pixels(model.denoise(l_t, text))[..., :h, :w]
+        # The decoder clamps its picture: so does the loss, with the gradient passed through (as in training).
+        x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
+        dist = _distortion(x, x_hat, settings)
+        return lam[0] * bits / (h * w) + dist, bits, dist
+
+    return loss_of
+
+
+def measure(codec: "CADCCodec", analysis: "CADCAnalysis", knobs: Knobs,
+            settings: RefineSettings) -> tuple[float, float]:
+    """(estimated bits, distortion) of ``analysis``'s symbols at ``knobs``, as :func:`refine` reports them.
+
+    One forward pass of the whole decoder, no gradients: what lets a caller
+    compare a setting it did not refine (e.g. the same refined ``y`` at
+    another Δ) with the ones it did.
+    """
+    from gateway.codec.cadc.codec import _threads
+
+    _check(codec, analysis, settings)
+    with torch.no_grad(), _threads(codec.decoder_threads), torch.autocast(codec.device.type, enabled=False):
+        _, bits, dist = _loss_function(codec, analysis, knobs, settings)(analysis.y.to(codec.device))
+    return float(bits), float(dist)
+
+
 def refine(codec: "CADCCodec", analysis: "CADCAnalysis", knobs: Knobs,
            settings: RefineSettings) -> tuple["CADCAnalysis", RefineReport]:
     """An analysis whose ``y`` is optimised for ``knobs`` (use it to encode that setting only), and a report.
@@ -109,53 +174,17 @@ def refine(codec: "CADCCodec", analysis: "CADCAnalysis", knobs: Knobs,
     """
     from gateway.codec.cadc.codec import _threads
 
-    if not codec.decodes:
-        raise CodecError("refinement needs the whole CADC model (load the codec without encoder_only)")
-    h, w = analysis.height, analysis.width
-    if h * w > settings.max_pixels:
-        raise CodecError(f"a {w}x{h} picture is above the refinement limit of {settings.max_pixels} pixels")
+    _check(codec, analysis, settings)
     t0 = time.perf_counter()
     model = codec.model
-    device = codec.device
-    delta = codec.delta(knobs.delta_code)
-    y_lo, y_hi = -codec.y_range, codec.y_range - 1
-    lam = torch.tensor([codec.lam(knobs.lam_code)], device=device)
-    x = to_model_input(analysis.image, device)
     requires = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     # The codec keeps the VAE channels_last for decoding; its backward pass is ~15 % faster without.
     model.vae.to(memory_format=torch.contiguous_format)
-    text = None
     try:
-        with _threads(codec.decoder_threads), torch.autocast(device.type, enabled=False):
-            gain, inv_gain = model.gains(lam)
-
-            def loss_of(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-                nonlocal text
-                # The encoder's path (codec._lam_state / _quantize), with rounding passed straight through.
-                y_g = y * gain[:, :, None, None]
-                z_hat = round_ste(model.h_a(y_g)).clamp(-codec.z_range, codec.z_range)
-                bits_z = bits_from_likelihood(model.entropy_bottleneck.likelihood(z_hat)).sum()
-                hyper = model.h_s(z_hat)
-                v = (y_g / model.ugaq_scale(y, y_g, z_hat)) / delta
-                q = round_ste(v).clamp(y_lo, y_hi)
-                y_hat = q * delta
-                mean, scale = model.entropy_parameters(hyper, y_hat)
-                bits = bits_z + bits_from_likelihood(gaussian_likelihood(q, mean / delta, scale / delta)).sum()
-                l_t = model.synthesize_latent(y_hat, inv_gain)
-                if text is None:
-                    # The caption (full model) is held at g_a's: a decoder recaptions the refined x̂_aux, nearly
-                    # the same picture.
-                    with torch.no_grad():
-                        x_aux = model.aux_reconstruction(l_t)[..., :h, :w] if model.aux_decoder is not None else None
-                        text, _ = model.text(x_aux, 1, device, l_t.dtype)
-                x_hat = model.decode_pixels(model.denoise(l_t, text))[..., :h, :w]
-                # The decoder clamps its picture: so does the loss, with the gradient passed through (as in training).
-                x_hat = x_hat + (x_hat.clamp(0.0, 1.0) - x_hat).detach()
-                dist = _distortion(x, x_hat, settings)
-                return lam[0] * bits / (h * w) + dist, bits, dist
-
-            y = analysis.y.detach().clone().to(device).requires_grad_(True)
+        with _threads(codec.decoder_threads), torch.autocast(codec.device.type, enabled=False):
+            loss_of = _loss_function(codec, analysis, knobs, settings)
+            y = analysis.y.detach().clone().to(codec.device).requires_grad_(True)
             opt = torch.optim.Adam([y], lr=settings.step)
             best: tuple[float, int, torch.Tensor, float, float] | None = None
             first: tuple[float, float] | None = None
