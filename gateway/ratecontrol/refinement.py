@@ -98,7 +98,7 @@ def _settle_delta(search: Search, analysis: Any, knobs: Knobs, data: bytes) -> t
     predicted = lambda jj: max(1, round(codec.estimate_bytes(analysis, at(jj))))  # noqa: E731
     if predicted(hi) > budget:
         return None
-    jj = boundary(predicted, budget, lo, hi, per_doubling=max(1.0, len(deltas) / 2.5))
+    jj = boundary(predicted, budget, lo, hi, per_doubling=search.delta_per_doubling)
     for _ in range(_SETTLE_ENCODES):
         coded = data if jj == j else codec.encode(analysis, at(jj), search.size)
         if len(coded) <= budget:

@@ -188,6 +188,9 @@ class Search:
         self.last_lam_index: int | None = None
         # Prior for the secant search: across a codec's range bytes grow by roughly 2**7.
         self.lam_per_doubling = max(1.0, len(self.lams) / 7)
+        # Near a Δ anchor a Δ code moves the size far less than a λ code (CADC: ~0.7 % against ~1.5-2 %,
+        # about 100 codes a doubling); only the first step of a Δ search uses this prior.
+        self.delta_per_doubling = max(1.0, len(self.deltas) / 2.5)
 
     # --- primitives -------------------------------------------------------
     def analysis(self, scale_code: int) -> Any:
@@ -253,9 +256,7 @@ class Search:
         j1 = self.anchor_index()
         size = lambda i, j: self.predicted_bytes(Knobs(lams[i], deltas[j], s))  # noqa: E731
         lam_prior = self.lam_per_doubling
-        # Near the anchor a Δ code moves the size far less than a λ code (CADC: ~0.7 % against ~1.5-2 %,
-        # about 100 codes a doubling); only the first step of a Δ search uses this prior.
-        delta_prior = max(1.0, len(deltas) / 2.5)
+        delta_prior = self.delta_per_doubling
 
         def smallest_delta(i: int, lo: int, hi: int) -> int:
             return boundary(lambda j: size(i, j), budget, lo, hi, per_doubling=delta_prior)
