@@ -23,3 +23,22 @@ def widen_gains(model: torch.nn.Module, high: float, low: float = 3.0) -> None:
     with torch.no_grad():
         k = model.log_gain.shape[0]
         model.log_gain.copy_(torch.linspace(high, low, k).view(k, 1).expand_as(model.log_gain))
+
+
+def widened_tiny_codec(folder: "Path", color_layer: list | None = None) -> "CADCCodec":
+    """A random-init cadc-tiny bundle saved under ``folder`` and loaded, its λ gains widened so every layer holds
+    real symbols; ``color_layer``: the colour policy's rows (None: the config's)."""
+    from pathlib import Path
+
+    from gateway.codec.cadc.bundle import create_bundle, load_model
+    from gateway.codec.cadc.codec import CADCCodec
+    from gateway.codec.cadc.color_layer import ColorLayerPolicy
+
+    torch.manual_seed(0)
+    tiny_yaml = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
+    model = load_model(create_bundle(tiny_yaml, Path(folder) / "tiny"))
+    widen_gains(model, 6.0)
+    codec = CADCCodec(model)
+    if color_layer is not None:
+        codec.color_policy = ColorLayerPolicy.from_config(color_layer)
+    return codec

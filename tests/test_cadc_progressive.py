@@ -12,23 +12,19 @@ from hypothesis import strategies as st
 
 from gateway.codec import bitstream
 from gateway.codec.base import Knobs
-from gateway.codec.cadc.bundle import create_bundle, load_model
 from gateway.codec.cadc.codec import CADCCodec
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable
 from gateway.errors import BitstreamError, ChecksumMismatch
-from cadc_fixtures import widen_gains
+from cadc_fixtures import widened_tiny_codec
 
-TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml"
 SIZE = (96, 80)  # (width, height)
 
 
 @pytest.fixture(scope="module")
 def codec(tmp_path_factory: pytest.TempPathFactory) -> CADCCodec:
-    """A random-init cadc-tiny whose λ gains are widened so that every layer holds real symbols."""
-    torch.manual_seed(0)
-    model = load_model(create_bundle(TINY_YAML, tmp_path_factory.mktemp("cadc-prog") / "tiny"))
-    widen_gains(model, 6.0)
-    return CADCCodec(model)
+    """A random-init cadc-tiny whose λ gains are widened so that every layer holds real symbols; format 2 here
+    (no colour layer; format 3: test_cadc_color_layer.py)."""
+    return widened_tiny_codec(tmp_path_factory.mktemp("cadc-prog"), color_layer=[])
 
 
 def _image(seed: int = 0) -> np.ndarray:

@@ -46,9 +46,10 @@ def _config(**codec: Any) -> CADCConfig:
 @pytest.fixture(scope="module")
 def codec() -> CADCCodec:
     """A random-init cadc-tiny whose λ gains are widened so that its symbols are not all zero, and whose
-    colour correction (zero-initialised: the identity) is given a last layer that changes the picture."""
+    colour correction (zero-initialised: the identity) is given a last layer that changes the picture.
+    No colour layer (format 2): these tests compare the synthesis with and without tiles."""
     torch.manual_seed(0)
-    model = CADCModel(_config())
+    model = CADCModel(_config(color_layer=[]))
     with torch.no_grad():
         widen_gains(model, 6.0)
         assert model.color is not None

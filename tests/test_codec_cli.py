@@ -81,14 +81,14 @@ def test_decode_default_output_name(tmp_path: Path) -> None:
 def test_decode_partial_makes_a_preview_of_a_cut_cadc_stream(photo_png: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.codec.cadc.bundle import create_bundle
-    from gateway.codec.cadc.layer_table import LayerTable
+    from gateway.codec.cadc.layer_table import split_payload
 
     bundle = create_bundle(Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-tiny.yaml",
                            tmp_path / "bundle")
     sgw = tmp_path / "a.sgw"
     assert main(["encode", str(photo_png), "-n", "2", "--codec", "cadc", "--bundle", str(bundle), "-o", str(sgw)]) == 0
     data = sgw.read_bytes()
-    table, offset = LayerTable.unpack(data[bitstream.HEADER_SIZE:])
+    table, _, offset = split_payload(data[bitstream.HEADER_SIZE:], data[0] >> 4)
     cut = tmp_path / "cut.sgw"
     cut.write_bytes(data[: bitstream.HEADER_SIZE + offset + table.ends()[0]])  # header, table and ẑ only
     capsys.readouterr()

@@ -36,8 +36,8 @@ import crcmod.predefined
 from gateway.errors import BitstreamError
 
 VERSION = 2
-#: Format versions this build decodes.
-SUPPORTED_VERSIONS = (1, 2)
+#: Format versions this build decodes (3: a CADC stream with a colour layer; the header is the same).
+SUPPORTED_VERSIONS = (1, 2, 3)
 HEADER_SIZE = 12
 MAX_PIXELS = 64_000_000  # 64 MP: larger images are refused before any allocation
 _STRUCT = struct.Struct(">BHHHBBBH")

@@ -12,7 +12,11 @@ that holds ẑ decodes to a picture (:meth:`CADCCodec.decode_with_info` with
 header's CRC-16 covers the header fields and ẑ, each step carries a CRC-8,
 so a decoder whose probability models differ from the encoder's fails loudly
 (:class:`ChecksumMismatch`) instead of producing a wrong picture.  v1 streams
-(no table, one CRC-16 over all symbols) still decode.
+(no table, one CRC-16 over all symbols) still decode.  Format v3 is v2 with
+a colour layer (:mod:`gateway.codec.cadc.color_layer`) between the table and
+the stream, whose size the table carries and whose bytes the header's CRC-16
+covers too; the encoder writes it where the model's colour policy gives a
+layer at the coded λ, v2 otherwise.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ from gateway.codec import bitstream
 from gateway.codec.base import Codec, Knobs, QualityEstimate, SearchSpace
 from gateway.codec.cadc.entropy_models import MEAN_GRID, SCALE_TABLE, quantize_means, quantize_scales
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
+from gateway.codec.cadc.color_layer import (
+    CellSums, ColorLayer, ColorLayerPolicy, ColorLayerSettings, apply_color_layer, decode_color_layer, encode_color_layer,
+)
 from gateway.codec.cadc.devices import resolve_device, resolve_precision
 from gateway.codec.cadc.encoder import CADCEncoder
-from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8
+from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8, split_payload
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
 from gateway.codec.cadc.refine import RefineSettings, measure, refine
@@ -180,6 +187,10 @@ class CADCAnalysis:
     height: int
     #: lam_code -> _LamState: what one λ costs (h_a, UGAQ, h_s, step-0 parameters), reused across Δ.
     lam_cache: dict[int, "_LamState"] = field(default_factory=dict, repr=False)
+    #: Colour layer bytes per settings (the rate controller's λ probes share a few), and the picture's cell
+    #: sums they are made from.
+    color_cache: dict[ColorLayerSettings, bytes] = field(default_factory=dict, repr=False)
+    cell_sums: CellSums | None = field(default=None, repr=False)
 
     def pixels(self, rows: Span, cols: Span, device: torch.device) -> torch.Tensor:
         """The picture over ``rows`` x ``cols`` as [1, 3, h, w] floats in [0, 1]."""
@@ -205,6 +216,8 @@ class _Symbols:
     steps: int = 4  # quadtree steps of q that were decoded (the rest is 0 and filled in by the decoder)
     #: Of the step after those (a prefix cut inside it): 1 where q holds a decoded symbol (None: nothing).
     partial: np.ndarray | None = None
+    #: The stream's colour layer (format 3), laid onto the synthesised picture; None: none.
+    color: ColorLayer | None = None
 
 
 def _symbol_bytes(symbols: np.ndarray) -> bytes:
@@ -219,8 +232,9 @@ class CADCCodec(Codec):
     codec_id = bitstream.CODEC_IDS["cadc"]
     progressive = True
 
-    #: Bitstream format written by :meth:`encode` (2: layered, prefix-decodable; 1: the first format).
-    bitstream_version: int = bitstream.VERSION
+    #: Bitstream format written by :meth:`encode` (3: layered with a colour layer where the policy gives one,
+    #: 2 where not; 2: layered, prefix-decodable, never a colour layer; 1: the first format).
+    bitstream_version: int = 3
     predicts_bytes = True  # estimate_bytes: the rate controller searches on predictions
     estimates_distortion = True  # estimate_distortion: the ADGIC auxiliary reconstruction's MSE
 
@@ -279,6 +293,8 @@ class CADCCodec(Codec):
         self.oversize = cfg.oversize
         self.tiles = TileSettings.of(cfg)
         self.analysis_tile = cfg.analysis_tile
+        #: Which colour layer the encoder sends at each λ (the config's rows; none: never).
+        self.color_policy = ColorLayerPolicy.from_config(cfg.color_layer)
         # Everything that selects a probability model runs in float64 on the CPU from integer
         # inputs, so encoder and decoder compute bit-identical parameters.
         self._param_nets = nn.ModuleDict({"h_s": copy.deepcopy(model.h_s), "context": copy.deepcopy(model.context)})
@@ -520,8 +536,23 @@ class CADCCodec(Codec):
         sym = self._quantize(analysis, knobs)
         bits = [self._z_info_bits(sym.z)] + [_gaussian_bits(*step) for step in self._steps(analysis, knobs, sym.q, "probe")]
         layer_bytes = [b / 8.0 for b in bits]
-        return (bitstream.HEADER_SIZE + LayerTable.size_for(layer_bytes) + sum(layer_bytes)
+        color = self._color_layer(analysis, knobs.lam_code)
+        return (bitstream.HEADER_SIZE + LayerTable.size_for(layer_bytes, len(color) if color else None)
+                + len(color) + sum(layer_bytes)
                 + _CODER_OVERHEAD_BYTES + _CODER_OVERHEAD_BYTES_PER_SYMBOL * sym.q.size)
+
+    def _color_layer(self, analysis: CADCAnalysis, lam_code: int) -> bytes:
+        """The colour layer the policy gives at ``lam_code`` (b"": none, or a format without one)."""
+        if self.bitstream_version < 3:
+            return b""
+        settings = self.color_policy.settings_for(self.lam(lam_code))
+        if settings.empty:
+            return b""
+        if settings not in analysis.color_cache:
+            if analysis.cell_sums is None:
+                analysis.cell_sums = CellSums(analysis.image)
+            analysis.color_cache[settings] = encode_color_layer(analysis.image, settings, analysis.cell_sums)
+        return analysis.color_cache[settings]
 
     def encode(self, analysis: CADCAnalysis, knobs: Knobs, original_size: tuple[int, int]) -> bytes:
         """Bitstream (header, layer table, range-coded ẑ and ŷ steps) for one (λ, Δ) setting."""
@@ -540,6 +571,7 @@ class CADCCodec(Codec):
             steps.append(symbols)
             bits.append(_gaussian_bits(symbols, mean, std, idx))
         stream = writer.finish()
+        color = self._color_layer(analysis, knobs.lam_code)
         header = bitstream.Header(
             codec_id=self.codec_id,
             model_id=self.model_id,
@@ -549,7 +581,7 @@ class CADCCodec(Codec):
             lam_code=knobs.lam_code,
             delta_code=knobs.delta_code,
             checksum=0,
-            version=self.bitstream_version,
+            version=3 if color else min(self.bitstream_version, 2),
         )
         if self.bitstream_version == 1:
             return bitstream.pack(header.with_checksum(_symbol_bytes(sym.z) + _symbol_bytes(sym.q)), stream)
@@ -565,8 +597,8 @@ class CADCCodec(Codec):
             ends.append(writer.prefix_sufficient(stream, layer + 1, guess=max(ends[-1] if ends else 0, int(info) + 1)))
         ends.append(len(stream))
         sizes = tuple(b - a for a, b in zip([0, *ends[:-1]], ends))
-        table = LayerTable(sizes, tuple(crc8(_symbol_bytes(s)) for s in steps))
-        return bitstream.pack(header.with_checksum(_symbol_bytes(sym.z)), table.pack() + stream)
+        table = LayerTable(sizes, tuple(crc8(_symbol_bytes(s)) for s in steps), len(color) if color else None)
+        return bitstream.pack(header.with_checksum(_symbol_bytes(sym.z) + color), table.pack() + color + stream)
 
     def estimate_distortion(self, analysis: CADCAnalysis, knobs: Knobs) -> float:
         """MSE (pixels in [0, 1]) of the ADGIC auxiliary reconstruction: a cheap proxy of the final distortion.
@@ -648,9 +680,9 @@ class CADCCodec(Codec):
         if header.version == 1:
             if partial:
                 raise BitstreamError("a format-1 CADC bitstream has no layer table; only complete streams decode")
-            table, stream, steps = None, payload, 4
+            table, stream, steps, color = None, payload, 4, b""
         else:
-            table, offset = LayerTable.unpack(payload)
+            table, color, offset = split_payload(payload, header.version)
             stream = payload[offset:]
             total = table.ends()[-1]
             if len(stream) > total or (len(stream) < total and not partial):
@@ -670,11 +702,12 @@ class CADCCodec(Codec):
         reader = SymbolReader(stream)
         z = reader.read_categorical(self._z_probabilities((cz, hz, wz))) - self.z_range
         z = z.reshape(cz, hz, wz).astype(np.int32)
-        if header.version >= 2 and header.check_value(_symbol_bytes(z)) != header.checksum:
+        if header.version >= 2 and header.check_value(_symbol_bytes(z) + color) != header.checksum:
             raise ChecksumMismatch(
-                "header fields or hyperprior symbols do not match the header checksum: the bitstream is corrupt "
-                "or this decoder's model differs from the encoder's"
+                "header fields, colour layer or hyperprior symbols do not match the header checksum: the bitstream "
+                "is corrupt or this decoder's model differs from the encoder's"
             )
+        color_layer = decode_color_layer(color, cw, ch) if color else None
         q = np.zeros((n, hy, wy), dtype=np.int32)
         with torch.no_grad(), _one_thread():
             hyper = self._hyper(z)
@@ -695,7 +728,7 @@ class CADCCodec(Codec):
                 if spare > 0:
                     raw = self._step_params(hyper, torch.from_numpy(y_known)[None] if steps else None, steps)
                     partial_mask = self._read_cut_step(reader, q, steps, self._coding_params(*raw, delta), spare)
-        sym = _Symbols(z=z.astype(np.int32), q=q, steps=steps, partial=partial_mask)
+        sym = _Symbols(z=z.astype(np.int32), q=q, steps=steps, partial=partial_mask, color=color_layer)
         if header.version == 1 and header.check_value(_symbol_bytes(sym.z) + _symbol_bytes(sym.q)) != header.checksum:
             raise ChecksumMismatch(
                 "decoded symbols do not match the header checksum: the bitstream is corrupt or this decoder's "
@@ -754,7 +787,7 @@ class CADCCodec(Codec):
         if header.codec_id != self.codec_id or header.version == 1:
             return 0, LAYERS
         try:
-            table, offset = LayerTable.unpack(payload)
+            table, _, offset = split_payload(payload, header.version)
         except BitstreamError:
             return 0, LAYERS
         return table.layers_in(len(payload) - offset), LAYERS
@@ -802,6 +835,10 @@ class CADCCodec(Codec):
         # g_s, x̂_aux, text, UNet, VAE decoder: in tiles for a large picture, untiled for one that fits a tile.
         synthesis = TiledSynthesis(model, y_hat, inv_gain, (cw, ch), self.tiles, self._pretrained_precision)
         image, captions = synthesis.run(timings)
+        if sym.color is not None:
+            t2 = time.perf_counter()
+            image = apply_color_layer(image, sym.color)
+            timings["color_layer"] = (time.perf_counter() - t2) * 1e3
         if (cw, ch) != (header.width, header.height):
             from PIL import Image
 
@@ -820,6 +857,7 @@ class CADCCodec(Codec):
             "complete": sym.steps == 4,
             "layers": 1 + sym.steps,
             "layers_total": LAYERS,
+            "color_layer": None if sym.color is None else {"bytes": sym.color.size, **vars(sym.color.settings)},
             # Of the step a prefix was cut inside: the share of its symbols the preview has.
             "partial_layer": None if sym.partial is None else round(
                 float(sym.partial.sum()) / max(1, step_elements(sym.partial, sym.steps,

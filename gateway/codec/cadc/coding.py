@@ -30,6 +30,10 @@ def _gaussian(symbol_range: int) -> Any:
     return constriction.stream.model.QuantizedGaussian(-symbol_range, symbol_range - 1)
 
 
+def _laplace(symbol_range: int, scale: float) -> Any:
+    return constriction.stream.model.QuantizedLaplace(-symbol_range, symbol_range, 0.0, float(scale))
+
+
 class SymbolWriter:
     """Collects symbols into one range-coded stream."""
 
@@ -52,6 +56,12 @@ class SymbolWriter:
         self._encoder.encode(symbols, _gaussian(symbol_range), means, stds)
         self._ops.append(("gauss", symbols, (means, stds, symbol_range)))
 
+    def write_laplace(self, symbols: np.ndarray, scale: float, symbol_range: int) -> None:
+        """Symbols in [−R, R] under one zero-mean quantized Laplace of ``scale``."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
+        self._encoder.encode(symbols, _laplace(symbol_range, scale))
+        self._ops.append(("laplace", symbols, (scale, symbol_range)))
+
     def _replays(self, data: bytes, ops: int | None = None) -> bool:
         """Whether ``data`` (zero-padded) decodes to the first ``ops`` coding calls' symbols (all: None)."""
         try:
@@ -59,6 +69,8 @@ class SymbolWriter:
             for kind, symbols, params in self._ops[:ops]:
                 if kind == "cat":
                     got = reader.read_categorical(params[0])
+                elif kind == "laplace":
+                    got = reader.read_laplace(len(symbols), *params)
                 else:
                     got = reader.read_gaussian(*params)
                 if not np.array_equal(got, symbols):
@@ -151,3 +163,10 @@ class SymbolReader:
             return np.asarray(self._decoder.decode(_gaussian(symbol_range), means, stds), dtype=np.int32)
         except Exception as exc:
             raise BitstreamError(f"entropy-coded payload is corrupt (latent symbols): {exc}") from exc
+
+    def read_laplace(self, count: int, scale: float, symbol_range: int) -> np.ndarray:
+        """``count`` symbols under one zero-mean quantized Laplace of ``scale`` (int32)."""
+        try:
+            return np.asarray(self._decoder.decode(_laplace(symbol_range, scale), int(count)), dtype=np.int32)
+        except Exception as exc:
+            raise BitstreamError(f"entropy-coded payload is corrupt (colour layer): {exc}") from exc

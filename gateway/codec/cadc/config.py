@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import ConfigError
+from gateway.errors import CodecError, ConfigError
 
 TEXT_MODES = ("caption", "fixed", "none")
 OVERSIZE_POLICIES = ("downscale", "refuse")
@@ -61,6 +61,10 @@ class CodecSection:
     #: the small VAE's group norms lose absolute colour, which block-mean losses and ΔE punish.
     color_correction: bool = False
     color_width: int = 32
+    #: The sender's colour layer (color_layer.py): rows {min_lam, luma_cell, chroma_cell, luma_step,
+    #: chroma_step}, the finest whose min_lam the coded λ reaches; empty: no colour layer.  Encoder-side
+    #: policy only: a layer describes itself, so the decoder reads any.
+    color_layer: list[dict[str, Any]] = field(default_factory=list)
     #: Initial spread of the λ gains: log-gains start on a ramp over ±ln(gain_init_span).
     gain_init_span: float = 2.0
     lam_range: list[float] = field(default_factory=lambda: [0.25, 64.0])
@@ -148,6 +152,12 @@ class CodecSection:
             raise ConfigError(
                 f"codec.vae_single_tile must be 0 or at least codec.vae_tile={self.vae_tile}, got {self.vae_single_tile}"
             )
+        from gateway.codec.cadc.color_layer import ColorLayerPolicy  # numpy/torch: not needed to read a config
+
+        try:
+            ColorLayerPolicy.from_config(self.color_layer)
+        except CodecError as exc:
+            raise ConfigError(f"codec.color_layer: {exc}") from exc
         if self.analysis_tile and (self.analysis_tile % 16 or self.analysis_tile < 256):
             raise ConfigError(
                 f"codec.analysis_tile must be 0 (no tiling) or a multiple of 16 from 256 up, got {self.analysis_tile}"

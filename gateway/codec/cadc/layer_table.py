@@ -11,7 +11,9 @@ by the header's CRC-16 together with the header fields).
 Layout: five ULEB128 varints — the bytes of the stream each layer adds (a
 layer is decodable from the first ``sum(sizes[:i+1])`` bytes, the reader
 padding zeros) — then four CRC-8 bytes, one per ŷ step.  Typically 9 bytes
-for a one-frame image, 14 for eight frames.
+for a one-frame image, 14 for eight frames.  Format 3 adds one more varint:
+the bytes of the colour layer (:mod:`gateway.codec.cadc.color_layer`) that
+sits between the table and the stream.
 """
 
 from __future__ import annotations
@@ -44,6 +46,25 @@ def _uleb(value: int) -> bytes:
             return bytes(out)
 
 
+def _read_uleb(payload: bytes, pos: int) -> tuple[int, int]:
+    """(a table's size field at ``pos``, the position after it); BitstreamError when cut, over-long or absurd."""
+    value, shift = 0, 0
+    while True:
+        if pos >= len(payload):
+            raise BitstreamError("CADC payload ends inside its layer table: the bitstream is truncated")
+        byte = payload[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+        if shift > 28:
+            raise BitstreamError("CADC layer table holds an over-long size: the bitstream is corrupt")
+    if value > _MAX_LAYER_BYTES:
+        raise BitstreamError(f"CADC layer table claims a {value}-byte layer: the bitstream is corrupt")
+    return value, pos
+
+
 def varint_size(value: int) -> int:
     """Bytes the ULEB128 form of ``value`` takes."""
     return max(1, (int(value).bit_length() + 6) // 7)
@@ -55,6 +76,8 @@ class LayerTable:
 
     sizes: tuple[int, ...]
     step_checks: tuple[int, ...]
+    #: Bytes of the colour layer after the table (format 3); None: a format-2 table, which has no such field.
+    color_bytes: int | None = None
 
     def ends(self) -> list[int]:
         """Cumulative stream bytes needed to decode layers 0..i."""
@@ -72,34 +95,44 @@ class LayerTable:
         """The table's bytes."""
         if len(self.sizes) != LAYERS or len(self.step_checks) != LAYERS - 1:
             raise BitstreamError(f"a layer table has {LAYERS} sizes and {LAYERS - 1} checks")
-        return b"".join(_uleb(int(s)) for s in self.sizes) + bytes(self.step_checks)
+        color = b"" if self.color_bytes is None else _uleb(int(self.color_bytes))
+        return b"".join(_uleb(int(s)) for s in self.sizes) + bytes(self.step_checks) + color
 
     @classmethod
-    def unpack(cls, payload: bytes) -> tuple["LayerTable", int]:
-        """(table, its length in bytes) from the front of a payload; BitstreamError when cut or absurd."""
+    def unpack(cls, payload: bytes, color: bool = False) -> tuple["LayerTable", int]:
+        """(table, its length in bytes) from the front of a payload; BitstreamError when cut or absurd.
+
+        ``color``: the table is format 3's, with the colour layer's size after the checks.
+        """
         sizes, pos = [], 0
         for _ in range(LAYERS):
-            value, shift = 0, 0
-            while True:
-                if pos >= len(payload):
-                    raise BitstreamError("CADC payload ends inside its layer table: the bitstream is truncated")
-                byte = payload[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-                if shift > 28:
-                    raise BitstreamError("CADC layer table holds an over-long size: the bitstream is corrupt")
-            if value > _MAX_LAYER_BYTES:
-                raise BitstreamError(f"CADC layer table claims a {value}-byte layer: the bitstream is corrupt")
+            value, pos = _read_uleb(payload, pos)
             sizes.append(value)
         if pos + LAYERS - 1 > len(payload):
             raise BitstreamError("CADC payload ends inside its layer table: the bitstream is truncated")
         checks = tuple(payload[pos : pos + LAYERS - 1])
-        return cls(tuple(sizes), checks), pos + LAYERS - 1
+        pos += LAYERS - 1
+        color_bytes = None
+        if color:
+            color_bytes, pos = _read_uleb(payload, pos)
+        return cls(tuple(sizes), checks, color_bytes), pos
 
     @staticmethod
-    def size_for(sizes: list[float]) -> int:
-        """Bytes of a table for these (estimated) layer sizes."""
-        return sum(varint_size(max(0, round(s))) for s in sizes) + LAYERS - 1
+    def size_for(sizes: list[float], color_bytes: int | None = None) -> int:
+        """Bytes of a table for these (estimated) layer sizes (and a format-3 colour layer of ``color_bytes``)."""
+        color = 0 if color_bytes is None else varint_size(color_bytes)
+        return sum(varint_size(max(0, round(s))) for s in sizes) + LAYERS - 1 + color
+
+
+def split_payload(payload: bytes, version: int) -> tuple[LayerTable, bytes, int]:
+    """(table, colour layer bytes, where the stream starts) of a format-2 or -3 CADC payload.
+
+    BitstreamError when the payload ends before the colour layer does: without
+    it nothing decodes (the header's checksum covers it).
+    """
+    table, offset = LayerTable.unpack(payload, color=version >= 3)
+    end = offset + (table.color_bytes or 0)
+    if len(payload) < end:
+        raise BitstreamError(f"CADC payload ends inside its {table.color_bytes}-byte colour layer: a prefix needs "
+                             f"the first {end} payload bytes (layer table and colour layer) to decode at all")
+    return table, bytes(payload[offset:end]), end

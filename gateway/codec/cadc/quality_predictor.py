@@ -27,6 +27,7 @@ import torch
 
 from gateway.codec.base import QualityEstimate
 from gateway.codec.cadc.aux_preview import AuxPreviewNets, aux_picture, load_aux_preview
+from gateway.codec.cadc.color_layer import apply_color_layer
 from gateway.codec.cadc.quality_calibration import QualityCalibration, load_calibration
 from gateway.codec.cadc.quality_features import aux_features, coding_features, image_statistics
 from gateway.codec.image_io import as_rgb_array, box_downscale, resize_rgb
@@ -81,6 +82,8 @@ class QualityPredictor:
         _, inv_gain = codec.model.gains(torch.tensor([lam], device=codec.device))
         y_hat = torch.from_numpy(sym.q).float().unsqueeze(0) * delta
         aux = aux_picture(self.nets, y_hat, inv_gain.float(), header.coded_size)
+        if sym.color is not None:  # the ground lays the colour layer on its picture; x̂_aux gets it too
+            aux = apply_color_layer(aux, sym.color)
         size = measure_size(header.width, header.height)
         reference = box_downscale(image, size)
         # x̂_aux at the measuring size: reduced like the original when it is larger, else enlarged as the
