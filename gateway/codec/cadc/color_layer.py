@@ -16,7 +16,7 @@ Layout (all bytes):
 
 | bytes | field |
 |---|---|
-| 1 | luma cell side in pixels of the original (0: no luma plane) |
+| 1 | luma cell side in pixels of the picture as coded (0: no luma plane) |
 | 1 | chroma cell side (0: no chroma planes) |
 | 1 | luma quantization step, quarter code values (1..255 = 0.25..63.75) |
 | 1 | chroma quantization step, same units |
@@ -56,7 +56,7 @@ _TO_RGB = np.linalg.inv(_TO_YCC)
 
 @dataclass(frozen=True)
 class ColorLayerSettings:
-    """What the sender puts in a colour layer: cell sides in pixels of the original (0: plane absent) and steps."""
+    """What the sender puts in a colour layer: cell sides in pixels of the picture as coded (0: plane absent), steps."""
 
     luma_cell: int = 0
     chroma_cell: int = 0
@@ -191,7 +191,7 @@ class CellSums:
 
 
 def encode_color_layer(image: np.ndarray, settings: ColorLayerSettings, sums: CellSums | None = None) -> bytes:
-    """The colour layer of an HxWx3 uint8 picture; b"" for empty settings.
+    """The colour layer of an HxWx3 uint8 picture (as coded: downscaled when the stream is); b"" for empty settings.
 
     ``sums``: the picture's :class:`CellSums`, when the caller makes several layers of one picture.
     """
