@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +166,15 @@ def test_a_changed_colour_byte_is_caught_by_the_header_checksum(codec: CADCCodec
     bad[pos] ^= flip
     with pytest.raises(ChecksumMismatch):
         codec.decode(bytes(bad))
+
+
+def test_the_ground_record_says_which_colour_layer_the_picture_had(codec: CADCCodec, tmp_path: Path) -> None:
+    from gateway.ground.output import DecodeJob, OutputRecord, decode_message
+    from gateway.store.framestore import StoredMessage
+
+    data = codec.encode(codec.analyze(_image(4)), Knobs(160, 100), SIZE)
+    msg = StoredMessage(9, "receiving", 4, 4, 1.0, 2.0, None, None, 4, 0, 1, None, None, None, 0)
+    rec = decode_message(DecodeJob(msg, data, str(tmp_path), 450, revision=1), codec_for=lambda *a, **k: codec)
+    assert isinstance(rec, OutputRecord) and rec.complete
+    assert rec.color_layer is not None and rec.color_layer["luma_cell"] == 16 and rec.color_layer["bytes"] > 0
+    assert OutputRecord.from_dict(json.loads(rec.to_json())).color_layer == rec.color_layer

@@ -125,6 +125,8 @@ class OutputRecord:
     layers_total: int | None = None
     #: How the sender chose the codec of a ``codec: auto`` job (None: the codec was asked for, or an older sender).
     codec_choice: dict[str, Any] | None = None
+    #: The CADC colour layer laid onto the picture (bytes, cells, steps; None: the stream had none).
+    color_layer: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         """The record as the JSON file's bytes."""
@@ -274,6 +276,7 @@ def decode_message(job: DecodeJob, codec_for: Callable[..., Any] | None = None) 
         layers_decoded=layers_decoded if isinstance(layers_decoded, int) else None,
         layers_total=layers_total if isinstance(layers_total, int) else None,
         codec_choice=None if meta.choice is None else meta.choice.record(header.codec_name),
+        color_layer=decode_info.get("color_layer") if isinstance(decode_info.get("color_layer"), dict) else None,
     )
     png = png_bytes(image)
     try:
