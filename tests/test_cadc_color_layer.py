@@ -15,11 +15,12 @@ from gateway.codec import bitstream
 from gateway.codec.base import Knobs
 from gateway.codec.cadc.codec import CADCCodec
 from gateway.codec.cadc.color_layer import (
-    MAX_CELLS_PER_PLANE, ColorLayerPolicy, ColorLayerSettings, apply_color_layer, cell_means, decode_color_layer,
+    MAX_CELLS_PER_PLANE, ColorLayerPolicy, ColorLayerSettings, apply_color_layer, decode_color_layer,
     encode_color_layer,
 )
 from gateway.codec.cadc.config import CADCConfig
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable
+from gateway.codec.image_metrics import cell_means
 from gateway.errors import BitstreamError, ChecksumMismatch, CodecError, ConfigError
 from gateway.eval.metrics import block_delta_e
 from cadc_fixtures import widened_tiny_codec

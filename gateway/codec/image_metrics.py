@@ -30,6 +30,25 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _K1, _K2 = 0.01, 0.03
 
 
+def cell_sums(array: np.ndarray, cell: int) -> np.ndarray:
+    """Sums of an HxW[xC] array over ``cell`` x ``cell`` cells (partial edge cells: their own elements)."""
+    h, w = array.shape[:2]
+    return np.add.reduceat(np.add.reduceat(array, np.arange(0, h, cell), axis=0), np.arange(0, w, cell), axis=1)
+
+
+def cell_counts(h: int, w: int, cell: int) -> np.ndarray:
+    """Elements of each cell of :func:`cell_sums` over an HxW array (float64)."""
+    return np.outer(np.diff(np.append(np.arange(0, h, cell), h)), np.diff(np.append(np.arange(0, w, cell), w))).astype(
+        np.float64)
+
+
+def cell_means(array: np.ndarray, cell: int) -> np.ndarray:
+    """Means of an HxW (or HxWxC, per channel) float array over ``cell`` x ``cell`` cells (partial edge cells:
+    their own pixels)."""
+    counts = cell_counts(array.shape[0], array.shape[1], cell)
+    return cell_sums(array, cell) / (counts if array.ndim == 2 else counts[:, :, None])
+
+
 def check_pair(a: np.ndarray, b: np.ndarray) -> None:
     """Raise ValueError unless ``a`` and ``b`` are two HxWx3 images of one shape."""
     if a.shape != b.shape:

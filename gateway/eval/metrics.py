@@ -29,6 +29,7 @@ from scipy.interpolate import PchipInterpolator
 # PSNR and MS-SSIM live with the codecs (the sender chooses codecs by them); evaluations use them from here.
 from gateway.codec.image_metrics import (  # noqa: F401  (re-exported: the evaluation's metrics in one module)
     MS_SSIM_WEIGHTS,
+    cell_means,
     check_pair,
     ms_ssim,
     ms_ssim_levels,
@@ -56,15 +57,10 @@ def block_delta_e(a: np.ndarray, b: np.ndarray, block: int = 16) -> float:
     from skimage.color import deltaE_ciede2000, rgb2lab
 
     check_pair(a, b)
-    h, w = a.shape[:2]
-    rows, cols = -(-h // block), -(-w // block)
 
     def block_means(img: np.ndarray) -> np.ndarray:
         lin = _srgb_to_linear(img.astype(np.float64) / 255.0)
-        sums = np.add.reduceat(np.add.reduceat(lin, np.arange(0, h, block), axis=0), np.arange(0, w, block), axis=1)
-        counts = np.add.reduceat(np.add.reduceat(np.ones((h, w, 1)), np.arange(0, h, block), axis=0),
-                                 np.arange(0, w, block), axis=1)
-        return rgb2lab(np.clip(_linear_to_srgb(sums / counts), 0.0, 1.0).reshape(rows, cols, 3))
+        return rgb2lab(np.clip(_linear_to_srgb(cell_means(lin, block)), 0.0, 1.0))
 
     return float(np.mean(deltaE_ciede2000(block_means(a), block_means(b))))
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from gateway.codec.cadc.coding import SymbolReader, SymbolWriter
+from gateway.codec.image_metrics import cell_counts, cell_means, cell_sums
 from gateway.errors import BitstreamError, CodecError
 
 #: Fixed fields before the per-plane scale codes.
@@ -91,15 +92,6 @@ class ColorLayerSettings:
 def grid_shape(width: int, height: int, cell: int) -> tuple[int, int]:
     """(rows, cols) of ``cell``-pixel cells covering a picture (partial cells at the right and bottom count)."""
     return -(-height // cell), -(-width // cell)
-
-
-def cell_means(plane: np.ndarray, cell: int) -> np.ndarray:
-    """Means of an HxW float array over ``cell`` x ``cell`` cells (partial edge cells: their own pixels)."""
-    h, w = plane.shape
-    rows, cols = np.arange(0, h, cell), np.arange(0, w, cell)
-    sums = np.add.reduceat(np.add.reduceat(plane, rows, axis=0), cols, axis=1)
-    counts = np.outer(np.diff(np.append(rows, h)), np.diff(np.append(cols, w)))
-    return sums / counts
 
 
 def _ycc_plane(image: np.ndarray, channel: int) -> np.ndarray:
@@ -173,23 +165,18 @@ class CellSums:
 
     def __init__(self, image: np.ndarray) -> None:
         self.image = image
-        h, w = image.shape[:2]
-        rows, cols = np.arange(0, h, self.BASE), np.arange(0, w, self.BASE)
         # float32 (a 12 MP picture's planes are 144 MB so, twice that in float64): a sum of 64 values up to 255
         # stays within 1e-3 of exact, and only the sender's quantization reads it.
         ycc = image.astype(np.float32) @ _TO_YCC.T.astype(np.float32)
-        self.sums = np.add.reduceat(np.add.reduceat(ycc, rows, axis=0), cols, axis=1).astype(np.float64)
-        self.counts = np.outer(np.diff(np.append(rows, h)), np.diff(np.append(cols, w))).astype(np.float64)
+        self.sums = cell_sums(ycc, self.BASE).astype(np.float64)
+        self.counts = cell_counts(image.shape[0], image.shape[1], self.BASE)
 
     def means(self, channel: int, cell: int) -> np.ndarray:
         """Means of YCbCr ``channel`` over ``cell`` x ``cell`` cells (partial edge cells: their own pixels)."""
         if cell % self.BASE:
             return cell_means(_ycc_plane(self.image, channel).astype(np.float64), cell)
         k = cell // self.BASE
-        rows, cols = np.arange(0, self.counts.shape[0], k), np.arange(0, self.counts.shape[1], k)
-        sums = np.add.reduceat(np.add.reduceat(self.sums[:, :, channel], rows, axis=0), cols, axis=1)
-        counts = np.add.reduceat(np.add.reduceat(self.counts, rows, axis=0), cols, axis=1)
-        return sums / counts
+        return cell_sums(self.sums[:, :, channel], k) / cell_sums(self.counts, k)
 
 
 def encode_color_layer(image: np.ndarray, settings: ColorLayerSettings, sums: CellSums | None = None) -> bytes:
