@@ -17,6 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cadc_fixtures import widen_gains
 from gateway.codec import bitstream
 from gateway.codec.base import Knobs
 from gateway.codec.cadc.bundle import create_bundle, load_model
@@ -281,3 +282,23 @@ def test_device_and_precision_settings() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_y_at_one_sixteenth_codes_and_decodes(tmp_path: Path) -> None:
+    """The y_downsample 16 layout (configs/models/cadc-tiny-y16.yaml) through the real coding path."""
+    d = yaml.safe_load((TINY_YAML.parent / "cadc-tiny-y16.yaml").read_text())
+    torch.manual_seed(0)
+    model = load_model(create_bundle(CADCConfig.from_dict(d), tmp_path / "y16"))
+    widen_gains(model, 6.0)
+    codec = CADCCodec(model)
+    w, h = 150, 100
+    analysis = codec.analyze(_image(h, w, seed=5))
+    knobs = Knobs(200, 60)
+    data = codec.encode(analysis, knobs, (w, h))
+    header, decoded = codec.decode_symbols(data)
+    assert decoded.q.shape[-2:] == (128 // 16, 192 // 16)  # padded to 4·16 = 64 px
+    assert np.array_equal(decoded.q, codec._quantize(analysis, knobs).q)
+    assert abs(codec.estimate_bytes(analysis, knobs) - len(data)) < 0.05 * len(data) + 16
+    assert codec.decode(data).shape == (h, w, 3)
+    image, info = codec.decode_with_info(data[: len(data) * 2 // 3], partial=True)
+    assert image.shape == (h, w, 3)

@@ -127,3 +127,23 @@ def test_colour_correction_starts_as_the_identity_and_learns_block_means() -> No
         loss.backward()
         opt.step()
     assert float(loss) < 0.1 * before
+
+
+@pytest.mark.parametrize("down,widths", [(16, [24, 32, 48]), (64, [24, 32, 48, 64, 64])])
+def test_y_grid_follows_y_downsample(down: int, widths: list[int]) -> None:
+    """y at 1/16, 1/32 or 1/64 of the side; g_s always brings it to the VAE latent's 1/8, the padding to z's stride."""
+    cfg = CADCConfig.from_dict(tiny_dict(y_downsample=down, analysis_widths=widths))
+    assert cfg.codec.pad_multiple == 4 * down
+    torch.manual_seed(0)
+    m = CADCModel(cfg).eval()
+    x = torch.rand(1, 3, 4 * down, 8 * down)
+    with torch.no_grad():
+        y = m.analyze(x)
+        assert tuple(y.shape[-2:]) == (4, 8)
+        assert tuple(m.synthesize_latent(y.round(), torch.ones(1, y.shape[1])).shape[-2:]) == (4 * down // 8, down)
+
+
+@pytest.mark.parametrize("down,widths,match", [(8, [24, 32], "y_downsample"), (16, [24, 32, 48, 64], "analysis_widths")])
+def test_bad_y_downsample_is_refused(down: int, widths: list[int], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        CADCConfig.from_dict(tiny_dict(y_downsample=down, analysis_widths=widths))

@@ -26,6 +26,8 @@ TEXT_MODES = ("caption", "fixed", "none")
 OVERSIZE_POLICIES = ("downscale", "refuse")
 VAE_TYPES = ("tiny", "kl")
 PART_NAMES = ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "captioner")
+#: g_a's stride-2 stages per y_downsample (g_s then upsamples to the VAE latent's 1/8).
+_STRIDE_STAGES = {16: 4, 32: 5, 64: 6}
 
 #: The fixed prompt suffix of BFATC [4.3].
 C_FIX = "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
@@ -36,7 +38,8 @@ class CodecSection:
     """Sizes and switches of the codec's own networks (everything in ``codec.safetensors``)."""
 
     y_channels: int = 64
-    y_downsample: int = 32  # image side / y side: 32 or 64 (StableCodec uses 64)
+    # image side / y side: 16, 32 or 64 (StableCodec uses 64; 16 gives g_s detail finer than 32 px to place)
+    y_downsample: int = 32
     z_channels: int = 32  # z is at 1/4 of y's side
     analysis_widths: list[int] = field(default_factory=lambda: [24, 32, 48, 64])
     hyper_width: int = 64
@@ -100,8 +103,8 @@ class CodecSection:
     analysis_tile: int = 1024
 
     def validate(self) -> None:
-        if self.y_downsample not in (32, 64):
-            raise ConfigError(f"codec.y_downsample must be 32 or 64, got {self.y_downsample}")
+        if self.y_downsample not in _STRIDE_STAGES:
+            raise ConfigError(f"codec.y_downsample must be one of {sorted(_STRIDE_STAGES)}, got {self.y_downsample}")
         if len(self.analysis_widths) != self.n_down - 1:
             raise ConfigError(
                 f"codec.analysis_widths needs {self.n_down - 1} entries for y_downsample={self.y_downsample} "
@@ -166,7 +169,7 @@ class CodecSection:
     @property
     def n_down(self) -> int:
         """Number of stride-2 stages of g_a."""
-        return {32: 5, 64: 6}[self.y_downsample]
+        return _STRIDE_STAGES[self.y_downsample]
 
     @property
     def pad_multiple(self) -> int:
