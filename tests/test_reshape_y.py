@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -95,19 +93,21 @@ def test_new_channels_are_trainable(pair) -> None:
     model.eval()
 
 
-def test_widen_tool_writes_a_loadable_bundle(tmp_path: Path) -> None:
+def test_reshape_tool_writes_a_loadable_bundle(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
     from gateway.codec.cadc.bundle import create_bundle, load_model
 
+    spec = importlib.util.spec_from_file_location("reshape_y_tool", ROOT / "tools" / "reshape_y.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     src = create_bundle(ROOT / "configs" / "models" / "cadc-tiny.yaml", tmp_path / "src")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "reshape_y.py"), str(src), str(out), "--channels", "128"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "y 64 channels at 1/32 -> 128 at 1/32" in r.stdout
+    assert tool.main([str(src), str(out), "--channels", "128"]) == 0
+    assert "y 64 channels at 1/32 -> 128 at 1/32" in capsys.readouterr().out
     assert load_model(out).config.codec.y_channels == 128
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "reshape_y.py"), str(out), str(tmp_path / "again"),
-                        "--channels", "96"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "cannot widen y from 128 to 96" in r.stderr
+    assert tool.main([str(out), str(tmp_path / "again"), "--channels", "96"]) == 2
+    assert "cannot widen y from 128 to 96" in capsys.readouterr().err
 
 
 def test_finer_grid_keeps_the_trained_filters(tmp_path: Path) -> None:
