@@ -150,22 +150,29 @@ def widen_state(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], old_
     return out
 
 
-def widen_model(model: "torch.nn.Module", new_channels: int, seed: int = 0) -> "torch.nn.Module":
-    """A CADCModel like ``model`` with ``y`` widened to ``new_channels`` (decodes nearly the same pictures at first)."""
-    from gateway.codec.cadc.bundle import codec_state_dict
+def _reshaped(model: "torch.nn.Module", origin: str, **codec: object) -> "torch.nn.Module":
+    """A random-init CADCModel of ``model``'s config with ``codec`` values changed, sharing its UNet, VAE and
+    scheduler (the parts a reshape of y leaves alone)."""
     from gateway.codec.cadc.config import CADCConfig
     from gateway.codec.cadc.model import CADCModel
 
     cfg = model.config
-    old_n, groups = cfg.codec.y_channels, cfg.codec.context_groups
     data = cfg.to_dict() | {"sources": cfg.sources}
-    data["codec"] = dict(data["codec"], y_channels=int(new_channels))
-    new_cfg = CADCConfig.from_dict(data, origin=f"{cfg.name} widened to y_channels={new_channels}")
-    parts = {"unet": model.unet, "vae": model.vae, "scheduler": model.scheduler}
-    wide = CADCModel(new_cfg, parts)
+    data["codec"] = dict(data["codec"], **codec)
+    new_cfg = CADCConfig.from_dict(data, origin=f"{cfg.name} {origin}")
+    return CADCModel(new_cfg, {"unet": model.unet, "vae": model.vae, "scheduler": model.scheduler})
+
+
+def widen_model(model: "torch.nn.Module", new_channels: int, seed: int = 0) -> "torch.nn.Module":
+    """A CADCModel like ``model`` with ``y`` widened to ``new_channels`` (decodes nearly the same pictures at first)."""
+    from gateway.codec.cadc.bundle import codec_state_dict
+
+    old_n, groups = model.config.codec.y_channels, model.config.codec.context_groups
+    wide = _reshaped(model, f"widened to y_channels={new_channels}", y_channels=int(new_channels))
     state = widen_state(codec_state_dict(model), codec_state_dict(wide), old_n, int(new_channels), groups,
                         torch.Generator().manual_seed(seed))
-    missing, unexpected = wide.load_state_dict(state, strict=False)
+    # Only the codec's tensors are given: the shared UNet / VAE are already the model's.
+    _, unexpected = wide.load_state_dict(state, strict=False)
     if unexpected:
         raise ConfigError(f"widening produced tensors the model does not have: {unexpected[:4]}")
     return wide.eval()
@@ -183,22 +190,15 @@ def _finer_grid_source(name: str, n_up: int) -> str:
 
 def finer_grid_model(model: "torch.nn.Module") -> "torch.nn.Module":
     """A CADCModel like ``model`` with ``y`` at twice the resolution, from ``model``'s weights (see the module doc)."""
-    from gateway.codec.cadc.config import CADCConfig
-    from gateway.codec.cadc.model import CADCModel
-
-    cfg = model.config
-    c = cfg.codec
+    c = model.config.codec
     if c.y_downsample != 32:
         raise ConfigError(f"a finer y grid is made from y_downsample 32 (to 16); this model has {c.y_downsample}")
-    data = cfg.to_dict() | {"sources": cfg.sources}
-    data["codec"] = dict(data["codec"], y_downsample=16, analysis_widths=list(c.analysis_widths[:-1]))
     if c.analysis_widths[-1] != c.y_channels:
         raise ConfigError(f"g_a's last stage must have y's {c.y_channels} channels to become y's "
                           f"(analysis_widths ends with {c.analysis_widths[-1]})")
-    new_cfg = CADCConfig.from_dict(data, origin=f"{cfg.name} with y at 1/16")
-    fine = CADCModel(new_cfg, {"unet": model.unet, "vae": model.vae, "scheduler": model.scheduler})
+    fine = _reshaped(model, "with y at 1/16", y_downsample=16, analysis_widths=list(c.analysis_widths[:-1]))
     source = model.state_dict()
-    n_up = new_cfg.codec.n_down - 3
+    n_up = fine.config.codec.n_down - 3
     state = {}
     for name, target in fine.state_dict().items():
         src = source.get(_finer_grid_source(name, n_up))
