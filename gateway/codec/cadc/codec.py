@@ -47,6 +47,7 @@ from gateway.codec.cadc.encoder import CADCEncoder
 from gateway.codec.cadc.layer_table import LAYERS, LayerTable, crc8, split_payload
 from gateway.codec.cadc.knob_values import delta_from_code, lam_from_code
 from gateway.codec.cadc.model import CADCModel, step_phase
+from gateway.codec.cadc.probe_context import PreparedHyper, ProbeContext
 from gateway.codec.cadc.refine import RefineSettings, measure, refine
 from gateway.codec.cadc.tile_grid import Span
 from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles, to_model_input
@@ -60,6 +61,10 @@ _MAX_BYTES_PER_SYMBOL = 4
 _LAM_CACHE_SIZE = 16
 #: Pictures from this size on (pixels, as analysed) encode with ``large_encoder_threads``.
 _LARGE_PICTURE_PIXELS = 2_000_000
+#: From this many ŷ positions on, the float32 size predictions run on ``large_encoder_threads``: the work
+#: of a prediction grows with y's grid, not with the picture's pixels (a Kodak picture is 384 positions
+#: at y's 1/32, where a second thread only waits, and 1 536 at 1/16, where it makes a context pass ~2x faster).
+_PARALLEL_PROBE_POSITIONS = 1_024
 
 
 #: Bytes the range coder adds over the information content (flush, minus trimming), on average.
@@ -242,10 +247,11 @@ class CADCCodec(Codec):
     #: first layers split well (Kodak size: 77 ms on one thread, 32-46 ms on two, 2-core sender), and
     #: nothing of it is mirrored by the decoder (the symbols are sent), so the count cannot change what decodes.
     encoder_threads: int | None = 2
-    #: Threads for ``g_a`` and the float32 size predictions of pictures of at least
-    #: :data:`_LARGE_PICTURE_PIXELS` (smaller ones predict on one thread: at a few hundred ŷ positions a
-    #: second thread only waits).  There each prediction is long enough that a second thread pays
-    #: (~1.7x); predictions only steer the search, so this cannot change what decodes either.
+    #: Threads for ``g_a`` of pictures of at least :data:`_LARGE_PICTURE_PIXELS` and the float32 size
+    #: predictions of latents of at least :data:`_PARALLEL_PROBE_POSITIONS` (smaller ones predict on one
+    #: thread: at a few hundred ŷ positions a second thread only waits).  There each prediction is long
+    #: enough that a second thread pays (~1.7x); predictions only steer the search, so this cannot change
+    #: what decodes either.
     large_encoder_threads: int | None = 2
 
     #: Encoder-side refinement of the chosen setting's symbols (:mod:`gateway.codec.cadc.refine`); off
@@ -301,8 +307,10 @@ class CADCCodec(Codec):
         self._param_nets = self._param_nets.to("cpu", torch.float64).eval()
         # Their float32 twins, for size predictions only: a prediction steers the rate controller, whose
         # pick is then coded for real with the float64 nets, and float32 convolutions are several times
-        # faster (a Kodak-size prediction 10 ms; the picks of 32 Kodak fits identical to float64's).
-        self._probe_nets = copy.deepcopy(self._param_nets).to(torch.float32)
+        # faster (a Kodak-size prediction 10 ms; the picks of 32 Kodak fits identical to float64's).  The
+        # context's twin also folds its layers and skips silent channels (:mod:`.probe_context`).
+        self._probe_nets = nn.ModuleDict({"h_s": copy.deepcopy(model.h_s).to("cpu", torch.float32).eval(),
+                                          "context": ProbeContext(self._param_nets["context"]).eval()})
         # g_a in channels_last: its first conv (3 -> w, 5x5, stride 2, full resolution) is most of the
         # encoder's time and runs ~3x faster in that layout on CPU (converted in place: the codec is its only user).
         self._g_a = model.g_a.to(memory_format=torch.channels_last).eval()
@@ -411,11 +419,11 @@ class CADCCodec(Codec):
             return None
         return self.large_encoder_threads if pixels >= _LARGE_PICTURE_PIXELS else self.encoder_threads
 
-    def _probe_threads(self, pixels: int) -> int | None:
-        """Torch threads for the float32 size predictions of a picture of ``pixels`` (None: the caller's setting)."""
+    def _probe_threads(self, positions: int) -> int | None:
+        """Torch threads for the float32 size predictions of a ŷ of ``positions`` (None: the caller's setting)."""
         if self.device.type != "cpu":
             return None
-        return self.large_encoder_threads if pixels >= _LARGE_PICTURE_PIXELS else 1
+        return self.large_encoder_threads if positions >= _PARALLEL_PROBE_POSITIONS else 1
 
     @torch.no_grad()
     def _lam_state(self, analysis: CADCAnalysis, lam_code: int) -> _LamState:
@@ -424,7 +432,9 @@ class CADCCodec(Codec):
         if state is not None:
             return state
         model = self.model
-        with _one_thread():
+        # h_a and UGAQ are encoder-only (ẑ is sent, m never leaves the sender), so like g_a they may run on
+        # more than one thread where the grid is large enough to pay: the count cannot change what decodes.
+        with _threads(self._probe_threads(analysis.y.shape[-2] * analysis.y.shape[-1])):
             lam = torch.tensor([self.lam(lam_code)], device=self.device)
             gain, _ = model.gains(lam)
             y_g = analysis.y * gain[:, :, None, None]
@@ -450,7 +460,8 @@ class CADCCodec(Codec):
         return self._param_nets["h_s"](torch.from_numpy(z).double().unsqueeze(0))
 
     def _step_params(
-        self, hyper: torch.Tensor, y_known: torch.Tensor | None, step: int, nets: nn.ModuleDict | None = None
+        self, hyper: torch.Tensor | PreparedHyper, y_known: torch.Tensor | None, step: int,
+        nets: nn.ModuleDict | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and scale (y units, float64) of the elements quadtree ``step`` codes, in coding order.
 
@@ -458,7 +469,8 @@ class CADCCodec(Codec):
         float64 on one thread (``y_known``: ŷ in y units, zeros where not yet
         decoded) and then gathered with :func:`step_elements`.  At y's size
         (1/32 of the image side) the dense evaluation costs a few milliseconds.
-        ``nets``: the float32 probe nets instead (size predictions only).
+        ``nets``: the float32 probe nets instead (size predictions only;
+        ``hyper`` is then their :class:`PreparedHyper`).
         Call inside :func:`_one_thread` and no_grad.
         """
         mean, scale = (nets or self._param_nets)["context"](step, hyper, y_known)
@@ -478,6 +490,8 @@ class CADCCodec(Codec):
             with torch.no_grad(), _threads(1 if kind == "exact" else threads):
                 dtype = torch.float64 if kind == "exact" else torch.float32
                 hyper = nets["h_s"](torch.from_numpy(state.z).to(dtype).unsqueeze(0))
+                if kind != "exact":
+                    hyper = nets["context"].prepare(hyper)  # the per-λ share of every step, once
                 state.params[kind] = (hyper, self._step_params(hyper, None, 0, nets))
         return (nets, *state.params[kind])
 
@@ -505,7 +519,7 @@ class CADCCodec(Codec):
         state = self._lam_state(analysis, knobs.lam_code)
         # The exact nets stay on one thread (the decoder must compute the same parameters bit for bit);
         # the float32 probe nets only predict sizes, so a large picture's may use more.
-        threads = 1 if kind == "exact" else self._probe_threads(analysis.width * analysis.height)
+        threads = 1 if kind == "exact" else self._probe_threads(q.shape[-2] * q.shape[-1])
         nets, hyper, step0 = self._params(state, kind, threads)
         delta = self.delta(knobs.delta_code)
         groups = self.model.config.codec.context_groups

@@ -4,6 +4,15 @@ The writer records every coding call so it can check, before handing the
 bytes out, how many trailing bytes of constriction's u32-word output can be
 dropped while the reader (which pads with zeros) still recovers every symbol
 exactly: on a 430-byte frame every byte counts.
+
+Such a check decodes only the last call it is about, from the coder's
+checkpoint where that call began (``RangeEncoder.pos`` / ``RangeDecoder.seek``):
+a range coder's intervals are nested, so a stream whose number lands in the
+interval of the last call's last symbol lies in every earlier one too, and
+the earlier calls decode exactly whenever the last one does
+(``tests/test_cadc_coding.py`` holds it against full replays).  On a finely
+gridded latent this is most of an encode's time saved: a layer end costs one
+layer's decode instead of every layer's before it.
 """
 
 from __future__ import annotations
@@ -40,11 +49,14 @@ class SymbolWriter:
     def __init__(self) -> None:
         self._encoder = constriction.stream.queue.RangeEncoder()
         self._ops: list[tuple[str, np.ndarray, tuple[Any, ...]]] = []
+        #: The coder's (word position, state) where each call began: where a check of that call seeks to.
+        self._starts: list[tuple[int, Any]] = []
 
     def write_categorical(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
         """Symbols 0..n-1, each with its own row of ``probabilities`` [m, n] (float64)."""
         symbols = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
         probabilities = np.ascontiguousarray(probabilities, dtype=np.float64)
+        self._starts.append(self._encoder.pos())
         self._encoder.encode(symbols, _categorical(), probabilities)
         self._ops.append(("cat", symbols, (probabilities,)))
 
@@ -53,31 +65,32 @@ class SymbolWriter:
         symbols = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
         means = np.ascontiguousarray(means, dtype=np.float64).ravel()
         stds = np.ascontiguousarray(stds, dtype=np.float64).ravel()
+        self._starts.append(self._encoder.pos())
         self._encoder.encode(symbols, _gaussian(symbol_range), means, stds)
         self._ops.append(("gauss", symbols, (means, stds, symbol_range)))
 
     def write_laplace(self, symbols: np.ndarray, scale: float, symbol_range: int) -> None:
         """Symbols in [−R, R] under one zero-mean quantized Laplace of ``scale``."""
         symbols = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
+        self._starts.append(self._encoder.pos())
         self._encoder.encode(symbols, _laplace(symbol_range, scale))
         self._ops.append(("laplace", symbols, (scale, symbol_range)))
 
     def _replays(self, data: bytes, ops: int | None = None) -> bool:
-        """Whether ``data`` (zero-padded) decodes to the first ``ops`` coding calls' symbols (all: None)."""
+        """Whether ``data`` (zero-padded) decodes to the first ``ops`` coding calls' symbols (all: None).
+
+        Decodes only the last of them that holds a symbol, from its checkpoint (see the module docstring).
+        """
+        count = len(self._ops) if ops is None else min(ops, len(self._ops))
+        last = next((i for i in range(count - 1, -1, -1) if self._ops[i][1].size), -1)
+        if last < 0:
+            return True  # nothing to decode
+        kind, symbols, params = self._ops[last]
         try:
-            reader = SymbolReader(data)
-            for kind, symbols, params in self._ops[:ops]:
-                if kind == "cat":
-                    got = reader.read_categorical(params[0])
-                elif kind == "laplace":
-                    got = reader.read_laplace(len(symbols), *params)
-                else:
-                    got = reader.read_gaussian(*params)
-                if not np.array_equal(got, symbols):
-                    return False
+            got = SymbolReader(data, self._starts[last]).read_call(kind, len(symbols), params)
         except BitstreamError:
             return False
-        return True
+        return bool(np.array_equal(got, symbols))
 
     def prefix_needed(self, data: bytes, ops: int, start: int = 0) -> int:
         """Length of the shortest prefix of ``data`` from which the first ``ops`` coding calls decode exactly.
@@ -138,14 +151,28 @@ class SymbolWriter:
 class SymbolReader:
     """Reads symbols back in the order they were written."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, start: tuple[int, Any] | None = None) -> None:
+        """Read ``data`` (zero-padded) from its beginning, or from ``start``, a writer's checkpoint
+        (``RangeEncoder.pos()``) in the same stream."""
         data = bytes(data)
-        data += b"\0" * ((-len(data)) % 4 + 4 * _READ_PADDING_WORDS)
+        # Zeros past the end stand for the dropped bytes, up to a checkpoint beyond a short prefix too.
+        words = max(-(-len(data) // 4), start[0] if start else 0) + _READ_PADDING_WORDS
+        data += b"\0" * (4 * words - len(data))
         words = np.frombuffer(data, dtype=">u4").astype(np.uint32)
         try:
             self._decoder = constriction.stream.queue.RangeDecoder(words)
+            if start is not None:
+                self._decoder.seek(*start)
         except Exception as exc:
             raise BitstreamError(f"entropy-coded payload is unreadable: {exc}") from exc
+
+    def read_call(self, kind: str, count: int, params: tuple[Any, ...]) -> np.ndarray:
+        """The ``count`` symbols of one coding call as a :class:`SymbolWriter` records it (``kind``, ``params``)."""
+        if kind == "cat":
+            return self.read_categorical(params[0])
+        if kind == "laplace":
+            return self.read_laplace(count, *params)
+        return self.read_gaussian(*params)
 
     def read_categorical(self, probabilities: np.ndarray) -> np.ndarray:
         """One symbol per row of ``probabilities`` (int32)."""
