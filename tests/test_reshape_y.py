@@ -156,3 +156,51 @@ def test_reshaped_configs_match_the_shipped_model_but_for_y(name: str, changed: 
     recipe = TrainConfig.from_yaml(ROOT / "configs" / "train" / f"{name}.yaml")
     assert [s.kind for s in recipe.stages] == ["codec"]
     assert "vae.encoder." in recipe.stages[0].frozen
+
+
+@given(lo=st.floats(0.1, 4.0), octaves=st.floats(1.0, 14.0), new_lo=st.floats(0.1, 4.0), new_octaves=st.floats(1.0, 14.0),
+       levels=st.integers(2, 9), seed=st.integers(0, 2**16))
+def test_resampled_gains_read_the_old_table_inside_its_range(lo: float, octaves: float, new_lo: float,
+                                                             new_octaves: float, levels: int, seed: int) -> None:
+    """A new level whose λ lies in the old range gets the old table's interpolation there; the ends extend."""
+    import math
+
+    from gateway.training.reshape_y import resample_gain_table
+
+    old_range, new_range = (lo, lo * 2**octaves), (new_lo, new_lo * 2**new_octaves)
+    table = torch.randn(levels, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    new = resample_gain_table(table, old_range, new_range)
+    assert new.shape == table.shape
+    for j in range(levels):
+        lam = math.exp(math.log(new_range[0]) + j / (levels - 1) * math.log(new_range[1] / new_range[0]))
+        pos = (math.log(lam) - math.log(lo)) / math.log(old_range[1] / lo) * (levels - 1)
+        i = min(max(math.floor(pos), 0), levels - 2)
+        expected = table[i] + (pos - i) * (table[i + 1] - table[i])  # a line through the segment, extended at the ends
+        torch.testing.assert_close(new[j], expected)
+
+
+def test_lam_range_reshape_keeps_the_gains_it_can(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The tool's --lam-range: the same gains at the shared low end, smaller ones beyond the old top, every
+    other tensor unchanged; the written bundle loads with the new range."""
+    import importlib.util
+
+    from gateway.codec.cadc.bundle import create_bundle, load_model
+
+    spec = importlib.util.spec_from_file_location("reshape_y_tool", ROOT / "tools" / "reshape_y.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    torch.manual_seed(0)
+    src = create_bundle(ROOT / "configs" / "models" / "cadc-tiny.yaml", tmp_path / "src")
+    old = load_model(src)
+    assert tool.main([str(src), str(tmp_path / "out"), "--lam-range", "0.5", "2048"]) == 0
+    assert "λ [0.5, 512.0] -> [0.5, 2048.0]" in capsys.readouterr().out
+    new = load_model(tmp_path / "out")
+    assert new.lam_range == (0.5, 2048.0)
+    with torch.no_grad():
+        torch.testing.assert_close(new.gains(torch.tensor([0.5])), old.gains(torch.tensor([0.5])))
+        top_old, _ = old.gains(torch.tensor([512.0]))
+        top_new, _ = new.gains(torch.tensor([2048.0]))
+    assert bool((top_new < top_old).all())
+    assert all(torch.equal(p, old.state_dict()[k]) for k, p in new.state_dict().items() if "gain" not in k)
+    with pytest.raises(SystemExit):  # nothing to reshape
+        tool.main([str(src), str(tmp_path / "none")])

@@ -35,10 +35,17 @@ Widening grows ``y`` in place:
   zeros cost almost nothing while training finds a use for them.
 
 The λ gains of a new channel start at the mean of the old ones per level.
+
+:func:`lam_range_model` moves the λ range the gains span, for a model
+whose budgets sit at an end of its trained range: every level's gains are
+the old table read at its new λ, extended past the old ends along the end
+segments' slopes.  (Run 13 tried it on y at 1/16 and lost: Kodak's budgets
+were inside the old range, and the wider one thinned the training there.)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -176,6 +183,36 @@ def widen_model(model: "torch.nn.Module", new_channels: int, seed: int = 0) -> "
     if unexpected:
         raise ConfigError(f"widening produced tensors the model does not have: {unexpected[:4]}")
     return wide.eval()
+
+
+def resample_gain_table(table: torch.Tensor, old_range: tuple[float, float],
+                        new_range: tuple[float, float]) -> torch.Tensor:
+    """The gain table [K, N] (logs, levels log-uniform over ``old_range``) re-read at K levels over ``new_range``.
+
+    Inside the old range each new level takes the old table's interpolation at its λ (what
+    :meth:`CADCModel.gains` computes there); outside, the nearest end segment's line in log λ
+    continues, so larger λ keeps shrinking the gains instead of holding them at the old end.
+    """
+    (lo, hi), (new_lo, new_hi) = old_range, new_range
+    if not (0 < lo < hi and 0 < new_lo < new_hi):
+        raise ConfigError(f"λ ranges must be 0 < low < high, got {old_range} and {new_range}")
+    k = table.shape[0]
+    lams = torch.exp(torch.linspace(math.log(new_lo), math.log(new_hi), k, dtype=torch.float64))
+    pos = (torch.log(lams) - math.log(lo)) / math.log(hi / lo) * (k - 1)
+    i = pos.floor().clamp(0, k - 2).long()
+    t = (pos - i).unsqueeze(1).to(table.dtype)  # beyond [0, 1] outside the old range: the end segment extended
+    return (1 - t) * table[i] + t * table[i + 1]
+
+
+def lam_range_model(model: "torch.nn.Module", lam_range: tuple[float, float]) -> "torch.nn.Module":
+    """A CADCModel like ``model`` whose gains span ``lam_range`` (resampled; every other tensor as it was)."""
+    old_range = model.lam_range
+    new = _reshaped(model, f"with λ range {list(lam_range)}", lam_range=[float(lam_range[0]), float(lam_range[1])])
+    state = model.state_dict()
+    for name in ("log_gain", "log_inv_gain"):
+        state[name] = resample_gain_table(state[name], old_range, new.lam_range)
+    new.load_state_dict(state)
+    return new.eval()
 
 
 def _finer_grid_source(name: str, n_up: int) -> str:
