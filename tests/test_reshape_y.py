@@ -204,3 +204,37 @@ def test_lam_range_reshape_keeps_the_gains_it_can(tmp_path: Path, capsys: pytest
     assert all(torch.equal(p, old.state_dict()[k]) for k, p in new.state_dict().items() if "gain" not in k)
     with pytest.raises(SystemExit):  # nothing to reshape
         tool.main([str(src), str(tmp_path / "none")])
+
+
+def test_the_continuation_recipe_trains_the_same_objective_from_a_lower_peak() -> None:
+    """configs/train/cadc-tiny-y16-more.yaml (a later sitting of the y16 run) differs from the first only in
+    its seed, peak lr and warmup: the same data, crops, λ/Δ draws, frozen parts and loss."""
+    from gateway.training.config import TrainConfig
+
+    first = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-y16.yaml")
+    more = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-y16-more.yaml")
+    a, b = first.stages[0], more.stages[0]
+    assert b.lr < a.lr and b.warmup > a.warmup and more.seed != first.seed
+    for field in ("kind", "steps", "crop", "batch", "pixel_window", "truncate_prob", "frozen", "lr_scale", "loss"):
+        assert getattr(a, field) == getattr(b, field), field
+    assert (first.data, first.delta_range, first.lam_sampling) == (more.data, more.delta_range, more.lam_sampling)
+
+
+def test_a_carried_y16_run_loads_as_the_y16_model() -> None:
+    """The packed weights a y16 run carries between sittings (configs/carry/cadc-tiny-y16) are a complete bundle
+    of configs/models/cadc-tiny-y16.yaml, stored in float16, that the next sitting's --init-bundle can take."""
+    import json
+
+    from gateway.codec.cadc.bundle import bundle_model_id, load_model
+    from gateway.codec.cadc.config import CADCConfig
+    from safetensors.torch import load_file
+
+    carry = ROOT / "configs" / "carry" / "cadc-tiny-y16"
+    if not carry.is_dir():
+        pytest.skip("no y16 run is being carried")
+    want = CADCConfig.from_yaml(ROOT / "configs" / "models" / "cadc-tiny-y16.yaml").to_dict()["codec"]
+    model = load_model(carry)
+    assert model.config.to_dict()["codec"] == want
+    assert bundle_model_id(carry) == model.model_id
+    assert {t.dtype for t in load_file(str(carry / "codec.safetensors")).values() if t.is_floating_point()} == {torch.float16}
+    assert json.loads((carry / "TRAINING_STATE.json").read_text())["step"] > 0

@@ -2,6 +2,7 @@
 
     satgw bundle check PATH           report each part, the model id and readiness (exit 1 if not ready)
     satgw bundle create CONFIG OUT    make a random-init bundle from a model config YAML
+    satgw bundle pack SRC OUT         copy a bundle with its weights stored in float16 (half the bytes)
 """
 
 from __future__ import annotations
@@ -107,10 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     p_create.add_argument("config", type=Path)
     p_create.add_argument("out", type=Path)
     p_create.add_argument("--seed", type=int, default=0)
+    p_pack = sub.add_parser("pack", help="copy a bundle with its weights stored at a lower precision "
+                                         "(e.g. to commit a training run that spans sessions)")
+    p_pack.add_argument("src", type=Path)
+    p_pack.add_argument("out", type=Path)
+    p_pack.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     args = parser.parse_args(argv)
     try:
         if args.cmd == "check":
             return check(args.path)
+        if args.cmd == "pack":
+            from gateway.codec.cadc.bundle_pack import pack_bundle
+
+            model_id = pack_bundle(args.src, args.out, args.dtype)
+            print(f"packed {args.src} into {args.out} ({args.dtype}, model id {model_id:04x})")
+            return check(args.out)
         from gateway.codec.cadc.bundle import create_bundle
 
         out = create_bundle(args.config, args.out, seed=args.seed)
