@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,6 @@ def test_pack_refuses_an_existing_target_an_unknown_precision_and_a_tensor_float
     with pytest.raises(BundleError, match="unknown precision"):
         pack_bundle(source, tmp_path / "x", "float8")
     big = tmp_path / "big"
-    import shutil
-
     shutil.copytree(source, big)
     state = load_file(str(big / CODEC_WEIGHTS))
     name = next(k for k, v in state.items() if v.is_floating_point())
