@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gateway.codec.cadc.bundle import EXTRA_FILES, MANIFEST, model_id_of, write_manifest
 from gateway.errors import BundleError
@@ -33,9 +33,9 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def _pack_file(path: Path, dtype: torch.dtype) -> None:
     """Rewrite one safetensors file with its floating tensors at ``dtype`` (integer tensors as they are)."""
-    with safe_open(str(path), "pt") as fh:
+    with safe_open(str(path), "pt") as fh:  # one read: the metadata and the tensors
         metadata = fh.metadata()
-    tensors = load_file(str(path))
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     packed = {}
     for name, t in tensors.items():
         if t.is_floating_point():
