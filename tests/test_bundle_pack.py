@@ -83,6 +83,18 @@ def test_a_packed_bundle_codes_pictures_as_its_source_does(source, packed) -> No
     assert psnr(decoded[0], decoded[1]) > 35.0
 
 
+def test_packed_weights_keep_the_source_files_permissions(source, tmp_path) -> None:
+    """A bundle readable by every user (a ground station's service user) stays so when packed."""
+    from gateway.codec.cadc.bundle_pack import pack_bundle
+
+    src = shutil.copytree(source, tmp_path / "src")
+    for path in src.rglob("*.safetensors"):
+        path.chmod(0o644)
+    pack_bundle(src, tmp_path / "packed")
+    modes = {p.relative_to(tmp_path / "packed"): p.stat().st_mode & 0o777 for p in (tmp_path / "packed").rglob("*.safetensors")}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
 def test_a_training_run_warm_starts_from_a_packed_bundle(packed) -> None:
     from gateway.codec.cadc.bundle import load_model
     from gateway.training.build import build_model

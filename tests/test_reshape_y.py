@@ -208,14 +208,15 @@ def test_lam_range_reshape_keeps_the_gains_it_can(tmp_path: Path, capsys: pytest
 
 def test_the_continuation_recipe_trains_the_same_objective_from_a_lower_peak() -> None:
     """configs/train/cadc-tiny-y16-more.yaml (a later sitting of the y16 run) differs from the first only in
-    its seed, peak lr and warmup: the same data, crops, λ/Δ draws, frozen parts and loss."""
+    its seed, peak lr, warmup and length (one sitting's, at most the first's): the same data, crops, λ/Δ draws,
+    frozen parts and loss."""
     from gateway.training.config import TrainConfig
 
     first = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-y16.yaml")
     more = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-y16-more.yaml")
     a, b = first.stages[0], more.stages[0]
-    assert b.lr < a.lr and b.warmup > a.warmup and more.seed != first.seed
-    for field in ("kind", "steps", "crop", "batch", "pixel_window", "truncate_prob", "frozen", "lr_scale", "loss"):
+    assert b.lr < a.lr and b.warmup > a.warmup and more.seed != first.seed and b.warmup < b.steps <= a.steps
+    for field in ("kind", "crop", "batch", "pixel_window", "truncate_prob", "frozen", "lr_scale", "loss"):
         assert getattr(a, field) == getattr(b, field), field
     assert (first.data, first.delta_range, first.lam_sampling) == (more.data, more.delta_range, more.lam_sampling)
 

@@ -17,6 +17,7 @@ not copied.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,7 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def _pack_file(path: Path, dtype: torch.dtype) -> None:
     """Rewrite one safetensors file with its floating tensors at ``dtype`` (integer tensors as they are)."""
+    mode = path.stat().st_mode & 0o777
     with safe_open(str(path), "pt") as fh:  # one read: the metadata and the tensors
         metadata = fh.metadata()
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
@@ -48,6 +50,8 @@ def _pack_file(path: Path, dtype: torch.dtype) -> None:
             t = p
         packed[name] = t.contiguous()
     save_file(packed, str(path), metadata=metadata)
+    # safetensors writes its file private (0600): a ground station's service user must still read the weights.
+    os.chmod(path, mode)
 
 
 def pack_bundle(src: str | Path, out: str | Path, dtype: str = "float16") -> int:
