@@ -93,14 +93,10 @@ def test_new_channels_are_trainable(pair) -> None:
     model.eval()
 
 
-def test_reshape_tool_writes_a_loadable_bundle(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
-
+def test_reshape_tool_writes_a_loadable_bundle(tmp_path: Path, capsys: pytest.CaptureFixture, load_tool) -> None:
     from gateway.codec.cadc.bundle import create_bundle, load_model
 
-    spec = importlib.util.spec_from_file_location("reshape_y_tool", ROOT / "tools" / "reshape_y.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("reshape_y")
     src = create_bundle(ROOT / "configs" / "models" / "cadc-tiny.yaml", tmp_path / "src")
     out = tmp_path / "out"
     assert tool.main([str(src), str(out), "--channels", "128"]) == 0
@@ -179,16 +175,12 @@ def test_resampled_gains_read_the_old_table_inside_its_range(lo: float, octaves:
         torch.testing.assert_close(new[j], expected)
 
 
-def test_lam_range_reshape_keeps_the_gains_it_can(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_lam_range_reshape_keeps_the_gains_it_can(tmp_path: Path, capsys: pytest.CaptureFixture, load_tool) -> None:
     """The tool's --lam-range: the same gains at the shared low end, smaller ones beyond the old top, every
     other tensor unchanged; the written bundle loads with the new range."""
-    import importlib.util
-
     from gateway.codec.cadc.bundle import create_bundle, load_model
 
-    spec = importlib.util.spec_from_file_location("reshape_y_tool", ROOT / "tools" / "reshape_y.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("reshape_y")
     torch.manual_seed(0)
     src = create_bundle(ROOT / "configs" / "models" / "cadc-tiny.yaml", tmp_path / "src")
     old = load_model(src)

@@ -51,6 +51,7 @@ from typing import Callable
 import torch
 
 from gateway.errors import ConfigError
+from gateway.training.transplant import transplant
 
 #: Scale (y units) the context model gives a new channel at first: far below Δ, so ~0 bits.
 NEW_CHANNEL_SCALE = 0.1
@@ -70,15 +71,6 @@ def channel_map(old: int, new: int, groups: int) -> torch.Tensor:
     per_old, per_new = old // groups, new // groups
     c = torch.arange(old)
     return (c // per_old) * per_new + c % per_old
-
-
-def _embed(old: torch.Tensor, shape: torch.Size, maps: dict[int, torch.Tensor]) -> torch.Tensor:
-    """A zero tensor of ``shape`` holding ``old`` at the indices ``maps`` gives per dimension (identity elsewhere)."""
-    out = torch.zeros(shape, dtype=old.dtype)
-    index = [maps.get(d, torch.arange(old.shape[d])) for d in range(old.dim())]
-    grids = torch.meshgrid(*index, indexing="ij")
-    out[grids] = old
-    return out
 
 
 def widen_state(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], old_n: int, new_n: int, groups: int,
@@ -114,24 +106,10 @@ def widen_state(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], old_
         ("g_s.net.0.", ".weight", lambda t: {1: y}),
     ]
 
-    out: dict[str, torch.Tensor] = {}
-    for name, target in new.items():
-        source = old.get(name)
-        if source is None:
-            raise ConfigError(f"the model to widen has no tensor {name!r}: widen only a bundle of the same architecture")
-        if source.shape == target.shape:
-            out[name] = source.clone()
-            continue
-        rule = next((r for prefix, suffix, r in rules if name.startswith(prefix) and name.endswith(suffix)), None)
-        if rule is None:
-            raise ConfigError(f"no widening rule for {name} ({tuple(source.shape)} -> {tuple(target.shape)})")
-        maps = rule(source)
-        fits = all(int(maps[d].max()) < target.shape[d] if d in maps else source.shape[d] == target.shape[d]
-                   for d in range(source.dim()))
-        if not fits:
-            raise ConfigError(f"widening rule for {name} does not fit ({tuple(source.shape)} -> {tuple(target.shape)})")
-        out[name] = _embed(source, target.shape, maps)
+    def rule_for(name: str) -> Callable[[torch.Tensor], dict[int, torch.Tensor]] | None:
+        return next((r for prefix, suffix, r in rules if name.startswith(prefix) and name.endswith(suffix)), None)
 
+    out = transplant(old, new, rule_for, "widen")
     # The gains of a new channel: the old channels' mean at each λ level.
     for name in ("log_gain", "log_inv_gain"):
         out[name][:, fresh] = old[name].mean(dim=1, keepdim=True)
