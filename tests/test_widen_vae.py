@@ -104,3 +104,20 @@ def test_widen_tool_writes_a_loadable_bundle(tmp_path: Path, capsys: pytest.Capt
     assert load_model(out).config.vae_latent_channels == 12
     assert tool.main([str(out), str(tmp_path / "again"), "--channels", "8"]) == 2
     assert "cannot widen the VAE latent from 12 to 8" in capsys.readouterr().err
+
+
+def test_the_vae16_config_is_what_widening_cadc_tiny_y16_makes(pair) -> None:
+    """configs/models/cadc-tiny-y16-vae16.yaml trains the bundle tools/widen_vae.py writes; its recipes load."""
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.training.config import TrainConfig
+
+    _, new = pair
+    written = CADCConfig.from_yaml(ROOT / "configs" / "models" / "cadc-tiny-y16-vae16.yaml").to_dict()
+    made = new.config.to_dict()
+    for d in (written, made):
+        d.pop("description")
+    assert written == made
+    vae = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-vae16.yaml")
+    codec = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-vae16-codec.yaml")
+    assert [s.kind for s in vae.stages] == ["vae"] and [s.kind for s in codec.stages] == ["codec"]
+    assert "vae.encoder." in codec.stages[0].frozen  # the encoder makes the latent target
