@@ -147,3 +147,24 @@ def test_y_grid_follows_y_downsample(down: int, widths: list[int]) -> None:
 def test_bad_y_downsample_is_refused(down: int, widths: list[int], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         CADCConfig.from_dict(tiny_dict(y_downsample=down, analysis_widths=widths))
+
+
+def test_analysis_stage_blocks_start_as_the_identity_and_then_deepen_g_a() -> None:
+    """A g_a with stage blocks, warm-started from one without, gives the same y until the blocks train."""
+    torch.manual_seed(0)
+    plain = CADCModel(CADCConfig.from_yaml(TINY_YAML)).eval()
+    deep = CADCModel(CADCConfig.from_dict(tiny_dict(analysis_stage_blocks=[0, 1, 1, 2]))).eval()
+    report = deep.load_state_dict(plain.state_dict(), strict=False)
+    assert not report.unexpected_keys
+    assert sorted({k.split(".")[2] for k in report.missing_keys}) == ["1", "2", "3"]  # g_a.stages.<i>...
+    x = torch.rand(1, 3, 128, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(deep.analyze(x), plain.analyze(x), rtol=0, atol=0)
+        torch.nn.init.normal_(deep.g_a.stages[2][0].conv2.weight, std=0.05)
+        assert not torch.equal(deep.analyze(x), plain.analyze(x))
+
+
+@pytest.mark.parametrize("blocks", [[1, 1], [0, 0, -1, 0]])
+def test_bad_analysis_stage_blocks_are_refused(blocks: list[int]) -> None:
+    with pytest.raises(ConfigError, match="analysis_stage_blocks"):
+        CADCConfig.from_dict(tiny_dict(analysis_stage_blocks=blocks))

@@ -26,7 +26,8 @@ from gateway.codec.cadc.codec import CADCCodec
 from gateway.codec.cadc.config import CADCConfig
 from gateway.codec.cadc.model import CADCModel
 from gateway.codec.cadc.tile_grid import Span
-from gateway.codec.cadc.tiled_analysis import analyze as analyze_in_tiles
+from gateway.codec.cadc.layers import AnalysisTransform
+from gateway.codec.cadc.tiled_analysis import analysis_halo, analyze as analyze_in_tiles
 from gateway.codec.cadc.tiled_synthesis import TiledSynthesis, TileSettings, to_uint8
 from gateway.errors import CodecError, ConfigError
 from gateway.ratecontrol import fit
@@ -197,6 +198,22 @@ def test_tiled_analysis_gives_the_same_y(codec: CADCCodec, size: tuple[int, int]
     with torch.no_grad():
         whole = analyze_in_tiles(codec._g_a, img, pad, 0, torch.device("cpu"))
         tiled = analyze_in_tiles(codec._g_a, img, pad, 256, torch.device("cpu"))
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-4)
+
+
+def test_tiled_analysis_widens_its_halo_for_stage_blocks() -> None:
+    """Residual blocks inside g_a's stages see further than the plain stages: tiles still give the same y."""
+    torch.manual_seed(1)
+    g_a = AnalysisTransform([24, 32, 48, 64], 64, 1, [0, 1, 1, 2]).eval()
+    with torch.no_grad():
+        for name, weight in g_a.stages.named_parameters():
+            if "conv2.weight" in name:
+                torch.nn.init.normal_(weight, std=0.05)  # not the identity they start as
+    assert analysis_halo(g_a) > analysis_halo(AnalysisTransform([24, 32, 48, 64], 64, 1))
+    img = textured_image(300, 700, seed=4)
+    with torch.no_grad():
+        whole = analyze_in_tiles(g_a, img, 128, 0, torch.device("cpu"))
+        tiled = analyze_in_tiles(g_a, img, 128, 256, torch.device("cpu"))
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-4)
 
 

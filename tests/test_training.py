@@ -249,6 +249,32 @@ def test_windowed_pixel_losses_colour_term_and_lr_scales(tmp_path, make_model):
         tiny_recipe(stages=[{"name": "c", "kind": "codec", "steps": 1, "pixel_window": 60}])
 
 
+def test_balanced_latent_alignment_weighs_every_channel_alike(tmp_path, make_model):
+    """latent_balanced: a channel predicted as its mean costs ~1 whatever its scale; the trainer feeds it."""
+    torch.set_num_threads(1)
+    from gateway.training.losses import LossWeights, balanced_latent_mse, mse_per_image
+
+    torch.manual_seed(0)
+    target = torch.randn(4, 2, 16, 16) * torch.tensor([2.0, 0.2]).view(1, 2, 1, 1)
+    empty_second = target.clone()
+    empty_second[:, 1] = target[:, 1].mean()
+    empty_first = target.clone()
+    empty_first[:, 0] = target[:, 0].mean()
+    # A plain MSE barely notices the small channel left empty; the balanced one charges both alike.
+    assert mse_per_image(empty_second, target).mean() < 0.02 * mse_per_image(empty_first, target).mean()
+    assert balanced_latent_mse(empty_second, target).mean() == pytest.approx(0.5, rel=0.05)
+    assert balanced_latent_mse(empty_first, target).mean() == pytest.approx(0.5, rel=0.05)
+    assert torch.allclose(balanced_latent_mse(target, target), torch.zeros(4))
+    assert LossWeights.from_dict({"latent_balanced": 1.0}).needs_latent_target
+    assert not LossWeights.from_dict({"mse": 1.0}).needs_latent_target
+
+    cfg = tiny_recipe(stages=[{
+        "name": "codec", "kind": "codec", "steps": 2, "lr": 1e-3, "warmup": 1, "frozen": ["vae."],
+        "loss": {"mse": 30.0, "latent_balanced": 1.0}}])
+    last = Trainer(make_model(), cfg, tmp_path / "run", generated_bank(), progress=False).run(max_steps=2)
+    assert math.isfinite(last["latent_balanced"]) and last["latent_balanced"] > 0
+
+
 def test_truncated_latents_are_completed_by_the_entropy_model(make_model):
     """complete_latent keeps received steps, fills the rest with μ; all-received is the identity."""
     model = make_model()
@@ -312,3 +338,24 @@ def test_gpu_check_dry_run_prints_one_json_line_with_every_step(tmp_path, load_t
     assert result["decode"]["images"] == 2 and all(result["decode"]["captions"])
     assert result["symbols"]["identical"] == result["symbols"]["streams"] == 2
     assert result["tiny_train"]["cpu"]["s_per_step"] > 0
+
+
+def test_the_deep_g_a_recipe_trains_only_what_the_sender_runs():
+    """configs/train/cadc-tiny-deep-ga.yaml: g_a (with its new stage blocks) and h_a train; every weight the
+    ground station decodes with stays the warm start's, so the decoder side of the bundle is unchanged."""
+    from pathlib import Path
+
+    import yaml
+
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.codec.cadc.model import CADCModel
+    from gateway.training.trainer import trains
+
+    root = Path(__file__).resolve().parents[1]
+    stage = TrainConfig.from_yaml(root / "configs" / "train" / "cadc-tiny-deep-ga.yaml").stages[0]
+    data = yaml.safe_load((root / "configs" / "models" / "cadc-tiny.yaml").read_text())
+    data["codec"]["analysis_stage_blocks"] = [0, 1, 1, 1]
+    model = CADCModel(CADCConfig.from_dict(data))
+    trained = [n for n, _ in model.named_parameters() if trains(n, stage)]
+    assert trained and all(n.startswith(("g_a.", "h_a.")) for n in trained)
+    assert any(n.startswith("g_a.stages.") for n in trained)

@@ -119,7 +119,8 @@ def test_the_vae16_config_is_what_widening_cadc_tiny_y16_makes(pair) -> None:
     assert written == made
     vae = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-vae16.yaml")
     assert [s.kind for s in vae.stages] == ["vae"]
-    for name in ("cadc-tiny-vae16-codec.yaml", "cadc-tiny-vae16-codec-more.yaml", "cadc-tiny-vae16-codec-frozen.yaml"):
+    for name in ("cadc-tiny-vae16-codec.yaml", "cadc-tiny-vae16-codec-more.yaml", "cadc-tiny-vae16-codec-frozen.yaml",
+                 "cadc-tiny-vae16-balanced.yaml"):
         codec = TrainConfig.from_yaml(ROOT / "configs" / "train" / name)
         assert [s.kind for s in codec.stages] == ["codec"]
         assert {"vae.encoder.", "vae."} & set(codec.stages[0].frozen)  # the encoder makes the latent target

@@ -34,11 +34,17 @@ class LossWeights:
     ms_ssim: float = 0.0
     aux: float = 0.0
     latent: float = 0.0
+    latent_balanced: float = 0.0  # latent alignment with every channel's error relative to its variance
     gan: float = 0.0
     lpips: float = 0.0
     clip: float = 0.0
     color: float = 0.0  # MSE of 8x8 block means: the low-frequency colour the other terms under-weigh
     kl: float = 0.0  # stage-0 VAE only
+
+    @property
+    def needs_latent_target(self) -> bool:
+        """Whether a term compares l0 with the VAE encoder's latent of the picture."""
+        return self.latent > 0 or self.latent_balanced > 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "LossWeights":
@@ -59,6 +65,18 @@ def bits_per_pixel(bits_y: torch.Tensor, bits_z: torch.Tensor, height: int, widt
 def mse_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean squared error per image (``[B]``)."""
     return (x - y).pow(2).flatten(1).mean(1)
+
+
+def balanced_latent_mse(l0: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
+    """Per image (``[B]``): each channel's squared error over that channel's variance in the batch's target.
+
+    A plain MSE weighs latent channels by their spread, so the low-variance
+    channels a widened VAE adds (fine detail; 4-5x less variance than the
+    old ones in run 16's) hardly pull the codec: it left them empty.  Here a
+    channel the codec predicts as a constant costs ~1 whatever its scale.
+    """
+    var = target.detach().transpose(0, 1).flatten(1).var(dim=1).clamp_min(floor)
+    return ((l0 - target).pow(2).mean(dim=(2, 3)) / var).mean(dim=1)
 
 
 def ms_ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -200,6 +218,9 @@ def codec_distortion(
     if weights.latent > 0 and latent_target is not None and out.get("l0") is not None:
         terms["latent"] = mse_per_image(out["l0"], latent_target)
         total = total + weights.latent * terms["latent"]
+    if weights.latent_balanced > 0 and latent_target is not None and out.get("l0") is not None:
+        terms["latent_balanced"] = balanced_latent_mse(out["l0"], latent_target)
+        total = total + weights.latent_balanced * terms["latent_balanced"]
     if weights.gan > 0 and disc is not None:
         terms["gan"] = gan_generator_loss(disc(x_hat))
         total = total + weights.gan * terms["gan"]

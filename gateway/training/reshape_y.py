@@ -211,6 +211,9 @@ def finer_grid_model(model: "torch.nn.Module") -> "torch.nn.Module":
     if c.analysis_widths[-1] != c.y_channels:
         raise ConfigError(f"g_a's last stage must have y's {c.y_channels} channels to become y's "
                           f"(analysis_widths ends with {c.analysis_widths[-1]})")
+    if any(c.analysis_stage_blocks):
+        raise ConfigError("a finer y grid is made from a g_a without analysis_stage_blocks (its last stage becomes y's); "
+                          "reshape the model first, then add the blocks")
     fine = _reshaped(model, "with y at 1/16", y_downsample=16, analysis_widths=list(c.analysis_widths[:-1]))
     source = model.state_dict()
     n_up = fine.config.codec.n_down - 3

@@ -211,7 +211,7 @@ class Trainer:
                 names.append(name)
         # With the VAE encoder frozen, each image's latent target is computed once (crops on the latent grid).
         encoder_frozen = not any(n.startswith(("vae.encoder.", "vae.quant_conv.")) for n in names)
-        cached = stage.kind == "codec" and stage.loss.latent > 0 and encoder_frozen and not self.cfg.data.vflip
+        cached = stage.kind == "codec" and stage.loss.needs_latent_target and encoder_frozen and not self.cfg.data.vflip
         self.sampler.configure(stage.crop or self.cfg.data.crop, stage.batch or self.cfg.data.batch,
                                align=LATENT_STRIDE if cached else 1)
         self.latent_cache = None
@@ -305,7 +305,7 @@ class Trainer:
             latent_target = None
             if self.latent_cache is not None:
                 latent_target = self.latent_cache.batch(where, x.shape[-1]).to(self.device)
-            elif stage.loss.latent > 0:
+            elif stage.loss.needs_latent_target:
                 with torch.no_grad():
                     latent_target, _, _ = vae_encode(self.model, x)
             received = None

@@ -56,6 +56,9 @@ class CodecSection:
     context_groups: int = 1
     #: Residual blocks added at the low-resolution ends of g_a (after y) and g_s (after ŷ and before l_T).
     transform_blocks: int = 0
+    #: Residual blocks after each of g_a's stride-2 stages but the last (one count per analysis_widths
+    #: entry; empty: none).  Sender-side depth: the decoder's weights and the bitstream do not change.
+    analysis_stage_blocks: list[int] = field(default_factory=list)
     #: UGAQ reads the λ-gained y (first bundles) or the un-gained y, so m cannot simply undo the gain.
     ugaq_gained_input: bool = True
     #: Upper bound of UGAQ's m (m in [1, max]); 0: unbounded ``1 + softplus`` (first bundles).
@@ -136,6 +139,12 @@ class CodecSection:
             raise ConfigError(f"codec.context_kernel must be 1, 3, 5 or 7, got {self.context_kernel}")
         if self.transform_blocks < 0:
             raise ConfigError(f"codec.transform_blocks must be >= 0, got {self.transform_blocks}")
+        stage_blocks = self.analysis_stage_blocks
+        if stage_blocks and (len(stage_blocks) != len(self.analysis_widths) or min(stage_blocks) < 0):
+            raise ConfigError(
+                f"codec.analysis_stage_blocks needs one count >= 0 per analysis_widths entry "
+                f"({len(self.analysis_widths)}), or none; got {stage_blocks}"
+            )
         if self.ugaq_max_scale and self.ugaq_max_scale <= 1.0:
             raise ConfigError(f"codec.ugaq_max_scale must be 0 (unbounded) or above 1, got {self.ugaq_max_scale}")
         if self.gain_init_span < 1.0:

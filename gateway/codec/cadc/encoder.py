@@ -43,7 +43,7 @@ class CADCEncoder(nn.Module):
         self.config = config
         c = config.codec
         n = c.y_channels
-        self.g_a = AnalysisTransform(c.analysis_widths, n, c.transform_blocks)
+        self.g_a = AnalysisTransform(c.analysis_widths, n, c.transform_blocks, c.analysis_stage_blocks)
         self.h_a = HyperAnalysis(n, c.hyper_width, c.z_channels)
         self.h_s = HyperSynthesis(c.z_channels, c.hyper_width, n)
         self.entropy_bottleneck = EntropyBottleneck(c.z_channels)

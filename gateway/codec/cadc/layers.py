@@ -50,9 +50,15 @@ def residual_stack(channels: int, count: int) -> nn.Module:
 
 
 class AnalysisTransform(nn.Module):
-    """``g_a``: image in [-1, 1] -> y at 1/2**n_down of the side (``blocks`` residual blocks at y's size)."""
+    """``g_a``: image in [-1, 1] -> y at 1/2**n_down of the side.
 
-    def __init__(self, widths: list[int], y_channels: int, blocks: int = 0) -> None:
+    Stride-2 stages (a 5x5 conv, then 3x3 convs), ``stage_blocks[i]`` residual
+    blocks after stage ``i`` (at 1/2**(i+1) of the side: depth where the
+    picture's detail still is) and ``blocks`` residual blocks at y's size.
+    """
+
+    def __init__(self, widths: list[int], y_channels: int, blocks: int = 0,
+                 stage_blocks: list[int] | None = None) -> None:
         super().__init__()
         chans = [3, *widths, y_channels]
         layers: list[nn.Module] = []
@@ -61,11 +67,35 @@ class AnalysisTransform(nn.Module):
             if i < len(chans) - 2:
                 layers.append(nn.GELU())
         self.net = nn.Sequential(*layers)
-        # Kept apart from ``net`` so the first bundles' parameter names still match (warm starts).
+        self.n_stages = len(chans) - 1
+        counts = list(stage_blocks or [0] * len(widths))
+        if len(counts) != len(widths):
+            raise ValueError(f"stage_blocks needs one count per width ({len(widths)}), got {counts}")
+        self.stage_blocks = counts
+        # Kept apart from ``net`` (and parameter-free where a count is 0) so that bundles without stage blocks
+        # keep their parameter names and a block added to a trained g_a starts as the identity (warm starts).
+        self.stages = nn.ModuleList(residual_stack(w, k) for w, k in zip(widths, counts))
         self.refine = residual_stack(y_channels, blocks)
 
+    def run_stages(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """Stages ``first`` to ``last - 1`` (each: its conv, then GELU and stage blocks if it has them)."""
+        for i in range(first, last):
+            x = self.net[2 * i](x)
+            if i < len(self.stages):
+                x = self.stages[i](self.net[2 * i + 1](x))
+        return x
+
+    def reach(self, stages: int) -> int:
+        """Pixels of the picture on each side of a position that its first ``stages`` stages read."""
+        total = 0
+        for i in range(stages):
+            total += (5 if i == 0 else 3) // 2 * 2**i  # the stride-2 conv, at 1/2**i of the side
+            if i < len(self.stage_blocks):
+                total += 2 * self.stage_blocks[i] * 2 ** (i + 1)  # two 3x3 convs per block, at 1/2**(i+1)
+        return total
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.refine(self.net(x))
+        return self.refine(self.run_stages(x, 0, self.n_stages))
 
 
 class HyperAnalysis(nn.Module):

@@ -1,11 +1,11 @@
 """The encoder's analysis transform ``g_a`` in tiles: y for a picture of any size, with a bounded working set.
 
-``g_a`` is a stack of stride-2 convs (then residual blocks at y's size, 1/32
-or 1/64 of the side).  Its first stages, at 1/2 to 1/16 of the side, hold
+``g_a`` is a stack of stride-2 convs (with residual blocks after some, and
+at y's size, 1/32 or 1/64 of the side).  Its first stages, at 1/2 to 1/16 of the side, hold
 nearly all of its activations and time: run on a whole 24 MP picture they
 would need gigabytes (the float copy of the picture alone is 12 bytes a
 pixel).  Here those stages run on tiles of at most ``codec.analysis_tile``
-pixels a side, each read from the uint8 picture with :data:`ANALYSIS_HALO`
+pixels a side, each read from the uint8 picture with :func:`analysis_halo`
 pixels of context, enough that the tile's output is what the whole-picture
 pass computes there (the same arithmetic; only the float rounding of a conv
 library's blocking may differ); the remaining stages run once on the
@@ -27,9 +27,14 @@ from gateway.codec.cadc.tile_grid import Span, cores, spans
 FRONT_STAGES = 4
 #: Stride of the tiled stages: tiles start on multiples of this many pixels.
 FRONT_STRIDE = 2**FRONT_STAGES
-#: Pixels of context around a tile.  The four stages reach 2 + 2 + 4 + 8 = 16 pixels (a 5x5 stride-2 conv,
-#: then 3x3 stride-2 convs at 1/2, 1/4 and 1/8 of the side); two output positions are kept for margin.
-ANALYSIS_HALO = 2 * FRONT_STRIDE
+
+
+def analysis_halo(g_a: nn.Module) -> int:
+    """Pixels of context around a tile: what the tiled stages reach, rounded up to the stride, plus one
+    output position of margin.  Plain stages reach 2 + 2 + 4 + 8 = 16 pixels (a 5x5 stride-2 conv, then
+    3x3 stride-2 convs at 1/2, 1/4 and 1/8 of the side): a 32-pixel halo; stage blocks widen it."""
+    reach = g_a.reach(FRONT_STAGES)
+    return -(-reach // FRONT_STRIDE) * FRONT_STRIDE + FRONT_STRIDE
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -55,15 +60,15 @@ def analyze(g_a: nn.Module, image: np.ndarray, pad_multiple: int, tile: int, dev
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
         return g_a(x * 2.0 - 1.0).contiguous()
-    front = g_a.net[: 2 * FRONT_STAGES]  # conv, GELU per stage (layers.AnalysisTransform)
+    halo = analysis_halo(g_a)
     row_cores = cores(spans(ph, tile, 0, FRONT_STRIDE), FRONT_STRIDE)
     col_cores = cores(spans(pw, tile, 0, FRONT_STRIDE), FRONT_STRIDE)
     s = FRONT_STRIDE
     feats: torch.Tensor | None = None
     for rows in row_cores:
         for cols in col_cores:
-            r, c = rows.widened(ANALYSIS_HALO, ph), cols.widened(ANALYSIS_HALO, pw)
-            out = front(_replicated(image, r, c, device) * 2.0 - 1.0)
+            r, c = rows.widened(halo, ph), cols.widened(halo, pw)
+            out = g_a.run_stages(_replicated(image, r, c, device) * 2.0 - 1.0, 0, FRONT_STAGES)
             if feats is None:
                 feats = out.new_empty(1, out.shape[1], ph // s, pw // s).contiguous(memory_format=torch.channels_last)
             top, left = (rows.start - r.start) // s, (cols.start - c.start) // s
@@ -71,8 +76,7 @@ def analyze(g_a: nn.Module, image: np.ndarray, pad_multiple: int, tile: int, dev
                 ..., top : top + rows.size // s, left : left + cols.size // s
             ]
     assert feats is not None
-    back = g_a.net[2 * FRONT_STAGES :]
-    return g_a.refine(back(feats)).contiguous()
+    return g_a.refine(g_a.run_stages(feats, FRONT_STAGES, g_a.n_stages)).contiguous()
 
 
 def _replicated(image: np.ndarray, rows: Span, cols: Span, device: torch.device) -> torch.Tensor:
