@@ -168,3 +168,20 @@ def test_analysis_stage_blocks_start_as_the_identity_and_then_deepen_g_a() -> No
 def test_bad_analysis_stage_blocks_are_refused(blocks: list[int]) -> None:
     with pytest.raises(ConfigError, match="analysis_stage_blocks"):
         CADCConfig.from_dict(tiny_dict(analysis_stage_blocks=blocks))
+
+
+def test_rounded_rate_prices_the_written_symbols_and_still_trains_the_encoder(model: CADCModel) -> None:
+    """``rounded_rate``: the same bits on every pass (no noise draw), gradients into g_a and the entropy model."""
+    x = torch.rand(2, 3, 64, 96)
+    lam = torch.tensor([4.0, 64.0])
+    first = model(x, lam, rounded_rate=True)
+    again = model(x, lam, rounded_rate=True)
+    torch.testing.assert_close(first["bits_y"], again["bits_y"], rtol=0, atol=0)
+    torch.testing.assert_close(first["bits_z"], again["bits_z"], rtol=0, atol=0)
+    noisy = [model(x, lam)["bits_y"] for _ in range(2)]
+    assert not torch.equal(noisy[0], noisy[1])  # the proxy draws its noise anew
+    (first["bits_y"].sum() + first["bits_z"].sum()).backward()
+    for name in ("g_a", "h_a", "h_s", "context", "entropy_bottleneck"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads), f"{name} got no gradient"
+    model.zero_grad()

@@ -173,6 +173,9 @@ def test_recipe_rejects_typos():
     with pytest.raises(ConfigError):
         TrainConfig.from_dict({"data": {"train": ["x"]}, "stages": [{"name": "s", "kind": "vae", "steps": 1,
                                                                        "loss": {"msse": 1.0}}]})
+    with pytest.raises(ConfigError, match="rate_estimate must be one of"):
+        TrainConfig.from_dict({"data": {"train": ["x"]}, "stages": [{"name": "s", "kind": "codec", "steps": 1,
+                                                                       "rate_estimate": "exact"}]})
     with pytest.raises(ConfigError, match="ckpt_every must be a number"):
         tiny_recipe(ckpt_every="often")
     assert tiny_recipe(export_every_s="1.0e9").export_every_s == 1e9  # YAML 1.1 reads that as a string
@@ -359,3 +362,9 @@ def test_the_deep_g_a_recipe_trains_only_what_the_sender_runs():
     trained = [n for n, _ in model.named_parameters() if trains(n, stage)]
     assert trained and all(n.startswith(("g_a.", "h_a.")) for n in trained)
     assert any(n.startswith("g_a.stages.") for n in trained)
+    # Run 20's recipe also prices rounded symbols and trains the entropy model; the picture decoder stays.
+    rounded = TrainConfig.from_yaml(root / "configs" / "train" / "cadc-tiny-rounded-rate.yaml").stages[0]
+    assert rounded.rate_estimate == "rounded"
+    trained = [n for n, _ in model.named_parameters() if trains(n, rounded)]
+    assert not any(n.startswith(("g_s.", "unet.", "vae.", "color.", "aux_decoder.")) for n in trained)
+    assert any(n.startswith("context.") for n in trained) and any(n.startswith("h_s.") for n in trained)

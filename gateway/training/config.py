@@ -19,6 +19,7 @@ from gateway.errors import ConfigError
 from gateway.training.losses import LossWeights
 
 STAGE_KINDS = ("vae", "codec")
+RATE_ESTIMATES = ("noise", "rounded")
 
 
 def _take(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -54,6 +55,11 @@ class StageConfig:
     truncate_prob: float = 0.0
     #: Learning-rate multipliers by parameter-name prefix (e.g. {log_gain: 10}); the first match wins.
     lr_scale: dict[str, float] = field(default_factory=dict)
+    #: Codec stages: the rate term's symbols.  ``noise`` (y + U(-1/2, 1/2), the usual proxy) or ``rounded``
+    #: (the symbols the encoder writes, rounding passed straight through).  At link rates the proxy counts
+    #: 1.4-5x the bits actually coded, yet training on the rounded symbols made cadc-tiny far worse on Kodak
+    #: (MODEL_CARD.md, run 20): keep ``noise`` unless measuring that again.
+    rate_estimate: str = "noise"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], index: int) -> "StageConfig":
@@ -70,6 +76,8 @@ class StageConfig:
         if not isinstance(d.get("lr_scale", {}), dict):
             raise ConfigError(f"stages[{index}].lr_scale must map parameter-name prefixes to factors")
         d["lr_scale"] = {str(k): float(v) for k, v in (d.get("lr_scale") or {}).items()}
+        if d.get("rate_estimate", "noise") not in RATE_ESTIMATES:
+            raise ConfigError(f"stages[{index}].rate_estimate must be one of {RATE_ESTIMATES}, got {d['rate_estimate']!r}")
         if not 0.0 <= float(d.get("truncate_prob", 0.0)) <= 1.0:
             raise ConfigError(f"stages[{index}].truncate_prob must be within [0, 1], got {d['truncate_prob']}")
         for k in ("lr", "min_lr_ratio", "disc_lr", "grad_clip", "truncate_prob"):

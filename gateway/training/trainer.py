@@ -106,17 +106,18 @@ def draw_knobs(n: int, lam_range: tuple[float, float], delta_range: tuple[float,
 class _StageForward(nn.Module):
     """The differentiable part of one training step, as one module so DDP can wrap it."""
 
-    def __init__(self, model: nn.Module, kind: str) -> None:
+    def __init__(self, model: nn.Module, kind: str, rounded_rate: bool = False) -> None:
         super().__init__()
         self.model = model
         self.kind = kind
+        self.rounded_rate = rounded_rate
 
     def forward(self, x: torch.Tensor, lam: torch.Tensor | None = None, delta: torch.Tensor | None = None,
                 window: int | None = None, received: torch.Tensor | None = None) -> dict[str, Any]:
         if self.kind == "vae":
             latent, mean, logvar = vae_encode(self.model, x, sample=True)
             return {"x_hat": vae_decode(self.model, latent), "mean": mean, "logvar": logvar}
-        return self.model(x, lam, delta, window=window, received=received)
+        return self.model(x, lam, delta, window=window, received=received, rounded_rate=self.rounded_rate)
 
 
 def psnr_8bit(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -225,7 +226,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(stage_param_groups(self.model, stage), lr=stage.lr, betas=(0.9, 0.99),
                                            weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i, s=stage: lr_factor(i, s))
-        fwd = _StageForward(self.model, stage.kind)
+        fwd = _StageForward(self.model, stage.kind, rounded_rate=stage.rate_estimate == "rounded")
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             fwd = DistributedDataParallel(fwd, device_ids=ids, find_unused_parameters=True)

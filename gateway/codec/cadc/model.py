@@ -259,6 +259,7 @@ class CADCModel(CADCEncoder):
         delta: torch.Tensor | None = None,
         window: int | None = None,
         received: torch.Tensor | None = None,
+        rounded_rate: bool = False,
     ) -> dict[str, Any]:
         """Training pass.
 
@@ -290,8 +291,9 @@ class CADCModel(CADCEncoder):
         y_g = y * gain[:, :, None, None]
         z = self.h_a(y_g)
         # Rates in float32 even under autocast: a bf16 likelihood summed over thousands of elements drifts.
+        symbols = round_ste if rounded_rate else noisy
         with torch.autocast(x.device.type, enabled=False):
-            bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(noisy(z.float())))
+            bits_z = bits_from_likelihood(self.entropy_bottleneck.likelihood(symbols(z.float())))
         z_hat = round_ste(z)
         hyper = self.h_s(z_hat)
         m = self.ugaq_scale(y, y_g, z_hat)
@@ -299,7 +301,7 @@ class CADCModel(CADCEncoder):
         y_hat = round_ste(v) * d
         mean, scale = self.entropy_parameters(hyper, y_hat)
         with torch.autocast(x.device.type, enabled=False):
-            bits_y = bits_from_likelihood(gaussian_likelihood(noisy(v.float()), (mean / d).float(), (scale / d).float()))
+            bits_y = bits_from_likelihood(gaussian_likelihood(symbols(v.float()), (mean / d).float(), (scale / d).float()))
         if received is not None:
             y_hat = self.complete_latent(hyper, y_hat, received)
         l_t = self.synthesize_latent(y_hat, inv_gain)
