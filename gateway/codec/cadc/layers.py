@@ -61,9 +61,10 @@ class AnalysisTransform(nn.Module):
                  stage_blocks: list[int] | None = None) -> None:
         super().__init__()
         chans = [3, *widths, y_channels]
+        self.kernels = [5] + [3] * (len(chans) - 2)
         layers: list[nn.Module] = []
-        for i in range(len(chans) - 1):
-            layers.append(conv(chans[i], chans[i + 1], 5 if i == 0 else 3, stride=2))
+        for i, k in enumerate(self.kernels):
+            layers.append(conv(chans[i], chans[i + 1], k, stride=2))
             if i < len(chans) - 2:
                 layers.append(nn.GELU())
         self.net = nn.Sequential(*layers)
@@ -89,7 +90,7 @@ class AnalysisTransform(nn.Module):
         """Pixels of the picture on each side of a position that its first ``stages`` stages read."""
         total = 0
         for i in range(stages):
-            total += (5 if i == 0 else 3) // 2 * 2**i  # the stride-2 conv, at 1/2**i of the side
+            total += self.kernels[i] // 2 * 2**i  # the stride-2 conv, at 1/2**i of the side
             if i < len(self.stage_blocks):
                 total += 2 * self.stage_blocks[i] * 2 ** (i + 1)  # two 3x3 convs per block, at 1/2**(i+1)
         return total
