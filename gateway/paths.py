@@ -24,3 +24,11 @@ def config_dir() -> Path:
 def bundle_dir(name: str = "cadc-tiny") -> Path:
     """Folder of a model bundle shipped inside the package (``gateway/bundles/<name>``)."""
     return _PACKAGE / "bundles" / name
+
+
+def embedded_bundles() -> tuple[str | None, ...]:
+    """Every model bundle shipped inside the package: None (the embedded cadc-tiny, as ``bundle: null`` says
+    everywhere) first, then the other folders of ``gateway/bundles`` that hold a bundle, by name."""
+    root = _PACKAGE / "bundles"
+    others = sorted(p.name for p in root.iterdir() if p.name != "cadc-tiny" and (p / "manifest.json").is_file())
+    return (None, *(str(root / name) for name in others))

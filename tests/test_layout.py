@@ -32,7 +32,7 @@ ROOMS: dict[str, set[str]] = {
     "transport": {"errors"},
     "protocol": set(),
     "codec": {"errors", "paths"},
-    "ratecontrol": {"codec", "errors"},
+    "ratecontrol": {"codec", "errors", "paths"},  # paths: the embedded model ladder beside the bundles
     "store": {"errors"},
     "daemon": {"transport", "protocol", "store", "errors"},
     "sender": {"daemon", "store", "protocol", "ratecontrol", "codec", "transport", "errors"},

@@ -118,3 +118,15 @@ def test_a_meta_frame_after_the_grace_period_still_names_the_picture(ground, tmp
     link.send([meta(24, frames[0].k, frames[0].n, name="late.png")])  # the sender's probe carries it
     wait_for(lambda: json.loads(record.read_text())["source_name"] == "late.png", 20, "the record to get its name")
     assert json.loads(record.read_text())["source_bytes"] == 1234
+
+
+def test_the_receiver_checks_every_embedded_model_at_start(ground, tmp_path: Path) -> None:
+    """``bundle: null`` decodes with every embedded model (the sender's ladder uses them all): each is checked."""
+    from gateway.codec.cadc.bundle import bundle_model_id
+    from gateway.paths import embedded_bundles
+
+    ground()
+    checked = status(tmp_path)["bundle"]
+    ids = [f"{bundle_model_id(b or bundle_dir('cadc-tiny')):04x}" for b in embedded_bundles()]
+    assert len(ids) >= 2
+    assert [checked["cadc"]["model_id"], *(also["model_id"] for also in checked["also"])] == ids

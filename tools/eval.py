@@ -47,7 +47,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", default="1,2,4,8", help="comma-separated budgets in frames")
     p.add_argument("--frame-size", type=int, default=450, help="bytes per frame on the wire")
     p.add_argument("--parity", type=int, default=0, help="erasure-code parity frames per message")
-    p.add_argument("--bundle", help="CADC bundle folder (default: the embedded cadc-tiny)")
+    p.add_argument("--bundle", help="CADC bundle folder for plain cadc (default: the embedded models' ladder, "
+                   "each budget encoded by the model the sender picks: gateway/bundles/ladder.yaml)")
     p.add_argument("--device", default="auto", help="where CADC runs: auto (a GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", help="dtype of CADC's UNet, VAE and text models on a GPU: "
                    "auto (fp16), fp16, bf16, fp32")
@@ -255,6 +256,32 @@ def side_by_side(original: np.ndarray, panels: list[tuple[str, np.ndarray, int]]
     canvas.save(path)
 
 
+class LadderCodecs:
+    """The CADC models of a model ladder (:mod:`gateway.ratecontrol.ladder`), each picture and budget
+    encoded by the rung the sender would pick; its records carry that rung's own key, so ``--reuse`` keeps
+    a measurement exactly when the same model would make it again."""
+
+    name = "cadc"
+
+    def __init__(self, ladder: Any, **where: Any) -> None:
+        from gateway.codec.registry import make_codec
+
+        self.ladder = ladder
+        self.models = {b: make_codec("cadc", bundle=b, **where) for b in ladder.bundles}
+
+    def pick(self, image: np.ndarray, frames: int, args: argparse.Namespace) -> Any:
+        """The model that encodes ``image`` in ``frames`` frames."""
+        from gateway.ratecontrol import Budget
+
+        budget = Budget(frames, args.frame_size, parity=args.parity)
+        return self.models[self.ladder.bundle_for(budget, image.shape[1], image.shape[0])]
+
+
+def _pick(codec: Any, image: np.ndarray, frames: int, args: argparse.Namespace) -> Any:
+    """The codec that encodes ``image`` in ``frames`` frames: ``codec`` itself, or a ladder's rung."""
+    return codec.pick(image, frames, args) if isinstance(codec, LadderCodecs) else codec
+
+
 def codec_key(codec: Any) -> str:
     """What makes two runs' measurements of a codec comparable: its name, plus the model id (and refinement) for CADC."""
     if codec.name != "cadc":
@@ -290,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = sorted({int(f) for f in args.frames.split(",")})
     files = list_images(Path(args.images), args.limit)
 
+    from gateway.ratecontrol.ladder import ladder_for
+
     codecs: dict[str, Any] = {}
     setup_errors: dict[str, str] = {}
     for spec in specs:
@@ -300,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sep:
                 codecs[label] = make_codec("cadc", bundle=folder.strip(), **where)
             else:
-                codecs[label] = make_codec(label, bundle=args.bundle, **where) if label == "cadc" else make_codec(label)
+                # plain cadc: what the sender uses, the embedded model ladder (or --bundle alone)
+                codecs[label] = LadderCodecs(ladder_for(args.bundle, None), **where) if label == "cadc" \
+                    else make_codec(label)
         except SatgwError as exc:
             setup_errors[label] = str(exc)
             print(f"warning: codec {label} unavailable: {exc}", file=sys.stderr)
@@ -310,9 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"eval: --refine {spec!r} must name a CADC codec of --codecs and a step count")
         from gateway.codec.cadc.refine import RefineSettings
 
-        codecs[label.strip()].refine_settings = RefineSettings(iterations=int(steps))
-    keys = {label: codec_key(codec) for label, codec in codecs.items()}
-    learned = [label for label, key in keys.items() if key.startswith("cadc:")]
+        target = codecs[label.strip()]
+        for model in target.models.values() if isinstance(target, LadderCodecs) else (target,):
+            model.refine_settings = RefineSettings(iterations=int(steps))
+    learned = [label for label, codec in codecs.items() if codec.name == "cadc"]
 
     records: list[dict[str, Any]] = []
     for i, path in enumerate(files):
@@ -322,11 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         old = _previous(json_path) if args.reuse else {}
         per_image: list[dict[str, Any]] = []
         decoded: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
-        for name, codec in codecs.items():
+        for name, codecs_of in codecs.items():
             for f in frames:
+                codec = _pick(codecs_of, image, f, args)
+                key = codec_key(codec)
                 stream = out / "streams" / f"{path.stem}_{name}_{f}f.bin"
                 rec = old.get((name, f))
-                if rec is not None and rec.get("codec_key") == keys[name]:
+                if rec is not None and rec.get("codec_key") == key:
                     # Metrics added since that run are measured on the kept bitstream's pixels.
                     stale = rec["ok"] and "delta_e" not in rec
                     dec = _redecode(codec, stream) if rec["ok"] and (i < args.crops or stale) else None
@@ -335,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     how = "reused"
                 else:
                     rec, dec = evaluate_one(codec, name, image, f, args, stream)
-                    rec.update(image=path.name, width=w, height=h, codec_key=keys[name])
+                    rec.update(image=path.name, width=w, height=h, codec_key=key)
                     how = "measured"
                 per_image.append(rec)
                 if dec is not None:
@@ -368,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"images": len(files), "source": str(args.images), "frame_size": args.frame_size, "parity": args.parity,
             "frames": frames, "codecs": names, "unavailable": setup_errors, "reference": args.reference,
             "ssimulacra": metrics.ssimulacra_version() if not args.no_slow_metrics else "skipped",
-            "bundle": args.bundle, "device": args.device, "precision": args.precision}
+            "bundle": args.bundle, "device": args.device, "precision": args.precision,
+            "ladders": {label: c.ladder.describe() for label, c in codecs.items() if isinstance(c, LadderCodecs)}}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "rows": rows, "bd_rate": bd}, indent=1))
     md = markdown_summary(rows, bd, args.reference, meta)
     (out / "summary.md").write_text(md)

@@ -66,7 +66,8 @@ def encode_main(argv: list[str]) -> int:
     ap.add_argument("--frame-size", type=int, default=450, help="bytes per frame on the wire (default 450)")
     ap.add_argument("--parity", type=int, default=0, metavar="M", help="of the N frames, M are erasure-code parity")
     ap.add_argument("--auth-tag-len", type=int, default=0, metavar="B", help="HMAC tag bytes per frame (0 = none)")
-    ap.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    ap.add_argument("--bundle", help="CADC model bundle folder (default: the embedded models' ladder, which picks "
+                    "the model by the budget's bits per pixel: gateway/bundles/ladder.yaml)")
     ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
                     help="cadc: refine the chosen setting's symbols with STEPS gradient steps through the decoder "
                     "(better pictures in the same budget; seconds per step at Kodak size; loads the whole model; "
@@ -75,6 +76,7 @@ def encode_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from gateway.ratecontrol import Budget, fit  # after parsing, so --help stays fast
+    from gateway.ratecontrol.ladder import ladder_for
 
     if args.candidates and args.codec != AUTO:
         return _fail(prog, "--candidates goes with --codec auto", 2)
@@ -90,12 +92,13 @@ def encode_main(argv: list[str]) -> int:
         return _fail(prog, f"cannot read image {args.image}: {exc}")
     try:
         budget = Budget(args.packets, args.frame_size, args.auth_tag_len, args.parity)
+        cadc_bundle = ladder_for(args.bundle, None).bundle_for(budget, image.shape[1], image.shape[0])
         choice = None
         if args.codec == AUTO:
-            choice, notes = _choose(args, image, budget)
+            choice, notes = _choose(args, image, budget, cadc_bundle)
             result, how = choice.result, f"codec {choice.codec} (auto: best expected {choice.metric})"
         else:
-            codec, how = _load_codec(args.codec, args.bundle, args.refine)
+            codec, how = _load_codec(args.codec, cadc_bundle, args.refine)
             result = fit(codec, image, budget, label=args.image.name)
         write_atomic(out_path, result.bitstream)
     except BudgetError as exc:
@@ -139,8 +142,9 @@ def _print_refinement(report: dict[str, Any]) -> None:
         print(f"  refinement did not pay: the search's {report['search_bytes']} B bitstream is sent")
 
 
-def _choose(args: argparse.Namespace, image: Any, budget: Any) -> tuple[Any, list[str]]:
-    """``--codec auto``: the choice among the candidates, and notes on candidates that did not load or fell back."""
+def _choose(args: argparse.Namespace, image: Any, budget: Any, cadc_bundle: str | None) -> tuple[Any, list[str]]:
+    """``--codec auto``: the choice among the candidates (CADC: ``cadc_bundle``, the ladder's model for this
+    budget), and notes on candidates that did not load or fell back."""
     from gateway.codec.registry import available_codecs
     from gateway.ratecontrol.auto import AutoSettings, check_candidates, choose_codec, default_candidates, \
         load_candidates
@@ -148,7 +152,7 @@ def _choose(args: argparse.Namespace, image: Any, budget: Any) -> tuple[Any, lis
     names = check_candidates(args.candidates.split(","), available_codecs()) if args.candidates \
         else default_candidates()
     settings = AutoSettings(names, args.metric)
-    codecs, missing = load_candidates(names, lambda n: make_codec(n, bundle=args.bundle, encoder_only=True))
+    codecs, missing = load_candidates(names, lambda n: make_codec(n, bundle=cadc_bundle, encoder_only=True))
     notes = [f"{name} left out: {why}" for name, why in missing.items()]
     choice = choose_codec(codecs, image, budget, settings, label=args.image.name,
                           on_fallback=lambda name, note: notes.append(f"{name}: {note}"))
@@ -178,7 +182,7 @@ def decode_main(argv: list[str]) -> int:
     ap.add_argument("bitstream", type=Path, help="bitstream file written by 'satgw encode'")
     ap.add_argument("-o", "--output", type=Path, help="PNG to write (default: the input with .png)")
     ap.add_argument("--bundle", action="append",
-                    help="CADC model bundle folder (default: the embedded cadc-tiny); repeat it to give several: "
+                    help="CADC model bundle folder (default: every embedded model); repeat it to give several: "
                     "the one whose model id the bitstream names decodes")
     ap.add_argument("--device", default="auto", help="where CADC decodes: auto (a GPU if there is one), cpu, cuda, "
                     "cuda:N (default auto)")

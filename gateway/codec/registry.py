@@ -98,9 +98,10 @@ def decoder_for(header: bitstream.Header, bundles: Sequence[str | Path | None] =
                 device: str | None = None, precision: str | None = None) -> Codec:
     """The shared decoder of a bitstream: its header's codec and, for CADC, the bundle of its model id.
 
-    ``bundles`` are the CADC bundle folders this host keeps (None: the
-    embedded cadc-tiny); the one whose model id the header names decodes, so
-    pictures encoded before a model update still decode after it.  Raises
+    ``bundles`` are the CADC bundle folders this host keeps (None: every
+    embedded model, :func:`gateway.paths.embedded_bundles`); the one whose
+    model id the header names decodes, so pictures encoded before a model
+    update, or by another rung of the sender's model ladder, still decode.  Raises
     :class:`ModelMismatch` naming the missing id and the ids at hand.
     """
     if header.codec_name != "cadc":
@@ -109,7 +110,7 @@ def decoder_for(header: bitstream.Header, bundles: Sequence[str | Path | None] =
     from gateway.paths import bundle_dir
 
     known: list[str] = []
-    for bundle in dict.fromkeys(bundles or (None,)):
+    for bundle in cadc_bundles(bundles):
         folder = Path(bundle) if bundle is not None else bundle_dir("cadc-tiny")
         mid = _model_ids.get(str(folder))
         if mid is None:
@@ -128,6 +129,17 @@ def decoder_for(header: bitstream.Header, bundles: Sequence[str | Path | None] =
     )
 
 
+def cadc_bundles(bundles: Sequence[str | Path | None]) -> list[str | Path | None]:
+    """``bundles`` with None (the embedded model) standing for every embedded model, each folder once."""
+    from gateway.paths import embedded_bundles
+
+    out: dict[str, str | Path | None] = {}
+    for bundle in bundles or (None,):
+        for b in (embedded_bundles() if bundle is None else (bundle,)):
+            out.setdefault(str(b), b)
+    return list(out.values())
+
+
 def decode_any(data: bytes, codecs: dict[str, Codec] | None = None, bundle: str | Path | None = None) -> np.ndarray:
     """Decode a bitstream with whichever codec its header names.
 
@@ -135,9 +147,10 @@ def decode_any(data: bytes, codecs: dict[str, Codec] | None = None, bundle: str 
     ``None``, in the process-wide cache of :func:`get_codec`).  Malformed input
     raises :class:`gateway.errors.BitstreamError` (or a subclass).
     """
-    name = codec_name_for(data)
-    if codecs is None:
-        return get_codec(name, bundle).decode(data)
+    header, _ = bitstream.unpack(data)
+    name = header.codec_name
+    if codecs is None:  # CADC: the bundle of the header's model id (``bundle``, or any embedded model)
+        return decoder_for(header, (bundle,)).decode(data)
     if name not in codecs:
         codecs[name] = make_codec(name, bundle=bundle)
     return codecs[name].decode(data)

@@ -133,6 +133,10 @@ class SenderConfig(DaemonConfig):
     #: CADC messages: gradient steps of encoder-side refinement of the chosen setting (0: off; the sender then
     #: loads the whole model; :mod:`gateway.codec.cadc.refine`)
     refine_steps: int = 0
+    #: CADC bundles by the budget's bits per pixel, as the config gives them (``{bundle, from_bpp}`` mappings;
+    #: checked and built at start by :func:`gateway.sender.auto_codecs.sender_ladder`); None: ``bundle`` alone,
+    #: or the embedded models' ladder when ``bundle`` is null too
+    ladder: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,7 @@ def _sender(top: Section) -> SenderConfig:
         inbox=top.path_value("inbox", None, "a folder polled for new images"),
         inbox_poll_s=_num(top, "inbox_poll_s", 1.0, 0.05, 3600),
         refine_steps=_int(top, "refine_steps", 0, 0, 1000),
+        ladder=_ladder(top),
         spool_synchronous=top.choice("spool_synchronous", "FULL", SYNCHRONOUS),
         defaults=defaults,
         limits=limits,
@@ -316,6 +321,21 @@ def _sender(top: Section) -> SenderConfig:
     )
     top.done()
     return cfg
+
+
+def _ladder(top: Section) -> tuple[dict[str, Any], ...] | None:
+    """``ladder``: CADC bundles by bits per pixel, a list of {bundle, from_bpp} (null or absent: none); its
+    rungs' order and values are checked at the sender's start (:mod:`gateway.ratecontrol.ladder`)."""
+    value = top.raw("ladder")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        top.fail(top.key_path("ladder"), "must be a list of {bundle: FOLDER, from_bpp: X}, e.g. "
+                 "[{bundle: null, from_bpp: 0}, {bundle: models/y16, from_bpp: 0.03}]")
+    if top.data.get("bundle") is not None:
+        top.fail(top.key_path("ladder"), "and bundle are both set; give the models as ladder rungs and set "
+                 "bundle to null (or drop the ladder to encode with bundle alone)")
+    return tuple(dict(v) for v in value)
 
 
 def _auto(s: Section) -> SenderAuto:

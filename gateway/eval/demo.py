@@ -19,7 +19,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -28,6 +28,7 @@ from gateway.eval.report import COLUMNS, DemoRow, contact_sheet, table_cells, wr
 from gateway.errors import BudgetError, SatgwError
 from gateway.codec.image_io import png_bytes
 from gateway.eval.launcher import Daemons, link_stats, request
+from gateway.ratecontrol.ladder import ladder_for
 
 CLASSICAL = ("avif", "jxl", "webp", "jpeg")
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -63,9 +64,12 @@ def _setting_text(codec: Any, knobs: Any) -> str:
     return " ".join(parts) or json.dumps(d)
 
 
-def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, frame_size: int,
-         console: Any) -> list[DemoRow]:
+def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Callable[[np.ndarray, Any], Any] | None,
+         frame_size: int, console: Any) -> list[DemoRow]:
     """Encode locally once to pick the best classical codec per image and budget, and to time encodes.
+
+    ``cadc(image, budget)`` is the CADC codec the sender uses for that
+    picture and budget (its model ladder's rung), or None without CADC.
 
     The pick is the sender's own ``codec: auto`` choice among the classical
     backends (:func:`gateway.ratecontrol.auto.choose_codec`: each decoded
@@ -84,9 +88,10 @@ def plan(images: list[tuple[str, np.ndarray]], budgets: list[int], cadc: Any, fr
         for frames in budgets:
             if cadc is not None:
                 try:
-                    res = fit(cadc, img, Budget(frames, frame_size))
+                    codec = cadc(img, Budget(frames, frame_size))
+                    res = fit(codec, img, Budget(frames, frame_size))
                     rows.append(DemoRow(name, frames, "cadc", bytes=res.bytes,
-                                        setting=_setting_text(cadc, res.knobs), encode_ms=res.seconds * 1000))
+                                        setting=_setting_text(codec, res.knobs), encode_ms=res.seconds * 1000))
                 except BudgetError as e:
                     rows.append(DemoRow(name, frames, "cadc", state="skipped", reason=str(e)))
             try:
@@ -216,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--link", default="leo", help="link preset name or YAML (default: leo)")
     p.add_argument("--packets", type=int, action="append",
                    help="budget in frames; repeat for several (default: 1 and 4)")
-    p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded cadc-tiny)")
+    p.add_argument("--bundle", help="CADC model bundle folder (default: the embedded models, picked by the "
+                   "budget's bits per pixel: gateway/bundles/ladder.yaml)")
     p.add_argument("--device", help="where the ground station decodes CADC: auto, cpu, cuda, cuda:N "
                    "(default: the receiver config's device, auto)")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
@@ -243,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     from link_sim.presets import link_preset
 
     images = load_images(a.images, a.limit)
-    try:
-        cadc = make_codec("cadc", bundle=a.bundle, encoder_only=True)  # the demo encodes here; the ground decodes
-        cadc_note = f"cadc bundle: {a.bundle or 'embedded cadc-tiny'}"
+    cadc: Callable[[np.ndarray, Any], Any] | None
+    try:  # the demo encodes here with the sender's models (its ladder); the ground decodes
+        ladder = ladder_for(a.bundle, None)
+        models = {b: make_codec("cadc", bundle=b, encoder_only=True) for b in ladder.bundles}
+
+        def cadc(img: np.ndarray, budget: Any) -> Any:
+            return models[ladder.bundle_for(budget, img.shape[1], img.shape[0])]
+
+        cadc_note = "cadc " + ", ".join(f"{models[r.bundle].model_id:04x} from {r.from_bpp:g} bpp"
+                                        for r in ladder.rungs)
     except SatgwError as e:
         cadc, cadc_note = None, f"CADC unavailable, classical codecs only: {e}"
     console.print(f"[bold]satgw demo[/bold]: {len(images)} images x budgets {budgets} frames; {cadc_note}")

@@ -97,14 +97,27 @@ class ReceiverDaemon(LinkAttachedDaemon):
     def _check_bundle(self, log: EventLog) -> dict[str, Any]:
         """Round-trip a test picture through the decoders where decodes run; BundleError when broken.
 
-        Skipped when these exact bundle bytes passed before on this host (:class:`CheckCache`).
+        ``bundle: null`` stands for every embedded model (the sender's model ladder uses them all), so each
+        is checked; the first one's record is the answer, the others' are listed under ``also``.
         """
-        cache, key = CheckCache(), fingerprint(self.cfg.bundle)
+        from gateway.codec.registry import cadc_bundles
+
+        records = [self._check_one(bundle, log) for bundle in cadc_bundles((self.cfg.bundle,))]
+        first = dict(records[0])
+        if len(records) > 1:
+            first["also"] = [r.get("cadc") for r in records[1:]]
+        return first
+
+    def _check_one(self, bundle: Any, log: EventLog) -> dict[str, Any]:
+        """One bundle's check; skipped when these exact bundle bytes passed before on this host
+        (:class:`CheckCache`)."""
+        bundle = None if bundle is None else str(bundle)
+        cache, key = CheckCache(), fingerprint(bundle)
         known = cache.get(key)
         if known is not None:
             log.info("bundle_checked", cached=True, **known)
             return known
-        outcome = self.worker.check(check_decoders, self.cfg.bundle, self.cfg.decode.timeout_s)
+        outcome = self.worker.check(check_decoders, bundle, self.cfg.decode.timeout_s)
         if outcome.status != "ok":
             raise BundleError(f"refusing to start: {outcome.reason}")
         log.info("bundle_checked", cached=False, **outcome.record)

@@ -26,6 +26,7 @@ from gateway.ratecontrol.auto import (
     default_candidates,
     load_candidates,
 )
+from gateway.ratecontrol.ladder import ModelLadder, ladder_for
 from gateway.transport.eventlog import EventLog
 
 
@@ -43,35 +44,57 @@ def auto_settings(cfg: SenderConfig) -> AutoSettings:
         raise ConfigError(f"auto: {e} (in {cfg.source})") from e
 
 
+def sender_ladder(cfg: SenderConfig) -> ModelLadder:
+    """The CADC models this sender encodes with, by budget: the config's ``ladder``, else its ``bundle``
+    alone, else the embedded models' ladder; ConfigError names what is wrong and the file."""
+    if cfg.ladder is None:
+        return ladder_for(cfg.bundle, None)
+    return ModelLadder.from_list(list(cfg.ladder), source=f"ladder (in {cfg.source})")
+
+
 def job_codecs() -> list[str]:
     """What a job may ask for: every codec this host has, and ``auto``."""
     return [*available_codecs(), AUTO]
 
 
 class AutoCodecs:
-    """The sender's codec choice: loads the candidates once, chooses per job, logs what an operator must know."""
+    """The sender's codec choice: loads the candidates once, chooses per job, logs what an operator must know.
+
+    The ``cadc`` candidate is the model its ladder gives for the job's budget
+    (:func:`sender_ladder`), so auto weighs the same CADC model
+    that ``codec: cadc`` would send.
+    """
 
     def __init__(self, cfg: SenderConfig, log: EventLog) -> None:
         self.settings = auto_settings(cfg)
-        self.bundle = cfg.bundle
+        self.ladder = sender_ladder(cfg)
         self.log = log
-        self._codecs: list[Any] | None = None
+        self._codecs: dict[tuple[str, str | None], Any] = {}
+        self._missing: dict[tuple[str, str | None], str] = {}
         self._told: set[tuple[str, str]] = set()  # (codec, what) already logged: each once per run
 
-    def codecs(self) -> list[Any]:
-        """The candidates that load here (loaded on first use; one that does not load is logged and left out)."""
-        if self._codecs is None:
-            codecs, missing = load_candidates(
-                self.settings.candidates, lambda name: get_codec(name, self.bundle, encoder_only=True))
-            for name, reason in missing.items():
-                self.log.warning("auto_candidate_unavailable", codec=name, reason=reason,
-                                 note="auto chooses among the other candidates")
-            self._codecs = codecs
-        return self._codecs
+    def codecs(self, budget: Budget, width: int, height: int) -> list[Any]:
+        """The candidates for a ``width`` x ``height`` picture at ``budget`` that load here (each loaded on
+        first use; one that does not load is logged once and left out)."""
+        out = []
+        for name in self.settings.candidates:
+            key = (name, self.ladder.bundle_for(budget, width, height) if name == "cadc" else None)
+            if key not in self._codecs and key not in self._missing:
+                codecs, missing = load_candidates([name], lambda n: get_codec(n, key[1], encoder_only=True))
+                self._codecs.update({key: c for c in codecs})
+                for reason in missing.values():
+                    self._missing[key] = reason
+                    self.log.warning("auto_candidate_unavailable", codec=name, bundle=key[1], reason=reason,
+                                     note="auto chooses among the other candidates")
+            if key in self._codecs:
+                out.append(self._codecs[key])
+        return out
 
     def choose(self, image: np.ndarray, budget: Budget, label: str) -> AutoChoice:
         """The best candidate for ``image`` at ``budget`` (BudgetError when none fits)."""
-        return choose_codec(self.codecs(), image, budget, self.settings, label=label, on_fallback=self._fallback)
+        height, width = image.shape[:2]
+        return choose_codec(self.codecs(budget, width, height), image, budget, self.settings, label=label,
+                            on_fallback=self._fallback)
 
     def _fallback(self, codec: str, note: str) -> None:
         if (codec, note) not in self._told:

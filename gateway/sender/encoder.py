@@ -51,6 +51,7 @@ class Encoder(threading.Thread):
         self.stopping = threading.Event()
         #: ``codec: auto`` (checked now, so a bad candidate list stops the daemon at start).
         self.auto = AutoCodecs(cfg, log)
+        self.ladder = self.auto.ladder  #: the CADC models by budget (checked now, like auto)
         self.failures = 0  #: rounds that failed (the spool refused, or a bug) since start
 
     def stop(self) -> None:
@@ -110,7 +111,9 @@ class Encoder(threading.Thread):
             else:
                 choice = None
                 refine = self.cfg.refine_steps if row.codec == "cadc" else 0
-                result = fit(get_codec(row.codec, self.cfg.bundle, encoder_only=True, refine=refine), arr, budget,
+                # CADC: the ladder's model for this budget (a classical codec ignores the bundle)
+                bundle = self.ladder.bundle_for(budget, arr.shape[1], arr.shape[0]) if row.codec == "cadc" else None
+                result = fit(get_codec(row.codec, bundle, encoder_only=True, refine=refine), arr, budget,
                              label=row.source_name)
                 record, sent_codec = result.as_dict(), row.codec
             frames = split_message(row.id, result.bitstream, self.codec, parity=row.parity)
@@ -134,6 +137,8 @@ class Encoder(threading.Thread):
             self.metrics.encoded(seconds)
         extra = {} if choice is None else {"requested": AUTO, "choice_s": round(choice.seconds, 3),
                                            "expected": round(choice.chosen.value(choice.metric) or 0.0, 4)}
+        if "model_id" in result.setting:  # which CADC model (ladder rung) encoded it
+            extra["model"] = result.setting["model_id"]
         self.log.info("encoded", id=row.id, source=row.source_name, codec=sent_codec, bytes=result.bytes, k=k, n=n,
                       seconds=round(seconds, 3), **extra)
         self.done.put(row.id)
