@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,3 +369,24 @@ def test_the_deep_g_a_recipe_trains_only_what_the_sender_runs():
     trained = [n for n, _ in model.named_parameters() if trains(n, rounded)]
     assert not any(n.startswith(("g_s.", "unet.", "vae.", "color.", "aux_decoder.")) for n in trained)
     assert any(n.startswith("context.") for n in trained) and any(n.startswith("h_s.") for n in trained)
+
+
+def test_a_ladder_rung_trains_only_on_the_lambdas_it_serves(tmp_path, make_model):
+    """lam_train_range narrows the λ drawn for training to a part of the model's range, and nothing else."""
+    model = make_model()
+    lo, hi = (float(v) for v in model.lam_range)
+    mid = (lo * hi) ** 0.5
+    t = Trainer(model, tiny_recipe(lam_train_range=[lo, mid]), tmp_path / "a", generated_bank(), progress=False)
+    lam, _ = t.sample_knobs(256)
+    assert float(lam.min()) >= lo and float(lam.max()) <= mid
+    assert t.lam_range == (lo, hi)  # validation still spans the whole range
+    whole, _ = Trainer(make_model(), tiny_recipe(), tmp_path / "b", generated_bank(), progress=False).sample_knobs(256)
+    assert float(whole.max()) > mid
+    with pytest.raises(ConfigError, match="must lie inside the model's lam_range"):
+        Trainer(make_model(), tiny_recipe(lam_train_range=[lo, hi * 2]), tmp_path / "c", generated_bank(),
+                progress=False)
+    for bad in ([5.0, 1.0], [0.0, 1.0], "x", [1.0]):
+        with pytest.raises(ConfigError, match="lam_train_range"):
+            tiny_recipe(lam_train_range=bad)
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "train" / "cadc-tiny-y16-high.yaml"
+    assert TrainConfig.from_yaml(recipe).lam_train_range == (0.5, 64.0)

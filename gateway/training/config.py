@@ -110,6 +110,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     lam_sampling: str = "log_uniform"
+    #: λ drawn for training over this part of the model's ``lam_range`` only (None: all of it): a rung of the
+    #: model ladder serves only some rates, so its training need not spend steps on the others
+    lam_train_range: tuple[float, float] | None = None
     delta_range: tuple[float, float] = (0.75, 1.5)
     val_every: int = 500
     val_lams: int = 3
@@ -142,6 +145,14 @@ class TrainConfig:
             if not 0 < lo <= hi:
                 raise ConfigError(f"delta_range must be 0 < lo <= hi, got {d['delta_range']}")
             d["delta_range"] = (lo, hi)
+        if d.get("lam_train_range") is not None:
+            try:
+                lo, hi = (float(v) for v in d["lam_train_range"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"lam_train_range must be [lo, hi], got {d['lam_train_range']!r}") from None
+            if not 0 < lo < hi:
+                raise ConfigError(f"lam_train_range must be 0 < lo < hi, got {d['lam_train_range']}")
+            d["lam_train_range"] = (lo, hi)
         # YAML 1.1 reads 1.0e9 (no sign in the exponent) as a string: coerce, or say which key is wrong.
         for key, kind in (("seed", int), ("threads", int), ("val_every", int), ("val_lams", int), ("log_every", int),
                           ("ckpt_every", int), ("keep_checkpoints", int), ("export_every_s", float)):

@@ -162,6 +162,13 @@ class Trainer:
 
         lam_range = tuple(float(v) for v in getattr(model, "lam_range", (1.0, 1.0)))
         self.lam_range: tuple[float, float] = (lam_range[0], lam_range[1])
+        self.lam_train_range = self.lam_range
+        if cfg.lam_train_range is not None:
+            lo, hi = cfg.lam_train_range
+            if lo < self.lam_range[0] or hi > self.lam_range[1]:
+                raise ConfigError(f"lam_train_range {list(cfg.lam_train_range)} must lie inside the model's "
+                                  f"lam_range {list(self.lam_range)}")
+            self.lam_train_range = (lo, hi)
         self.delta_range = cfg.delta_range
         model_delta = getattr(model, "delta_range", None)
         if model_delta is not None:
@@ -272,8 +279,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling
     def sample_knobs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample λ (over the model's range) and Δ (over the recipe's range around 1)."""
-        lam, delta = draw_knobs(n, self.lam_range, self.delta_range, self.cfg.lam_sampling)
+        """Per-sample λ (over the model's range, or the recipe's ``lam_train_range`` of it) and Δ (over the
+        recipe's range around 1)."""
+        lam, delta = draw_knobs(n, self.lam_train_range, self.delta_range, self.cfg.lam_sampling)
         return lam.to(self.device), delta.to(self.device)
 
     # ------------------------------------------------------------------ one step
