@@ -4,7 +4,8 @@ No one CADC model is best at every rate.  A model with y at 1/32 of the
 side spends its few bits well on a 1-frame budget; one with y at 1/16 has
 four times the positions and wins once the budget can pay for them (Kodak,
 MS-SSIM at 1 / 2 / 4 / 8 frames: 0.685 / 0.745 / 0.789 / 0.811 against
-0.673 / 0.744 / 0.798 / 0.830; the model card's run 15).  A ladder lists the
+0.660 / 0.744 / 0.806 / 0.843; cadc-tiny's model card, runs 21 and 22).  Each
+model can then be trained for its own rates (``lam_train_range``).  A ladder lists the
 models (``rungs``), each with the budget, in bits per pixel of the original
 picture, from which it takes over: the rung whose ``from_bpp`` is the largest
 not above the budget's bits per pixel encodes.
