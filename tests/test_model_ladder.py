@@ -152,3 +152,12 @@ def test_satgw_encode_climbs_the_ladder_with_the_budget_and_decode_follows(tmp_p
     r = _satgw("decode", str(tmp_path / "pic-8.sgw"), "-o", str(tmp_path / "pic-8.png"))
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "pic-8.png").size == (768, 512)
+
+
+def test_ladder_models_load_every_rung_once_and_pick_by_budget() -> None:
+    from gateway.ratecontrol.ladder import LadderModels
+
+    rungs = LadderModels(ModelLadder.embedded(), encoder_only=True)
+    assert rungs.name == "cadc" and set(rungs.models) == set(ModelLadder.embedded().bundles)
+    assert rungs.for_budget(Budget(1), 768, 512) is rungs.models[None]
+    assert rungs.for_budget(Budget(8), 768, 512) is rungs.models[ModelLadder.embedded().bundles[-1]]

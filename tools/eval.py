@@ -256,30 +256,16 @@ def side_by_side(original: np.ndarray, panels: list[tuple[str, np.ndarray, int]]
     canvas.save(path)
 
 
-class LadderCodecs:
-    """The CADC models of a model ladder (:mod:`gateway.ratecontrol.ladder`), each picture and budget
-    encoded by the rung the sender would pick; its records carry that rung's own key, so ``--reuse`` keeps
-    a measurement exactly when the same model would make it again."""
-
-    name = "cadc"
-
-    def __init__(self, ladder: Any, **where: Any) -> None:
-        from gateway.codec.registry import make_codec
-
-        self.ladder = ladder
-        self.models = {b: make_codec("cadc", bundle=b, **where) for b in ladder.bundles}
-
-    def pick(self, image: np.ndarray, frames: int, args: argparse.Namespace) -> Any:
-        """The model that encodes ``image`` in ``frames`` frames."""
-        from gateway.ratecontrol import Budget
-
-        budget = Budget(frames, args.frame_size, parity=args.parity)
-        return self.models[self.ladder.bundle_for(budget, image.shape[1], image.shape[0])]
-
-
 def _pick(codec: Any, image: np.ndarray, frames: int, args: argparse.Namespace) -> Any:
-    """The codec that encodes ``image`` in ``frames`` frames: ``codec`` itself, or a ladder's rung."""
-    return codec.pick(image, frames, args) if isinstance(codec, LadderCodecs) else codec
+    """The codec that encodes ``image`` in ``frames`` frames: ``codec`` itself, or the rung of a model ladder
+    that the sender would pick (its records then carry that rung's own key, so ``--reuse`` keeps a measurement
+    exactly when the same model would make it again)."""
+    from gateway.ratecontrol import Budget
+    from gateway.ratecontrol.ladder import LadderModels
+
+    if not isinstance(codec, LadderModels):
+        return codec
+    return codec.for_budget(Budget(frames, args.frame_size, parity=args.parity), image.shape[1], image.shape[0])
 
 
 def codec_key(codec: Any) -> str:
@@ -317,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = sorted({int(f) for f in args.frames.split(",")})
     files = list_images(Path(args.images), args.limit)
 
-    from gateway.ratecontrol.ladder import ladder_for
+    from gateway.ratecontrol.ladder import LadderModels, ladder_for
 
     codecs: dict[str, Any] = {}
     setup_errors: dict[str, str] = {}
@@ -330,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 codecs[label] = make_codec("cadc", bundle=folder.strip(), **where)
             else:
                 # plain cadc: what the sender uses, the embedded model ladder (or --bundle alone)
-                codecs[label] = LadderCodecs(ladder_for(args.bundle, None), **where) if label == "cadc" \
+                codecs[label] = LadderModels(ladder_for(args.bundle, None), **where) if label == "cadc" \
                     else make_codec(label)
         except SatgwError as exc:
             setup_errors[label] = str(exc)
@@ -342,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.codec.cadc.refine import RefineSettings
 
         target = codecs[label.strip()]
-        for model in target.models.values() if isinstance(target, LadderCodecs) else (target,):
+        for model in target.models.values() if isinstance(target, LadderModels) else (target,):
             model.refine_settings = RefineSettings(iterations=int(steps))
     learned = [label for label, codec in codecs.items() if codec.name == "cadc"]
 
@@ -403,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "frames": frames, "codecs": names, "unavailable": setup_errors, "reference": args.reference,
             "ssimulacra": metrics.ssimulacra_version() if not args.no_slow_metrics else "skipped",
             "bundle": args.bundle, "device": args.device, "precision": args.precision,
-            "ladders": {label: c.ladder.describe() for label, c in codecs.items() if isinstance(c, LadderCodecs)}}
+            "ladders": {label: c.ladder.describe() for label, c in codecs.items() if isinstance(c, LadderModels)}}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "rows": rows, "bd_rate": bd}, indent=1))
     md = markdown_summary(rows, bd, args.reference, meta)
     (out / "summary.md").write_text(md)

@@ -28,7 +28,7 @@ from gateway.eval.report import COLUMNS, DemoRow, contact_sheet, table_cells, wr
 from gateway.errors import BudgetError, SatgwError
 from gateway.codec.image_io import png_bytes
 from gateway.eval.launcher import Daemons, link_stats, request
-from gateway.ratecontrol.ladder import ladder_for
+from gateway.ratecontrol.ladder import LadderModels, ladder_for
 
 CLASSICAL = ("avif", "jxl", "webp", "jpeg")
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -245,20 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     frame_size = 450
 
-    from gateway.codec.registry import make_codec
     from link_sim.presets import link_preset
 
     images = load_images(a.images, a.limit)
     cadc: Callable[[np.ndarray, Any], Any] | None
     try:  # the demo encodes here with the sender's models (its ladder); the ground decodes
-        ladder = ladder_for(a.bundle, None)
-        models = {b: make_codec("cadc", bundle=b, encoder_only=True) for b in ladder.bundles}
+        rungs = LadderModels(ladder_for(a.bundle, None), encoder_only=True)
 
         def cadc(img: np.ndarray, budget: Any) -> Any:
-            return models[ladder.bundle_for(budget, img.shape[1], img.shape[0])]
+            return rungs.for_budget(budget, img.shape[1], img.shape[0])
 
-        cadc_note = "cadc " + ", ".join(f"{models[r.bundle].model_id:04x} from {r.from_bpp:g} bpp"
-                                        for r in ladder.rungs)
+        cadc_note = "cadc " + ", ".join(f"{rungs.models[r.bundle].model_id:04x} from {r.from_bpp:g} bpp"
+                                        for r in rungs.ladder.rungs)
     except SatgwError as e:
         cadc, cadc_note = None, f"CADC unavailable, classical codecs only: {e}"
     console.print(f"[bold]satgw demo[/bold]: {len(images)} images x budgets {budgets} frames; {cadc_note}")

@@ -150,6 +150,26 @@ def _key(bundle: str | None) -> str:
     return str(Path(bundle).resolve() if bundle is not None else bundle_dir("cadc-tiny").resolve())
 
 
+class LadderModels:
+    """Every rung's CADC codec, loaded once, and the one that encodes a picture at a budget.
+
+    ``options`` go to :func:`gateway.codec.registry.make_codec` (e.g.
+    ``encoder_only=True`` for a sender, ``device=`` for an evaluation).
+    """
+
+    name = "cadc"  #: what a caller listing codecs by name sees
+
+    def __init__(self, ladder: ModelLadder, **options: Any) -> None:
+        from gateway.codec.registry import make_codec
+
+        self.ladder = ladder
+        self.models = {b: make_codec("cadc", bundle=b, **options) for b in ladder.bundles}
+
+    def for_budget(self, budget: Budget, width: int, height: int) -> Any:
+        """The codec of the rung that encodes a ``width`` x ``height`` picture at ``budget``."""
+        return self.models[self.ladder.bundle_for(budget, width, height)]
+
+
 def ladder_for(bundle: str | None, ladder: "ModelLadder | None") -> "ModelLadder":
     """The ladder a sender encodes with: ``ladder`` when given, else ``bundle`` alone, else the embedded one."""
     if ladder is not None:

@@ -70,7 +70,7 @@ class AutoCodecs:
         self.ladder = sender_ladder(cfg)
         self.log = log
         self._codecs: dict[tuple[str, str | None], Any] = {}
-        self._missing: dict[tuple[str, str | None], str] = {}
+        self._missing: set[tuple[str, str | None]] = set()  # (codec, bundle) that did not load: logged once
         self._told: set[tuple[str, str]] = set()  # (codec, what) already logged: each once per run
 
     def codecs(self, budget: Budget, width: int, height: int) -> list[Any]:
@@ -83,7 +83,7 @@ class AutoCodecs:
                 codecs, missing = load_candidates([name], lambda n: get_codec(n, key[1], encoder_only=True))
                 self._codecs.update({key: c for c in codecs})
                 for reason in missing.values():
-                    self._missing[key] = reason
+                    self._missing.add(key)
                     self.log.warning("auto_candidate_unavailable", codec=name, bundle=key[1], reason=reason,
                                      note="auto chooses among the other candidates")
             if key in self._codecs:
