@@ -390,3 +390,16 @@ def test_a_ladder_rung_trains_only_on_the_lambdas_it_serves(tmp_path, make_model
             tiny_recipe(lam_train_range=bad)
     recipe = Path(__file__).resolve().parents[1] / "configs" / "train" / "cadc-tiny-y16-high.yaml"
     assert TrainConfig.from_yaml(recipe).lam_train_range == (0.5, 64.0)
+
+
+def test_recipe_overrides_reach_the_config_and_bad_ones_are_refused():
+    """``--recipe-set`` changes one recipe value (lists indexed by number) without editing the committed file."""
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "train" / "cadc-tiny-y16-high.yaml"
+    base = TrainConfig.from_yaml(recipe)
+    cfg = TrainConfig.from_yaml(recipe, ["seed=24", "stages.0.steps=3600", "stages.0.loss.color=10", "data.batch=2"])
+    assert (cfg.seed, cfg.stages[0].steps, cfg.data.batch) == (24, 3600, 2)
+    assert cfg.stages[0].loss.color == 10.0 and cfg.stages[0].lr == base.stages[0].lr
+    for bad, msg in (("seed", "expected KEY=VALUE"), ("stages.3.steps=1", "not an index"),
+                     ("seed.x=1", "not a section"), ("stages.0.steps=0", "steps must be positive")):
+        with pytest.raises(ConfigError, match=msg):
+            TrainConfig.from_yaml(recipe, [bad])

@@ -47,28 +47,6 @@ TERM_SETS: dict[str, tuple[str, ...]] = {
     "all+products": ("aux_ms_ssim", "aux_psnr", "log2_bpp", "log_lam", "delta", "scale", "log_gradient",
                      "colourfulness", "aux_ms_ssim*aux_ms_ssim", "aux_ms_ssim*log2_bpp", "aux_psnr*log2_bpp"),
 }
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def pick_images(folders: list[str], limit: int, seed: int) -> list[Path]:
-    """``limit`` pictures drawn round-robin from ``folders`` (each folder shuffled with ``seed``)."""
-    pools = []
-    for folder in folders:
-        if "kodak" in folder.lower():
-            raise SystemExit(f"{folder}: Kodak is for evaluation only; calibrate on training pictures")
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES)
-        if not files:
-            raise SystemExit(f"{folder}: no pictures ({', '.join(SUFFIXES)})")
-        random.Random(f"{seed}:{folder}").shuffle(files)
-        pools.append(files)
-    out: list[Path] = []
-    while len(out) < limit and any(pools):
-        for pool in pools:
-            if pool and len(out) < limit:
-                out.append(pool.pop(0))
-    return out
-
-
 def collect(bundle: str, images: list[Path], budgets: list[int], frame_size: int, cache: Path | None) -> list[dict]:
     """One sample per (picture, budget): the sender's features and the ground's measured quality."""
     import torch
@@ -198,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
 
     budgets = [int(b) for b in a.budgets.split(",")]
     folders = a.images or list(DEFAULT_IMAGES)
-    images = pick_images(folders, a.limit, a.seed)
+    from gateway.errors import ConfigError
+    from gateway.training.data import pick_images
+
+    try:
+        images = pick_images(folders, a.limit, a.seed)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"calibrating {a.bundle} on {len(images)} pictures x budgets {budgets} ({a.frame_size} B frames)", flush=True)
     t0 = time.monotonic()
     samples = collect(a.bundle, images, budgets, a.frame_size, a.cache)

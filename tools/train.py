@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config value, e.g. --set codec.ugaq=false (YAML value; repeatable)")
     p.add_argument("--export", help="write the current weights as a bundle here periodically and at the end")
+    p.add_argument("--recipe-set", dest="recipe_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training recipe value, e.g. --recipe-set seed=24 --recipe-set stages.0.steps=3600 "
+                        "(YAML value; repeatable; a numeric part indexes a list)")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the recipe)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N; under "
                    "torchrun each process takes the GPU of its LOCAL_RANK")
@@ -98,7 +101,7 @@ def export_bundle(model, folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = TrainConfig.from_yaml(args.train)
+        cfg = TrainConfig.from_yaml(args.train, args.recipe_overrides)
         torch.set_num_threads(args.threads or cfg.threads)
         device = setup_distributed(args.device)
         if device.type == "cpu":

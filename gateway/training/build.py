@@ -24,27 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.errors import BundleError, ConfigError
+from gateway.training.config import apply_overrides
 
 #: Sub-folder of the run folder holding the parts a resume cannot rebuild (tokenizer, caption processor).
 PARTS_DIR = "parts"
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``data`` with each ``a.b=value`` applied (value parsed as YAML)."""
-    import yaml
-
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. codec.ugaq=false")
-        *path, leaf = key.split(".")
-        node = data
-        for part in path:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
-    return data
 
 
 def read_model_config(model_config: str | Path, overrides: list[str] | None = None) -> Any:

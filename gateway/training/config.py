@@ -30,6 +30,41 @@ def _take(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
     return dict(d)
 
 
+def apply_overrides(data: dict, overrides: list[str], flag: str = "--set") -> dict:
+    """``data`` with each ``a.b=value`` applied (value parsed as YAML); a numeric part indexes a list
+    (``stages.0.steps=3600``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. codec.ugaq=false")
+        *path, leaf = key.split(".")
+        node: Any = data
+        for part in path:
+            if isinstance(node, list):
+                node = _list_item(node, part, item, flag)
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"{flag} {item!r}: {part!r} is not a section")
+        if isinstance(node, list):
+            node[_list_index(node, leaf, item, flag)] = yaml.safe_load(raw)
+        elif isinstance(node, dict):
+            node[leaf] = yaml.safe_load(raw)
+        else:
+            raise ConfigError(f"{flag} {item!r}: {path[-1]!r} is not a section")
+    return data
+
+
+def _list_index(node: list, part: str, item: str, flag: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{flag} {item!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _list_item(node: list, part: str, item: str, flag: str) -> Any:
+    return node[_list_index(node, part, item, flag)]
+
+
 @dataclass
 class StageConfig:
     """One training stage."""
@@ -168,13 +203,16 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        """Read a recipe file."""
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        """Read a recipe file, with ``--recipe-set`` overrides (``stages.0.steps=3600``) applied."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"training config not found: {p}")
         with p.open() as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
+            data = yaml.safe_load(f) or {}
+        if overrides:
+            data = apply_overrides(data, overrides, flag="--recipe-set")
+        return cls.from_dict(data)
 
     @property
     def max_crop(self) -> int:

@@ -17,6 +17,7 @@ resume exactly after a restart.
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -43,6 +44,26 @@ def list_images(folders: Iterable[str | Path]) -> list[Path]:
             raise ConfigError(f"image folder not found: {d}")
         paths.extend(sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
     return paths
+
+
+def pick_images(folders: Iterable[str | Path], limit: int, seed: int) -> list[Path]:
+    """``limit`` pictures drawn round-robin from ``folders``, each shuffled with ``seed`` (reproducible samples
+    for the tools that tune on training pictures: Kodak is for evaluation only and is refused)."""
+    pools = []
+    for folder in folders:
+        if "kodak" in str(folder).lower():
+            raise ConfigError(f"{folder}: Kodak is for evaluation only; tune on training pictures")
+        files = list_images([folder])
+        if not files:
+            raise ConfigError(f"{folder}: no pictures ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        random.Random(f"{seed}:{folder}").shuffle(files)
+        pools.append(files)
+    out: list[Path] = []
+    while len(out) < limit and any(pools):
+        for pool in pools:
+            if pool and len(out) < limit:
+                out.append(pool.pop(0))
+    return out
 
 
 def load_image(path: Path) -> torch.Tensor:
