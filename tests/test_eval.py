@@ -63,3 +63,23 @@ def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys, load_tool):
     assert (out / "crops" / "cat_2f.png").exists()  # redrawn from the kept bitstream
     summary = json.loads((out / "summary.json").read_text())
     assert {r["codec"] for r in summary["rows"]} == {"jpeg", "webp"}
+
+
+def test_eval_reuse_measures_again_a_record_whose_bitstream_is_gone(tmp_path, capsys, load_tool):
+    """Records copied from another folder without their streams still give crops their panels."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.ascontiguousarray(data.chelsea()[:160, :224])).save(images / "cat.png")
+    out = tmp_path / "out"
+    tool = load_tool("eval")
+    common = ["--codecs", "jpeg", "--images", str(images), "--frames", "2", "--out", str(out), "--crops", "1",
+              "--crop-size", "64", "--no-slow-metrics", "--reference", "jpeg"]
+    assert tool.main(common) == 0
+    for stream in (out / "streams").iterdir():
+        stream.unlink()
+    (out / "crops" / "cat_2f.png").unlink()
+    capsys.readouterr()
+    assert tool.main([*common, "--reuse"]) == 0
+    assert "jpeg 2 frames (measured)" in capsys.readouterr().out
+    with Image.open(out / "crops" / "cat_2f.png") as im:
+        assert im.size[0] == 2 * 64 + 4  # original | jpeg

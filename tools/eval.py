@@ -346,14 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key = codec_key(codec)
                 stream = out / "streams" / f"{path.stem}_{name}_{f}f.bin"
                 rec = old.get((name, f))
-                if rec is not None and rec.get("codec_key") == key:
+                reuse = rec is not None and rec.get("codec_key") == key
+                if reuse:
                     # Metrics added since that run are measured on the kept bitstream's pixels.
                     stale = rec["ok"] and "delta_e" not in rec
-                    dec = _redecode(codec, stream) if rec["ok"] and (i < args.crops or stale) else None
+                    pixels = rec["ok"] and (i < args.crops or stale)
+                    dec = _redecode(codec, stream) if pixels else None
+                    # A record copied without its bitstream is measured again where its pixels are needed.
+                    reuse = not (pixels and dec is None)
                     if stale and dec is not None:
                         rec["delta_e"] = metrics.block_delta_e(image, dec)
                     how = "reused"
-                else:
+                if not reuse:
                     rec, dec = evaluate_one(codec, name, image, f, args, stream)
                     rec.update(image=path.name, width=w, height=h, codec_key=key)
                     how = "measured"
