@@ -70,13 +70,15 @@ def test_measures_once_and_writes_rows(tmp_path: Path, capsys: pytest.CaptureFix
     for i in range(2):
         Image.fromarray(textured_image(120, 96, seed=i)).save(images / f"p{i}.png")
     tool = load_tool("choose_color_layer")
-    args = ["--bundle", str(bundle), "--images", str(images), "--limit", "2", "--frames", "1",
+    # 120x96 pictures: 1 frame is 0.31 bits per pixel, below --min-bpp, so only 2 frames are measured
+    args = ["--bundle", str(bundle), "--images", str(images), "--limit", "2", "--frames", "1,2", "--min-bpp", "0.5",
             "--candidates", json.dumps([{"chroma_cell": 32}]), "--out", str(tmp_path / "out")]
     assert tool.main(args) == 0
     out = capsys.readouterr().out
     assert "codec.color_layer rows:" in out and "| λ of the plain pick |" in out
     lines = (tmp_path / "out" / "measurements.jsonl").read_text().splitlines()
     assert {json.loads(line)["layer"] for line in lines} == {"none", "current", "C32"}
+    assert {json.loads(line)["frames"] for line in lines} == {2}
     assert len(lines) == 6
     choice = json.loads((tmp_path / "out" / "choice.json").read_text())
     assert choice["rows"] and all("min_lam" in r for r in choice["rows"])

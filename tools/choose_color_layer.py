@@ -86,8 +86,11 @@ def load_picture(path: Path, max_side: int | None) -> Any:
 
 
 def measure(bundle: str, images: list[Path], frames: list[int], frame_size: int, max_side: int | None,
-            candidates: list[dict[str, float]], cache: Path) -> list[dict[str, Any]]:
-    """One record per (picture, budget, layer): the plain pick, the bundle's own rows, each candidate."""
+            candidates: list[dict[str, float]], cache: Path, min_bpp: float = 0.0) -> list[dict[str, Any]]:
+    """One record per (picture, budget, layer): the plain pick, the bundle's own rows, each candidate.
+
+    Budgets below ``min_bpp`` bits per pixel of the picture are skipped (a ladder rung never codes them).
+    """
     from gateway.codec.cadc.color_layer import ColorLayerPolicy, ColorLayerRule, ColorLayerSettings
     from gateway.codec.image_metrics import quality
     from gateway.codec.registry import make_codec
@@ -112,12 +115,14 @@ def measure(bundle: str, images: list[Path], frames: list[int], frame_size: int,
     for n, path in enumerate(images, 1):
         picture = None
         for f in frames:
+            if picture is None:
+                picture = load_picture(path, max_side)
+            if 8.0 * f * frame_size / (picture.shape[0] * picture.shape[1]) < min_bpp:
+                continue
             for key, policy, settings in policies:
                 if (str(path), f, key) in done:
                     records.append(done[(str(path), f, key)])
                     continue
-                if picture is None:
-                    picture = load_picture(path, max_side)
                 codec.color_policy = policy
                 try:
                     result = fit(codec, picture, Budget(f, frame_size), label=path.name)
@@ -241,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=768, help="reduce larger pictures to this longer side (0: never)")
     ap.add_argument("--frames", default="1,2,4,8", help="frame budgets")
     ap.add_argument("--frame-size", type=int, default=450)
+    ap.add_argument("--min-bpp", type=float, default=0.0,
+                    help="skip budgets below this many bits per pixel (a ladder rung's from_bpp: it never codes them)")
     ap.add_argument("--bands", default=",".join(f"{b:g}" for b in DEFAULT_BANDS),
                     help="lower λ edges of the bands, highest first")
     ap.add_argument("--weight", type=float, default=0.005, help="MS-SSIM worth one unit of block ΔE")
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = [int(f) for f in a.frames.split(",")]
         print(f"{a.bundle}: {len(images)} pictures x {frames} frames x {len(candidates) + 2} layers", flush=True)
         records = measure(a.bundle, images, frames, a.frame_size, a.max_side or None, candidates,
-                          a.out / "measurements.jsonl")
+                          a.out / "measurements.jsonl", a.min_bpp)
     except (SatgwError, TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
