@@ -134,12 +134,15 @@ def test_finer_grid_keeps_the_trained_filters(tmp_path: Path) -> None:
         finer_grid_model(fine)
 
 
-@pytest.mark.parametrize("name,changed", [
-    ("cadc-tiny-y128", {"y_channels": 128}),
-    ("cadc-tiny-y16", {"y_downsample": 16, "analysis_widths": [24, 32, 48]}),
+@pytest.mark.parametrize("name,changed,own", [
+    ("cadc-tiny-y128", {"y_channels": 128}, ()),
+    # the y16 rung also has its own name and colour-layer rows (chosen for it by tools/choose_color_layer.py)
+    ("cadc-tiny-y16", {"y_downsample": 16, "analysis_widths": [24, 32, 48]}, ("color_layer",)),
 ])
-def test_reshaped_configs_match_the_shipped_model_but_for_y(name: str, changed: dict) -> None:
-    """Each experimental config is cadc-tiny with only y's shape changed, and its recipe loads."""
+def test_reshaped_configs_match_the_shipped_model_but_for_y(name: str, changed: dict, own: tuple) -> None:
+    """Each experimental config is cadc-tiny with only y's shape changed (and what it owns), and its recipe loads."""
+    import yaml
+
     from gateway.codec.cadc.config import CADCConfig
     from gateway.training.config import TrainConfig
 
@@ -148,6 +151,12 @@ def test_reshaped_configs_match_the_shipped_model_but_for_y(name: str, changed: 
     assert {k: other["codec"].pop(k) for k in changed} == changed
     for k in changed:
         base["codec"].pop(k)
+    for k in own:
+        shipped = ROOT / "gateway" / "bundles" / name / "config.yaml"
+        assert other["codec"].pop(k) == yaml.safe_load(shipped.read_text())["codec"][k]
+        base["codec"].pop(k)
+    for cfg in (base, other):
+        cfg.pop("name"), cfg.pop("description", None)
     assert other == base
     recipe = TrainConfig.from_yaml(ROOT / "configs" / "train" / f"{name}.yaml")
     assert [s.kind for s in recipe.stages] == ["codec"]
