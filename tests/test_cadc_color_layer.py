@@ -105,6 +105,13 @@ def test_policy_picks_the_finest_rule_the_lambda_reaches_and_config_checks_rows(
     for rows in ([{"chroma_cell": 32}], [{"min_lam": 1, "chroma_cel": 32}], [{"min_lam": 1, "chroma_cell": 2}]):
         with pytest.raises(ConfigError, match="color_layer"):
             CADCConfig.from_dict({"codec": {"color_layer": rows}})
+    # the fingerprint names the rows whatever their order in the config, and changes with any of them
+    same = ColorLayerPolicy.from_config([{"min_lam": 50, "chroma_cell": 64},
+                                         {"min_lam": 0, "luma_cell": 16, "chroma_cell": 16}])
+    other = ColorLayerPolicy.from_config([{"min_lam": 0, "luma_cell": 16, "chroma_cell": 16},
+                                          {"min_lam": 50, "chroma_cell": 96}])
+    assert policy.fingerprint == same.fingerprint != other.fingerprint
+    assert len(policy.fingerprint) == 4 and ColorLayerPolicy([]).fingerprint != policy.fingerprint
 
 
 @given(sizes=st.lists(st.integers(0, 1 << 20), min_size=LAYERS, max_size=LAYERS),

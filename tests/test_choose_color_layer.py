@@ -70,8 +70,10 @@ def test_measures_once_and_writes_rows(tmp_path: Path, capsys: pytest.CaptureFix
     for i in range(2):
         Image.fromarray(textured_image(120, 96, seed=i)).save(images / f"p{i}.png")
     tool = load_tool("choose_color_layer")
-    # 120x96 pictures: 1 frame is 0.31 bits per pixel, below --min-bpp, so only 2 frames are measured
-    args = ["--bundle", str(bundle), "--images", str(images), "--limit", "2", "--frames", "1,2", "--min-bpp", "0.5",
+    # 120x96 pictures: 1 / 2 / 4 frames are 0.31 / 0.63 / 1.25 bits per pixel, so only 2 frames lie in
+    # [--min-bpp, --max-bpp) and are measured
+    args = ["--bundle", str(bundle), "--images", str(images), "--limit", "2", "--frames", "1,2,4",
+            "--min-bpp", "0.5", "--max-bpp", "1.0",
             "--candidates", json.dumps([{"chroma_cell": 32}]), "--out", str(tmp_path / "out")]
     assert tool.main(args) == 0
     out = capsys.readouterr().out

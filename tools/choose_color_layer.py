@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -86,10 +87,12 @@ def load_picture(path: Path, max_side: int | None) -> Any:
 
 
 def measure(bundle: str, images: list[Path], frames: list[int], frame_size: int, max_side: int | None,
-            candidates: list[dict[str, float]], cache: Path, min_bpp: float = 0.0) -> list[dict[str, Any]]:
+            candidates: list[dict[str, float]], cache: Path, min_bpp: float = 0.0,
+            max_bpp: float = math.inf) -> list[dict[str, Any]]:
     """One record per (picture, budget, layer): the plain pick, the bundle's own rows, each candidate.
 
-    Budgets below ``min_bpp`` bits per pixel of the picture are skipped (a ladder rung never codes them).
+    Budgets outside [``min_bpp``, ``max_bpp``) bits per pixel of the picture are skipped (a ladder rung
+    never codes them).
     """
     from gateway.codec.cadc.color_layer import ColorLayerPolicy, ColorLayerRule, ColorLayerSettings
     from gateway.codec.image_metrics import quality
@@ -105,7 +108,8 @@ def measure(bundle: str, images: list[Path], frames: list[int], frame_size: int,
     if cache.is_file():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
-            if r["model_id"] == model_id and r["frame_size"] == frame_size and r.get("max_side") == max_side:
+            if r["model_id"] == model_id and r["frame_size"] == frame_size and r.get("max_side") == max_side \
+                    and (r["layer"] != CURRENT or r.get("rows") == own.fingerprint):  # the bundle's rows may change
                 done[(r["image"], r["frames"], r["layer"])] = r
     policies = [(PLAIN, ColorLayerPolicy([]), {}), (CURRENT, own, {})]
     policies += [(settings_key(c), ColorLayerPolicy([ColorLayerRule(0.0, ColorLayerSettings(**c))]), c)
@@ -117,7 +121,7 @@ def measure(bundle: str, images: list[Path], frames: list[int], frame_size: int,
         for f in frames:
             if picture is None:
                 picture = load_picture(path, max_side)
-            if 8.0 * f * frame_size / (picture.shape[0] * picture.shape[1]) < min_bpp:
+            if not min_bpp <= 8.0 * f * frame_size / (picture.shape[0] * picture.shape[1]) < max_bpp:
                 continue
             for key, policy, settings in policies:
                 if (str(path), f, key) in done:
@@ -133,7 +137,7 @@ def measure(bundle: str, images: list[Path], frames: list[int], frame_size: int,
                 decoded = codec.decode(result.bitstream)
                 h, w = picture.shape[:2]
                 rec = {"image": str(path), "frames": f, "layer": key, "settings": settings, "model_id": model_id,
-                       "frame_size": frame_size, "max_side": max_side, "bytes": result.bytes,
+                       "frame_size": frame_size, "max_side": max_side, "rows": own.fingerprint, "bytes": result.bytes,
                        "bpp": 8.0 * result.bytes / (w * h), "lam": codec.lam(result.knobs.lam_code),
                        **quality(picture, decoded), "delta_e": block_delta_e(picture, decoded)}
                 records.append(rec)
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame-size", type=int, default=450)
     ap.add_argument("--min-bpp", type=float, default=0.0,
                     help="skip budgets below this many bits per pixel (a ladder rung's from_bpp: it never codes them)")
+    ap.add_argument("--max-bpp", type=float, default=math.inf,
+                    help="skip budgets from this many bits per pixel up (the next rung's from_bpp)")
     ap.add_argument("--bands", default=",".join(f"{b:g}" for b in DEFAULT_BANDS),
                     help="lower λ edges of the bands, highest first")
     ap.add_argument("--weight", type=float, default=0.005, help="MS-SSIM worth one unit of block ΔE")
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = [int(f) for f in a.frames.split(",")]
         print(f"{a.bundle}: {len(images)} pictures x {frames} frames x {len(candidates) + 2} layers", flush=True)
         records = measure(a.bundle, images, frames, a.frame_size, a.max_side or None, candidates,
-                          a.out / "measurements.jsonl", a.min_bpp)
+                          a.out / "measurements.jsonl", a.min_bpp, a.max_bpp)
     except (SatgwError, TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -63,7 +63,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="eval-out", help="output folder")
     p.add_argument("--reuse", action="store_true",
                    help="keep the measurements already in --out/images for the same codec and budget (a CADC "
-                        "record only while its bundle's model id is unchanged) and measure only what is missing")
+                        "record only while its bundle's model id and colour-layer rows are unchanged) and measure only what is "
+                        "missing")
     return p.parse_args(argv)
 
 
@@ -269,11 +270,13 @@ def _pick(codec: Any, image: np.ndarray, frames: int, args: argparse.Namespace) 
 
 
 def codec_key(codec: Any) -> str:
-    """What makes two runs' measurements of a codec comparable: its name, plus the model id (and refinement) for CADC."""
+    """What makes two runs' measurements of a codec comparable: its name, plus for CADC the model id, the
+    colour-layer rows (config, not weights: the id does not cover them) and the refinement."""
     if codec.name != "cadc":
         return str(codec.name)
     steps = codec.refine_settings.iterations
-    return f"cadc:{codec.model_id:04x}" + (f"+refine{steps}" if steps else "")
+    return (f"cadc:{codec.model_id:04x}/col{codec.color_policy.fingerprint}"
+            + (f"+refine{steps}" if steps else ""))
 
 
 def _previous(json_path: Path) -> dict[tuple[str, int], dict[str, Any]]:

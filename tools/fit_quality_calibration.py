@@ -62,11 +62,12 @@ def collect(bundle: str, images: list[Path], budgets: list[int], frame_size: int
     ground = make_codec("cadc", bundle=bundle, device="cpu")
     ground.decoder_threads = 1  # the other core stays free (a training run, the sender)
     model_id = f"{sender.model_id:04x}"
+    rows = sender.color_policy.fingerprint  # the ground's quality depends on the colour rows too
     done: dict[tuple[str, int], dict] = {}
     if cache is not None and cache.is_file():
         for line in cache.read_text().splitlines():
             s = json.loads(line)
-            if s.get("model_id") == model_id and s.get("frame_size") == frame_size:
+            if s.get("model_id") == model_id and s.get("color_rows") == rows and s.get("frame_size") == frame_size:
                 done[(s["image"], s["frames"])] = s
     predictor = sender.quality_predictor()
     samples = []
@@ -90,6 +91,7 @@ def collect(bundle: str, images: list[Path], budgets: list[int], frame_size: int
             t1 = time.perf_counter()
             truth = quality(image, ground.decode(result.bitstream))
             sample = {"image": str(path), "frames": frames, "frame_size": frame_size, "model_id": model_id,
+                      "color_rows": rows,
                       "features": feats, "truth": truth, "bytes": result.bytes,
                       "feature_s": round(t1 - t0, 4), "decode_s": round(time.perf_counter() - t1, 4)}
             samples.append(sample)

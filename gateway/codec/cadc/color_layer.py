@@ -31,6 +31,7 @@ picture, so it is computed on the ground from what the decoder produced.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -304,6 +305,13 @@ class ColorLayerPolicy:
                 raise CodecError(f"colour layer rule {row} is malformed ({exc}); each needs min_lam and may set "
                                  "luma_cell, chroma_cell, luma_step, chroma_step") from exc
         return cls(rules)
+
+    @property
+    def fingerprint(self) -> str:
+        """Four hex digits naming the rows (the model id does not cover them: they are sender policy, not
+        weights), so measurements made under other rows are not mistaken for these."""
+        text = ";".join(f"{r.min_lam:g}:{r.settings}" for r in self.rules)
+        return hashlib.blake2b(text.encode(), digest_size=2).hexdigest()
 
     def settings_for(self, lam: float) -> ColorLayerSettings:
         """The settings of the first rule (highest ``min_lam`` first) whose ``min_lam`` is at most ``lam``."""
