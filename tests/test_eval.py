@@ -43,14 +43,19 @@ def test_eval_writes_json_table_plots_and_crops(tmp_path, capsys, load_tool):
         assert im.size[1] == 64 + 28
 
 
-def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys, load_tool):
+def _one_cat(tmp_path) -> tuple[object, list[str]]:
+    """A folder with one small picture and the arguments of a 2-frame run with one 64-pixel crop."""
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.ascontiguousarray(data.chelsea()[:160, :224])).save(images / "cat.png")
     out = tmp_path / "out"
+    return out, ["--images", str(images), "--frames", "2", "--out", str(out), "--crops", "1", "--crop-size", "64",
+                 "--no-slow-metrics", "--reference", "jpeg"]
+
+
+def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys, load_tool):
+    out, common = _one_cat(tmp_path)
     tool = load_tool("eval")
-    common = ["--images", str(images), "--frames", "2", "--out", str(out), "--crops", "1", "--crop-size", "64",
-              "--no-slow-metrics", "--reference", "jpeg"]
     assert tool.main(["--codecs", "jpeg", *common]) == 0
     first = json.loads((out / "images" / "cat.json").read_text())
     capsys.readouterr()
@@ -67,13 +72,9 @@ def test_eval_reuse_measures_only_what_is_missing(tmp_path, capsys, load_tool):
 
 def test_eval_reuse_measures_again_a_record_whose_bitstream_is_gone(tmp_path, capsys, load_tool):
     """Records copied from another folder without their streams still give crops their panels."""
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.fromarray(np.ascontiguousarray(data.chelsea()[:160, :224])).save(images / "cat.png")
-    out = tmp_path / "out"
+    out, args = _one_cat(tmp_path)
+    common = ["--codecs", "jpeg", *args]
     tool = load_tool("eval")
-    common = ["--codecs", "jpeg", "--images", str(images), "--frames", "2", "--out", str(out), "--crops", "1",
-              "--crop-size", "64", "--no-slow-metrics", "--reference", "jpeg"]
     assert tool.main(common) == 0
     for stream in (out / "streams").iterdir():
         stream.unlink()

@@ -41,7 +41,7 @@ def apply_overrides(data: dict, overrides: list[str], flag: str = "--set") -> di
         node: Any = data
         for part in path:
             if isinstance(node, list):
-                node = _list_item(node, part, item, flag)
+                node = node[_list_index(node, part, item, flag)]
             elif isinstance(node, dict):
                 node = node.setdefault(part, {})
             else:
@@ -59,10 +59,6 @@ def _list_index(node: list, part: str, item: str, flag: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"{flag} {item!r}: {part!r} is not an index of a list of {len(node)}")
     return int(part)
-
-
-def _list_item(node: list, part: str, item: str, flag: str) -> Any:
-    return node[_list_index(node, part, item, flag)]
 
 
 @dataclass
