@@ -136,8 +136,9 @@ def test_finer_grid_keeps_the_trained_filters(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name,changed,own", [
     ("cadc-tiny-y128", {"y_channels": 128}, ()),
-    # the y16 rung also has its own name and colour-layer rows (chosen for it by tools/choose_color_layer.py)
-    ("cadc-tiny-y16", {"y_downsample": 16, "analysis_widths": [24, 32, 48]}, ("color_layer",)),
+    # the y16 rung also has deeper ends of g_a and g_s (run 26), its own name and colour-layer rows (chosen for it
+    # by tools/choose_color_layer.py)
+    ("cadc-tiny-y16", {"y_downsample": 16, "analysis_widths": [24, 32, 48], "transform_blocks": 3}, ("color_layer",)),
 ])
 def test_reshaped_configs_match_the_shipped_model_but_for_y(name: str, changed: dict, own: tuple) -> None:
     """Each experimental config is cadc-tiny with only y's shape changed (and what it owns), and its recipe loads."""
@@ -238,3 +239,23 @@ def test_the_shipped_y16_rung_is_the_y16_model_in_float16() -> None:
     assert bundle_model_id(carry) == model.model_id
     assert {t.dtype for t in load_file(str(carry / "codec.safetensors")).values() if t.is_floating_point()} == {torch.float16}
     assert json.loads((carry / "TRAINING_STATE.json").read_text())["step"] > 0
+
+
+def test_the_deep_recipe_is_run_26s_command_line() -> None:
+    """configs/train/cadc-tiny-y16-deep.yaml holds what run 26 gave cadc-tiny-y16-high.yaml with --recipe-set:
+    the same recipe but for seed, length and the new blocks' lr scale, whose names are those the y16 model's
+    transform_blocks: 3 makes (a misspelt prefix would silently train them at 1x)."""
+    from gateway.codec.cadc.config import CADCConfig
+    from gateway.codec.cadc.model import CADCModel
+    from gateway.training.config import TrainConfig
+
+    high = ROOT / "configs" / "train" / "cadc-tiny-y16-high.yaml"
+    deep = TrainConfig.from_yaml(ROOT / "configs" / "train" / "cadc-tiny-y16-deep.yaml")
+    new_blocks = [f"g_s.{end}.{i}." for end in ("low", "high") for i in (1, 2)] + [f"g_a.refine.{i}." for i in (1, 2)]
+    scales = "{" + ", ".join(f"{p}: 3.0" for p in new_blocks) + ", log_gain: 10.0, log_inv_gain: 10.0, vae.: 0.3, color.: 3.0}"
+    run26 = TrainConfig.from_yaml(high, ["seed=26", "stages.0.steps=8000", "stages.0.lr=1.0e-4", f"stages.0.lr_scale={scales}"])
+    assert deep == run26
+    model = CADCModel(CADCConfig.from_yaml(ROOT / "configs" / "models" / "cadc-tiny-y16.yaml"))
+    names = [n for n, _ in model.named_parameters()]
+    assert all(any(n.startswith(p) for n in names) for p in new_blocks)
+    assert not any(n.startswith(("g_s.low.3.", "g_s.high.3.", "g_a.refine.3.")) for n in names)

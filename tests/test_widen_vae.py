@@ -72,7 +72,8 @@ def test_widened_model_decodes_what_the_old_one_decodes(pair) -> None:
         text, _ = old.text(None, 1, x.device, x.dtype)
         l0_old, l0_new = old.denoise(lt_old, text), new.denoise(lt_new, text)
         torch.testing.assert_close(l0_new[:, :8], l0_old, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(new.decode_pixels(l0_new), old.decode_pixels(l0_old), atol=1e-5, rtol=1e-4)
+        # float32 sums in another order through the whole decoder: a few pixels differ by ~1e-5
+        torch.testing.assert_close(new.decode_pixels(l0_new), old.decode_pixels(l0_old), atol=5e-5, rtol=1e-4)
         torch.testing.assert_close(new.aux_reconstruction(lt_new), old.aux_reconstruction(lt_old), atol=1e-5, rtol=1e-4)
 
 
