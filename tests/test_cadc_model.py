@@ -164,6 +164,29 @@ def test_analysis_stage_blocks_start_as_the_identity_and_then_deepen_g_a() -> No
         assert not torch.equal(deep.analyze(x), plain.analyze(x))
 
 
+def test_more_transform_blocks_start_as_the_identity_at_both_ends() -> None:
+    """transform_blocks 1 -> 3 from trained weights (run 26's warm start): the same y and l_T until the new
+    blocks train, and each new block then changes its end of the codec."""
+    torch.manual_seed(0)
+    one = CADCModel(CADCConfig.from_yaml(TINY_YAML)).eval()
+    assert one.config.codec.transform_blocks == 1
+    three = CADCModel(CADCConfig.from_dict(tiny_dict(transform_blocks=3))).eval()
+    report = three.load_state_dict(one.state_dict(), strict=False)
+    assert not report.unexpected_keys
+    assert sorted({k.rsplit(".", 2)[0] for k in report.missing_keys}) == [
+        f"{part}.{i}" for part in ("g_a.refine", "g_s.high", "g_s.low") for i in (1, 2)]
+    x = torch.rand(1, 3, 128, 192)
+    with torch.no_grad():
+        y = one.analyze(x)
+        inv_gain = one.gains(torch.tensor([4.0]))[1]
+        torch.testing.assert_close(three.analyze(x), y, rtol=0, atol=0)
+        torch.testing.assert_close(three.synthesize_latent(y, inv_gain), one.synthesize_latent(y, inv_gain), rtol=0, atol=0)
+        for block in (three.g_a.refine[2], three.g_s.low[1], three.g_s.high[2]):
+            torch.nn.init.normal_(block.conv2.weight, std=0.05)
+        assert not torch.equal(three.analyze(x), y)
+        assert not torch.equal(three.synthesize_latent(y, inv_gain), one.synthesize_latent(y, inv_gain))
+
+
 @pytest.mark.parametrize("blocks", [[1, 1], [0, 0, -1, 0]])
 def test_bad_analysis_stage_blocks_are_refused(blocks: list[int]) -> None:
     with pytest.raises(ConfigError, match="analysis_stage_blocks"):
