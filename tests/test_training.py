@@ -240,10 +240,10 @@ def test_windowed_pixel_losses_colour_term_and_lr_scales(tmp_path, make_model):
     assert out["x_hat"].shape == out["x_target"].shape == (1, 3, 64, 64)
     assert out["l0"].shape[-2:] == (16, 16), "the latent still covers the whole crop"
 
-    cfg = tiny_recipe(stages=[{
-        "name": "codec", "kind": "codec", "steps": 2, "lr": 1e-3, "warmup": 1, "frozen": ["vae."],
-        "pixel_window": 64, "lr_scale": {"log_gain": 10.0},
-        "loss": {"mse": 30.0, "color": 30.0, "aux": 10.0, "latent": 1.0}}])
+    stage = {"name": "codec", "kind": "codec", "steps": 2, "lr": 1e-3, "warmup": 1, "frozen": ["vae."],
+             "pixel_window": 64, "lr_scale": {"log_gain": 10.0},
+             "loss": {"mse": 30.0, "color": 30.0, "aux": 10.0, "latent": 1.0}}
+    cfg = tiny_recipe(stages=[stage])
     trainer = Trainer(model, cfg, tmp_path / "run", generated_bank(), progress=False)
     last = trainer.run(max_steps=2)
     assert math.isfinite(last["loss"]) and last["color"] >= 0
@@ -251,6 +251,10 @@ def test_windowed_pixel_losses_colour_term_and_lr_scales(tmp_path, make_model):
     assert len(lrs) == 2 and lrs[1] == pytest.approx(10 * lrs[0])
     with pytest.raises(ConfigError, match="pixel_window"):
         tiny_recipe(stages=[{"name": "c", "kind": "codec", "steps": 1, "pixel_window": 60}])
+    # A prefix naming no parameter (misspelt, or blocks this model config does not build) is refused, not run at 1x.
+    misspelt = tiny_recipe(stages=[{**stage, "lr_scale": {"log_gain": 10.0, "g_s.lwo.": 3.0}}])
+    with pytest.raises(ConfigError, match=r"\[.g_s.lwo..\] name no parameter"):
+        Trainer(model, misspelt, tmp_path / "run2", generated_bank(), progress=False)
 
 
 def test_balanced_latent_alignment_weighs_every_channel_alike(tmp_path, make_model):
@@ -403,3 +407,36 @@ def test_recipe_overrides_reach_the_config_and_bad_ones_are_refused():
                      ("seed.x=1", "not a section"), ("stages.0.steps=0", "steps must be positive")):
         with pytest.raises(ConfigError, match=msg):
             TrainConfig.from_yaml(recipe, [bad])
+
+
+# The model each committed recipe with lr_scale entries trains, as its header's command line builds it.
+RECIPE_MODELS = {
+    "cadc-tiny": ("cadc-tiny", []), "cadc-tiny-codec": ("cadc-tiny", []), "cadc-tiny-low": ("cadc-tiny", []),
+    "cadc-tiny-deep": ("cadc-tiny", ["codec.transform_blocks=3"]),
+    "cadc-tiny-gpu": ("cadc-tiny-gpu", []), "cadc-tiny-gpu-continue": ("cadc-tiny-gpu", []),
+    "cadc-tiny-y128": ("cadc-tiny-y128", []),
+    "cadc-tiny-y16": ("cadc-tiny-y16", []), "cadc-tiny-y16-high": ("cadc-tiny-y16", []),
+    "cadc-tiny-y16-more": ("cadc-tiny-y16", []), "cadc-tiny-y16-deep": ("cadc-tiny-y16", []),
+    "cadc-tiny-vae16-codec": ("cadc-tiny-y16-vae16", []), "cadc-tiny-vae16-codec-more": ("cadc-tiny-y16-vae16", []),
+    "cadc-tiny-vae16-codec-frozen": ("cadc-tiny-y16-vae16", []),
+    "cadc-tiny-vae16-balanced": ("cadc-tiny-y16-vae16", []),
+}
+
+
+def test_every_committed_recipes_lr_scale_names_parameters_of_its_model() -> None:
+    """A recipe whose lr_scale prefix named nothing would be refused at the start of its run; catch it here."""
+    from gateway.codec.cadc.model import CADCModel
+    from gateway.training.build import read_model_config
+    from gateway.training.trainer import check_lr_scale
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    scaled = {p.stem for p in (root / "train").glob("*.yaml")
+              if any(stage.lr_scale for stage in TrainConfig.from_yaml(p).stages)}
+    assert scaled == set(RECIPE_MODELS), "add the new recipe's model to RECIPE_MODELS"
+    for recipe, (model_name, overrides) in RECIPE_MODELS.items():
+        model = CADCModel(read_model_config(root / "models" / f"{model_name}.yaml", overrides))
+        for stage in TrainConfig.from_yaml(root / "train" / f"{recipe}.yaml").stages:
+            check_lr_scale(model, stage)
+    with pytest.raises(ConfigError, match="g_s.low.1."):
+        check_lr_scale(CADCModel(read_model_config(root / "models" / "cadc-tiny.yaml")),
+                       TrainConfig.from_yaml(root / "train" / "cadc-tiny-deep.yaml").stages[0])

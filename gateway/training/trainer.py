@@ -58,6 +58,19 @@ def trains(name: str, stage: StageConfig) -> bool:
     return not any(name.startswith(p) for p in stage.frozen)
 
 
+def check_lr_scale(model: nn.Module, stage: StageConfig) -> None:
+    """Refuse ``stage.lr_scale`` prefixes that name no parameter of ``model`` at all.
+
+    A misspelt prefix, or one for blocks the model config does not build, would otherwise leave the weights it
+    meant to speed up training at 1x without a word.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [prefix for prefix in stage.lr_scale if not any(n.startswith(prefix) for n in names)]
+    if unmatched:
+        raise ConfigError(f"stage {stage.name!r}: lr_scale prefixes {unmatched} name no parameter of the model; "
+                          "correct the prefix, or build the model the recipe expects (see the recipe's header)")
+
+
 def stage_param_groups(model: nn.Module, stage: StageConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups of ``stage``: the parameters that train, one group per lr multiplier.
 
@@ -66,6 +79,7 @@ def stage_param_groups(model: nn.Module, stage: StageConfig) -> list[dict[str, A
     schedule scales every group alike and the multipliers survive warmup and decay.
     Call after setting ``requires_grad`` with :func:`trains`.
     """
+    check_lr_scale(model, stage)
     groups: dict[float, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -169,6 +183,8 @@ class Trainer:
                 raise ConfigError(f"lam_train_range {list(cfg.lam_train_range)} must lie inside the model's "
                                   f"lam_range {list(self.lam_range)}")
             self.lam_train_range = (lo, hi)
+        for stage in cfg.stages:  # before any stage runs: a later stage's typo would otherwise cost the earlier ones
+            check_lr_scale(self.model, stage)
         self.delta_range = cfg.delta_range
         model_delta = getattr(model, "delta_range", None)
         if model_delta is not None:
