@@ -22,10 +22,17 @@ TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "cadc-t
 def codec(tmp_path_factory: pytest.TempPathFactory) -> CADCCodec:
     """A random-init cadc-tiny whose λ gains are widened so that λ moves the rate like a trained model's.
 
-    (Untrained, g_a's output is so small that every symbol rounds to 0 whatever λ is.)
+    (Untrained, g_a's output is so small that every symbol rounds to 0 whatever λ is.)  One residual block at
+    each end of the transforms, as cadc-tiny had until run 29: two more random blocks make the stand-in's rate
+    jump in coarser λ steps than a trained model's (the shipped 3-block model fills Kodak's 1- and 2-frame
+    budgets at Δ 0.98-1.0).
     """
+    from gateway.codec.cadc.config import CADCConfig
+
     torch.manual_seed(0)
-    model = load_model(create_bundle(TINY_YAML, tmp_path_factory.mktemp("cadc-rc") / "tiny"))
+    config = CADCConfig.from_dict({**(data := CADCConfig.from_yaml(TINY_YAML).to_dict()),
+                                   "codec": {**data["codec"], "transform_blocks": 1}})
+    model = load_model(create_bundle(config, tmp_path_factory.mktemp("cadc-rc") / "tiny"))
     widen_gains(model, 7.0)
     return CADCCodec(model)
 

@@ -417,6 +417,7 @@ RECIPE_MODELS = {
     "cadc-tiny-y128": ("cadc-tiny-y128", []),
     "cadc-tiny-y16": ("cadc-tiny-y16", []), "cadc-tiny-y16-high": ("cadc-tiny-y16", []),
     "cadc-tiny-y16-more": ("cadc-tiny-y16", []), "cadc-tiny-y16-deep": ("cadc-tiny-y16", []),
+    "cadc-tiny-y16-384": ("cadc-tiny-y16", []),
     "cadc-tiny-vae16-codec": ("cadc-tiny-y16-vae16", []), "cadc-tiny-vae16-codec-more": ("cadc-tiny-y16-vae16", []),
     "cadc-tiny-vae16-codec-frozen": ("cadc-tiny-y16-vae16", []),
     "cadc-tiny-vae16-balanced": ("cadc-tiny-y16-vae16", []),
@@ -438,5 +439,5 @@ def test_every_committed_recipes_lr_scale_names_parameters_of_its_model() -> Non
         for stage in TrainConfig.from_yaml(root / "train" / f"{recipe}.yaml").stages:
             check_lr_scale(model, stage)
     with pytest.raises(ConfigError, match="g_s.low.1."):
-        check_lr_scale(CADCModel(read_model_config(root / "models" / "cadc-tiny.yaml")),
+        check_lr_scale(CADCModel(read_model_config(root / "models" / "cadc-tiny.yaml", ["codec.transform_blocks=1"])),
                        TrainConfig.from_yaml(root / "train" / "cadc-tiny-deep.yaml").stages[0])
