@@ -27,11 +27,10 @@ def codec(tmp_path_factory: pytest.TempPathFactory) -> CADCCodec:
     jump in coarser λ steps than a trained model's (the shipped 3-block model fills Kodak's 1- and 2-frame
     budgets at Δ 0.98-1.0).
     """
-    from gateway.codec.cadc.config import CADCConfig
+    from gateway.training.build import read_model_config
 
     torch.manual_seed(0)
-    config = CADCConfig.from_dict({**(data := CADCConfig.from_yaml(TINY_YAML).to_dict()),
-                                   "codec": {**data["codec"], "transform_blocks": 1}})
+    config = read_model_config(TINY_YAML, ["codec.transform_blocks=1"])
     model = load_model(create_bundle(config, tmp_path_factory.mktemp("cadc-rc") / "tiny"))
     widen_gains(model, 7.0)
     return CADCCodec(model)
