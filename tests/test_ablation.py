@@ -12,7 +12,7 @@ from skimage import data
 from test_training import TINY_MODEL
 
 
-def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path, load_tool):
+def test_ablation_trains_three_variants_per_seed_and_summarises_the_seeds(tmp_path, load_tool):
     import torch
 
     from gateway.codec.cadc.bundle import load_model, save_bundle
@@ -36,13 +36,39 @@ def test_ablation_trains_three_variants_and_compares_them_to_m0(tmp_path, load_t
     out = tmp_path / "ablation"
     rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
                                      "--model", str(tmp_path / "model.yaml"), "--train", str(tmp_path / "recipe.yaml"),
-                                     "--images", str(images), "--frames", "2,4"])
+                                     "--images", str(images), "--frames", "2,4", "--seeds", "1", "2"])
     assert rc == 0
-    configs = {v: yaml.safe_load((out / v / "bundle" / "config.yaml").read_text())["codec"] for v in ("M0", "M1", "M2")}
-    assert [(c["ugaq"], c["adgic"]) for c in configs.values()] == [(False, False), (True, False), (True, True)]
+    for seed in (1, 2):
+        run = out / f"seed-{seed}"
+        configs = {v: yaml.safe_load((run / v / "bundle" / "config.yaml").read_text())["codec"]
+                   for v in ("M0", "M1", "M2")}
+        assert [(c["ugaq"], c["adgic"]) for c in configs.values()] == [(False, False), (True, False), (True, True)]
+        summary = json.loads((run / "eval" / "summary.json").read_text())
+        assert summary["meta"]["reference"] == "M0" and set(summary["meta"]["codecs"]) == {"M0", "M1", "M2"}
+        assert set(summary["bd_rate"]) == {"M1", "M2"}
     vae = {k: t for k, t in vae_source.state_dict().items() if k.startswith("vae.")}
-    m1 = load_model(out / "M1" / "bundle").state_dict()
+    m1 = load_model(out / "seed-1" / "M1" / "bundle").state_dict()
     assert all(torch.equal(m1[k], t) for k, t in vae.items())  # the shared VAE stayed frozen
-    summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert summary["meta"]["reference"] == "M0" and set(summary["meta"]["codecs"]) == {"M0", "M1", "M2"}
-    assert set(summary["bd_rate"]) == {"M1", "M2"}
+    # the seeds differ, so the same variant's weights do
+    m1_other = load_model(out / "seed-2" / "M1" / "bundle").state_dict()
+    assert any(not torch.equal(m1[k], m1_other[k]) for k in m1 if not k.startswith("vae."))
+
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["seeds"] == [1, 2]
+    assert set(result["contrasts"]) == {"UGAQ (M1 vs M0)", "ADGIC (M2 vs M1)", "UGAQ + ADGIC (M2 vs M0)"}
+    assert "UGAQ (M1 vs M0)" in (out / "ablation.md").read_text()
+
+    # summarising again without training reads the same evaluations
+    rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
+                                     "--seeds", "1", "2", "3", "--summary-only"])
+    assert rc == 0 and json.loads((out / "ablation.json").read_text())["seeds"] == [1, 2]
+
+
+def test_a_contrast_is_resolved_only_when_its_interval_excludes_zero(load_tool):
+    spread = load_tool("ablation").spread
+    clear = spread([-10.0, -11.0, -9.0])
+    assert clear["resolved"] and clear["ci95"][1] < 0 and abs(clear["mean"] + 10.0) < 1e-9
+    assert abs(clear["std"] - 1.0) < 1e-9
+    assert not spread([-5.0, 5.0, 1.0])["resolved"]
+    one = spread([-30.0])
+    assert not one["resolved"] and one["std"] is None

@@ -118,3 +118,20 @@ def test_learned_metrics_absent_without_local_weights(astronaut, tmp_path, monke
     metrics._load_torchscript.cache_clear()
     assert metrics.lpips(astronaut, astronaut) is None
     assert metrics.dists(astronaut, astronaut) is None
+
+
+def test_mean_bd_rates_average_each_images_own_bd_rate():
+    rates = [0.02, 0.04, 0.08, 0.16]
+    records = []
+    for image, factor in (("a", 0.8), ("b", 0.6)):
+        quality = [24.0 + i for i in range(4)] if image == "a" else [30.0 + 2 * i for i in range(4)]
+        for r, q in zip(rates, quality):
+            records.append({"image": image, "codec": "ref", "ok": True, "bpp": r, "psnr": q, "ms_ssim": q / 40})
+            records.append({"image": image, "codec": "new", "ok": True, "bpp": r * factor, "psnr": q,
+                            "ms_ssim": q / 40})
+    # a failed fit or a missing metric is left out, not averaged as zero
+    records.append({"image": "a", "codec": "new", "ok": False, "bpp": 0.01, "psnr": None, "ms_ssim": None})
+    bd = metrics.mean_bd_rates(records, ["ref", "new"], "ref")
+    assert set(bd) == {"new"}
+    assert bd["new"]["psnr"] == pytest.approx(-30.0, abs=1e-6)
+    assert bd["new"]["ms_ssim"] == pytest.approx(-30.0, abs=1e-6)

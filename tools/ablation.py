@@ -10,14 +10,31 @@ same images and budgets with BD-rates against M0::
 Each variant trains in ``<out>/<variant>`` (resumable: run the same command
 again after an interruption) and is exported to ``<out>/<variant>/bundle``;
 the evaluation (``tools/eval.py``) goes to ``<out>/eval``.
+
+With ``--seeds 1 2 3`` every variant is trained and evaluated once per seed
+(``<out>/seed-N/<variant>``, ``<out>/seed-N/eval``) and the seeds are then
+summarised in ``<out>/ablation.md`` / ``ablation.json``: each contrast's
+BD-rate (UGAQ: M1 against M0; ADGIC: M2 against M1; both: M2 against M0) as
+mean ± standard deviation over seeds, with a 95 % t interval, and whether that
+interval excludes zero, i.e. whether the difference is larger than the seed
+spread.  ``--summary-only`` summarises the seeds whose evaluation exists
+(a schedule that spans sessions).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from gateway.eval import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +44,14 @@ VARIANTS: dict[str, list[str]] = {
     "M1": ["codec.ugaq=true", "codec.adgic=false"],
     "M2": ["codec.ugaq=true", "codec.adgic=true"],
 }
+
+#: Contrast -> (reference variant, variant): what each component is measured by.
+CONTRASTS: dict[str, tuple[str, str]] = {
+    "UGAQ (M1 vs M0)": ("M0", "M1"),
+    "ADGIC (M2 vs M1)": ("M1", "M2"),
+    "UGAQ + ADGIC (M2 vs M0)": ("M0", "M2"),
+}
+QUALITIES = ("ms_ssim", "psnr")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,12 +66,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", default="/work/shared/data/kodak", help="evaluation images")
     p.add_argument("--frames", default="1,2,4,8", help="evaluation budgets in frames")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
-    return p.parse_args(argv)
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="train and evaluate every variant once per seed (replacing the recipe's) and summarise "
+                        "the BD-rates over seeds")
+    p.add_argument("--summary-only", action="store_true",
+                   help="with --seeds: no training or evaluation, only summarise the seeds evaluated so far")
+    args = p.parse_args(argv)
+    if args.summary_only and not args.seeds:
+        p.error("--summary-only needs --seeds")
+    return args
 
 
-def train_command(args: argparse.Namespace, variant: str) -> list[str]:
-    """The tools/train.py invocation for one variant."""
-    run = Path(args.out) / variant
+def run_dir(args: argparse.Namespace, seed: int | None) -> Path:
+    """Where one seed's variants and evaluation live (``--out`` itself without ``--seeds``)."""
+    return Path(args.out) / f"seed-{seed}" if seed is not None else Path(args.out)
+
+
+def train_command(args: argparse.Namespace, variant: str, seed: int | None = None) -> list[str]:
+    """The tools/train.py invocation for one variant (and seed)."""
+    run = run_dir(args, seed) / variant
     cmd = [sys.executable, str(ROOT / "tools/train.py"), "--model", args.model, "--train", args.train,
            "--out", str(run), "--export", str(run / "bundle"), "--resume", "--no-progress",
            "--init-bundle", args.vae_bundle, "--init-parts", "vae."]
@@ -54,12 +92,14 @@ def train_command(args: argparse.Namespace, variant: str) -> list[str]:
         cmd += ["--set", item]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if seed is not None:
+        cmd += ["--recipe-set", f"seed={seed}"]
     return cmd
 
 
-def eval_command(args: argparse.Namespace) -> list[str]:
+def eval_command(args: argparse.Namespace, seed: int | None = None) -> list[str]:
     """The tools/eval.py invocation comparing the three variants (BD-rates against M0)."""
-    out = Path(args.out)
+    out = run_dir(args, seed)
     codecs = ",".join(f"{v}={out / v / 'bundle'}" for v in VARIANTS)
     cmd = [sys.executable, str(ROOT / "tools/eval.py"), "--codecs", codecs, "--reference", "M0",
            "--images", args.images, "--frames", args.frames, "--out", str(out / "eval"), "--reuse",
@@ -69,17 +109,110 @@ def eval_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+def load_records(eval_dir: Path) -> list[dict[str, Any]]:
+    """The per-image measurements of one evaluation (``tools/eval.py --out``)."""
+    records: list[dict[str, Any]] = []
+    for path in sorted((eval_dir / "images").glob("*.json")):
+        records += json.loads(path.read_text())
+    return records
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, standard deviation and 95 % t interval of one contrast's BD-rates over seeds.
+
+    ``resolved`` says whether the interval excludes zero: the difference is then larger than what changing the
+    seed alone does.  With one seed there is no spread to compare with, so nothing is resolved.
+    """
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return {"n": n, "values": values, "mean": mean, "std": None, "ci95": None, "resolved": False}
+    std = float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return {"n": n, "values": values, "mean": mean, "std": std, "ci95": [mean - half, mean + half],
+            "resolved": bool(mean - half > 0 or mean + half < 0)}
+
+
+def summarise(out: Path, seeds: list[int]) -> dict[str, Any]:
+    """BD-rates of every contrast per seed, and their spread over the seeds evaluated so far."""
+    per_seed: dict[int, dict[str, dict[str, float | None]]] = {}
+    quality: dict[str, dict[int, dict[int, list[float]]]] = {}  # variant -> frames -> seed -> per-image MS-SSIM
+    for seed in seeds:
+        records = load_records(out / f"seed-{seed}" / "eval")
+        if {r["codec"] for r in records} < set(VARIANTS):
+            continue
+        per_seed[seed] = {}
+        for name, (ref, variant) in CONTRASTS.items():
+            per_seed[seed][name] = metrics.mean_bd_rates(records, [variant], ref, QUALITIES)[variant]
+        for r in records:
+            if r.get("ok"):
+                quality.setdefault(r["codec"], {}).setdefault(r["frames"], {}).setdefault(seed, []).append(r["ms_ssim"])
+    contrasts = {}
+    for name in CONTRASTS:
+        contrasts[name] = {}
+        for q in QUALITIES:
+            vals = [per_seed[s][name][q] for s in per_seed if per_seed[s][name][q] is not None]
+            contrasts[name][q] = spread(vals) if vals else None
+    # Each seed's mean over images, then their mean and spread over seeds.
+    ms_ssim = {v: {str(f): {"mean": float(np.mean(m := [float(np.mean(x)) for x in by_seed.values()])),
+                            "std": float(np.std(m, ddof=1)) if len(m) > 1 else None}
+                   for f, by_seed in sorted(by_frames.items())}
+               for v, by_frames in sorted(quality.items())}
+    return {"seeds": sorted(per_seed), "per_seed": {str(s): v for s, v in per_seed.items()},
+            "contrasts": contrasts, "mean_ms_ssim": ms_ssim}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as the model card's table."""
+    def cell(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "–"
+        if c["std"] is None:
+            return f"{c['mean']:+.1f} % (1 seed)"
+        lo, hi = c["ci95"]
+        return f"{c['mean']:+.1f} ± {c['std']:.1f} % [{lo:+.1f}, {hi:+.1f}]{' **resolved**' if c['resolved'] else ''}"
+
+    lines = [f"Seeds: {', '.join(map(str, summary['seeds'])) or 'none evaluated'}", "",
+             "| contrast | BD-rate MS-SSIM | BD-rate PSNR | per seed (MS-SSIM / PSNR) |", "|---|---|---|---|"]
+    for name, q in summary["contrasts"].items():
+        seeds = "; ".join(
+            " / ".join("–" if v is None else f"{v:+.1f}" for v in summary["per_seed"][str(s)][name].values())
+            for s in summary["seeds"])
+        lines.append(f"| {name} | {cell(q['ms_ssim'])} | {cell(q['psnr'])} | {seeds} |")
+    lines += ["", "mean ± standard deviation over seeds [95 % t interval]; resolved: the interval excludes 0, "
+              "the difference is larger than the seed spread.", ""]
+    frames = sorted({f for by_frames in summary["mean_ms_ssim"].values() for f in by_frames}, key=int)
+    if frames:
+        lines += [f"| MS-SSIM (mean ± sd over seeds) | {' | '.join(f'{f} frames' for f in frames)} |",
+                  "|---" * (len(frames) + 1) + "|"]
+        for variant, by_frames in summary["mean_ms_ssim"].items():
+            cells = ["–" if (c := by_frames.get(f)) is None else
+                     f"{c['mean']:.4f}" + ("" if c["std"] is None else f" ± {c['std']:.4f}") for f in frames]
+            lines.append(f"| {variant} | {' | '.join(cells)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for variant in args.only or list(VARIANTS):
-        print(f"== {variant}: {' '.join(VARIANTS[variant])}", flush=True)
-        rc = subprocess.call(train_command(args, variant))
-        if rc != 0:
-            print(f"error: training {variant} failed with exit status {rc}", file=sys.stderr)
-            return rc
-    if args.skip_eval:
-        return 0
-    return subprocess.call(eval_command(args))
+    for seed in (args.seeds or [None]) if not args.summary_only else []:
+        for variant in args.only or list(VARIANTS):
+            print(f"== {variant}{'' if seed is None else f' seed {seed}'}: {' '.join(VARIANTS[variant])}", flush=True)
+            rc = subprocess.call(train_command(args, variant, seed))
+            if rc != 0:
+                print(f"error: training {variant} failed with exit status {rc}", file=sys.stderr)
+                return rc
+        if not args.skip_eval:
+            rc = subprocess.call(eval_command(args, seed))
+            if rc != 0:
+                return rc
+    if args.seeds:
+        summary = summarise(Path(args.out), args.seeds)
+        (Path(args.out) / "ablation.json").write_text(json.dumps(summary, indent=1))
+        text = markdown(summary)
+        (Path(args.out) / "ablation.md").write_text(text)
+        print(text)
+    return 0
 
 
 if __name__ == "__main__":

@@ -160,31 +160,6 @@ def summarize(records: list[dict[str, Any]], codecs: list[str], frames: list[int
     return rows
 
 
-def bd_rates(records: list[dict[str, Any]], codecs: list[str], reference: str) -> dict[str, dict[str, float | None]]:
-    """Mean per-image BD-rate (%) of each codec against ``reference``, for MS-SSIM and PSNR."""
-    out: dict[str, dict[str, float | None]] = {}
-    images = sorted({r["image"] for r in records})
-    for c in codecs:
-        if c == reference:
-            continue
-        res: dict[str, float | None] = {}
-        for q in ("ms_ssim", "psnr"):
-            vals = []
-            for img in images:
-                def curve(codec: str) -> tuple[list[float], list[float]]:
-                    pts = [(r["bpp"], r[q]) for r in records
-                           if r["image"] == img and r["codec"] == codec and r.get("ok") and math.isfinite(r[q])]
-                    return [p[0] for p in pts], [p[1] for p in pts]
-                ra, qa = curve(reference)
-                rb, qb = curve(c)
-                v = metrics.bd_rate(ra, qa, rb, qb)
-                if v is not None:
-                    vals.append(v)
-            res[q] = statistics.fmean(vals) if vals else None
-        out[c] = res
-    return out
-
-
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "–"
@@ -391,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     names = list(codecs)
     rows = summarize(records, names, frames)
-    bd = bd_rates(records, names, args.reference) if args.reference in names else {}
+    bd = metrics.mean_bd_rates(records, names, args.reference) if args.reference in names else {}
     meta = {"images": len(files), "source": str(args.images), "frame_size": args.frame_size, "parity": args.parity,
             "frames": frames, "codecs": names, "unavailable": setup_errors, "reference": args.reference,
             "ssimulacra": metrics.ssimulacra_version() if not args.no_slow_metrics else "skipped",

@@ -209,3 +209,31 @@ def bd_rate(
     avg_a = PchipInterpolator(q_a, lr_a).integrate(lo, hi) / (hi - lo)
     avg_b = PchipInterpolator(q_b, lr_b).integrate(lo, hi) / (hi - lo)
     return float((math.exp(avg_b - avg_a) - 1.0) * 100.0)
+
+
+def mean_bd_rates(records: Sequence[dict], codecs: Sequence[str], reference: str,
+                  qualities: Sequence[str] = ("ms_ssim", "psnr")) -> dict[str, dict[str, float | None]]:
+    """Mean per-image BD-rate (%) of each codec against ``reference``.
+
+    ``records`` are per-image measurements as ``tools/eval.py`` writes them (``image``, ``codec``, ``ok``,
+    ``bpp`` and the quality keys); each image contributes one BD-rate per quality from its own curves, and
+    images whose curves do not overlap are left out of the mean.  None where no image gives one.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    images = sorted({r["image"] for r in records})
+
+    def curve(img: str, codec: str, q: str) -> tuple[list[float], list[float]]:
+        pts = [(r["bpp"], r[q]) for r in records if r["image"] == img and r["codec"] == codec and r.get("ok")
+               and r.get(q) is not None and math.isfinite(r[q])]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    for c in codecs:
+        if c == reference:
+            continue
+        res: dict[str, float | None] = {}
+        for q in qualities:
+            vals = [v for img in images
+                    if (v := bd_rate(*curve(img, reference, q), *curve(img, c, q))) is not None]
+            res[q] = float(np.mean(vals)) if vals else None
+        out[c] = res
+    return out
