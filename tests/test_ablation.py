@@ -72,3 +72,13 @@ def test_a_contrast_is_resolved_only_when_its_interval_excludes_zero(load_tool):
     assert not spread([-5.0, 5.0, 1.0])["resolved"]
     one = spread([-30.0])
     assert not one["resolved"] and one["std"] is None
+
+
+def test_each_seed_trains_from_the_same_start_with_its_own_seed(load_tool):
+    ablation = load_tool("ablation")
+    args = ablation.parse_args(["--vae-bundle", "B", "--out", "/o", "--pretrained", "vae.", "unet.", "g_a."])
+    cmd = ablation.train_command(args, "M1", seed=3)
+    assert cmd[cmd.index("--init-parts") + 1: cmd.index("--init-parts") + 4] == ["vae.", "unet.", "g_a."]
+    assert cmd[cmd.index("--out") + 1] == "/o/seed-3/M1"
+    assert cmd[-2:] == ["--recipe-set", "seed=3"] and "codec.adgic=false" in cmd
+    assert ablation.eval_command(args, seed=3)[ablation.eval_command(args, seed=3).index("--out") + 1] == "/o/seed-3/eval"

@@ -57,6 +57,9 @@ QUALITIES = ("ms_ssim", "psnr")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vae-bundle", required=True, help="bundle whose trained VAE every variant starts from")
+    p.add_argument("--pretrained", nargs="+", default=["vae."], metavar="PREFIX",
+                   help="parameter-name prefixes every variant takes from --vae-bundle (default: the VAE only; "
+                        "configs/train/cadc-tiny-ablation-long.yaml gives all but UGAQ's and ADGIC's own modules)")
     p.add_argument("--out", required=True, help="folder for the three runs and the evaluation")
     p.add_argument("--model", default=str(ROOT / "configs/models/cadc-tiny.yaml"), help="base model config")
     p.add_argument("--train", default=str(ROOT / "configs/train/cadc-tiny-ablation.yaml"), help="recipe")
@@ -87,7 +90,7 @@ def train_command(args: argparse.Namespace, variant: str, seed: int | None = Non
     run = run_dir(args, seed) / variant
     cmd = [sys.executable, str(ROOT / "tools/train.py"), "--model", args.model, "--train", args.train,
            "--out", str(run), "--export", str(run / "bundle"), "--resume", "--no-progress",
-           "--init-bundle", args.vae_bundle, "--init-parts", "vae."]
+           "--init-bundle", args.vae_bundle, "--init-parts", *args.pretrained]
     for item in VARIANTS[variant]:
         cmd += ["--set", item]
     if args.threads:
