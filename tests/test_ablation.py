@@ -56,7 +56,8 @@ def test_ablation_trains_three_variants_per_seed_and_summarises_the_seeds(tmp_pa
     result = json.loads((out / "ablation.json").read_text())
     assert result["seeds"] == [1, 2]
     assert set(result["contrasts"]) == {"UGAQ (M1 vs M0)", "ADGIC (M2 vs M1)", "UGAQ + ADGIC (M2 vs M0)"}
-    assert "UGAQ (M1 vs M0)" in (out / "ablation.md").read_text()
+    text = (out / "ablation.md").read_text()
+    assert "UGAQ (M1 vs M0)" in text and "| 2 frames | 4 frames |" in text
 
     # summarising again without training reads the same evaluations
     rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),

@@ -186,7 +186,7 @@ def markdown(summary: dict[str, Any]) -> str:
               "the difference is larger than the seed spread.", ""]
     frames = sorted({f for by_frames in summary["mean_ms_ssim"].values() for f in by_frames}, key=int)
     if frames:
-        lines += [f"| MS-SSIM (mean ± sd over seeds) | {' | '.join(f'{f} frames' for f in frames)} |",
+        lines += [f"| MS-SSIM (mean ± sd over seeds) | {' | '.join(f'{f} frame' + ('' if f == '1' else 's') for f in frames)} |",
                   "|---" * (len(frames) + 1) + "|"]
         for variant, by_frames in summary["mean_ms_ssim"].items():
             cells = ["–" if (c := by_frames.get(f)) is None else
