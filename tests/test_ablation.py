@@ -81,5 +81,9 @@ def test_each_seed_trains_from_the_same_start_with_its_own_seed(load_tool):
     cmd = ablation.train_command(args, "M1", seed=3)
     assert cmd[cmd.index("--init-parts") + 1: cmd.index("--init-parts") + 4] == ["vae.", "unet.", "g_a."]
     assert cmd[cmd.index("--out") + 1] == "/o/seed-3/M1"
+    # One latent folder for every variant and seed: they freeze the same VAE encoder on the same images.
+    assert cmd[cmd.index("--latents-dir") + 1] == "/o/latents"
+    first = ablation.train_command(args, "M0", seed=1)
+    assert first[first.index("--latents-dir") + 1] == "/o/latents"
     assert cmd[-2:] == ["--recipe-set", "seed=3"] and "codec.adgic=false" in cmd
     assert ablation.eval_command(args, seed=3)[ablation.eval_command(args, seed=3).index("--out") + 1] == "/o/seed-3/eval"

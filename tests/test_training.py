@@ -335,6 +335,24 @@ def test_latent_targets_are_computed_once_per_image_and_match_the_crops(tmp_path
             assert torch.allclose(target[inner], own[inner], atol=1e-3)
 
 
+def test_runs_on_the_same_images_and_encoder_share_one_latent_folder(tmp_path, make_model):
+    """--latents-dir: a second run (another out dir) finds the first run's latents and encodes nothing again."""
+    torch.set_num_threads(1)
+    cfg = tiny_recipe(stages=[{
+        "name": "codec", "kind": "codec", "steps": 1, "lr": 1e-3, "warmup": 1, "frozen": ["vae."],
+        "loss": {"mse": 30.0, "latent_balanced": 1.0}}])
+    model, bank, shared = make_model(), generated_bank(), tmp_path / "latents"
+    Trainer(model, cfg, tmp_path / "a", bank, progress=False, latents_dir=shared).run(max_steps=1)
+    folders = list(shared.glob("latents-*"))
+    assert len(folders) == 1 and len(list(folders[0].glob("*.pt"))) == len(bank)
+    assert not list((tmp_path / "a").glob("latents-*"))
+    calls = []
+    real = model.vae_encode
+    model.vae_encode = lambda x: (calls.append(1), real(x))[1]
+    Trainer(model, cfg, tmp_path / "b", bank, progress=False, latents_dir=shared).run(max_steps=1)
+    assert not calls and list(shared.glob("latents-*")) == folders
+
+
 def test_gpu_check_dry_run_prints_one_json_line_with_every_step(tmp_path, load_tool, capsys):
     """tools/gpu_check.py, the script a session with a GPU runs, works end to end here with tiny models on the CPU."""
     import json

@@ -90,7 +90,9 @@ def train_command(args: argparse.Namespace, variant: str, seed: int | None = Non
     run = run_dir(args, seed) / variant
     cmd = [sys.executable, str(ROOT / "tools/train.py"), "--model", args.model, "--train", args.train,
            "--out", str(run), "--export", str(run / "bundle"), "--resume", "--no-progress",
-           "--init-bundle", args.vae_bundle, "--init-parts", *args.pretrained]
+           "--init-bundle", args.vae_bundle, "--init-parts", *args.pretrained,
+           # Every variant and seed freezes the same VAE encoder on the same images: encode them once.
+           "--latents-dir", str(Path(args.out) / "latents")]
     for item in VARIANTS[variant]:
         cmd += ["--set", item]
     if args.threads:

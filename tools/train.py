@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="model config YAML (configs/models/*.yaml)")
     p.add_argument("--train", required=True, help="training recipe YAML (configs/train/*.yaml)")
     p.add_argument("--out", default="runs/cadc", help="checkpoint / metrics folder")
+    p.add_argument("--latents-dir", help="folder for the cached VAE latents of the training images (default: --out); "
+                   "runs on the same images with the same frozen VAE encoder can share one")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--init-bundle", help="fresh runs: start from this bundle's weights wherever names and shapes "
                    "match the --model config (other parts keep their fresh initialisation)")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(val_bank) if val_bank else 0} validation images from {cfg.data.val}", flush=True)
         trainer = Trainer(model, cfg, args.out, train_bank, val_bank, export_dir=args.export,
                           export_fn=export_bundle if args.export else None, device=device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, latents_dir=args.latents_dir)
         if args.resume:
             trainer.resume()
         trainer.run(max_steps=args.max_steps)

@@ -156,11 +156,14 @@ class Trainer:
         export_fn: ExportFn | None = None,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        latents_dir: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.out_dir = Path(out_dir)
+        # The cache's sub-folder is named by a hash of the VAE encoder and the images, so runs may share a folder.
+        self.latents_dir = Path(latents_dir) if latents_dir else self.out_dir
         self.export_dir = Path(export_dir) if export_dir else None
         self.export_fn = export_fn
         self.progress = progress
@@ -240,8 +243,8 @@ class Trainer:
                                align=LATENT_STRIDE if cached else 1)
         self.latent_cache = None
         if cached:
-            # Every rank encodes its share of the images into the shared run folder and reads them all.
-            self.latent_cache = LatentCache.build(self.model, self.sampler.images, self.out_dir, log=self._log_line,
+            # Every rank encodes its share of the images into the shared folder and reads them all.
+            self.latent_cache = LatentCache.build(self.model, self.sampler.images, self.latents_dir, log=self._log_line,
                                                   rank=self.rank, world=self.world)
         if not names:
             raise ConfigError(f"stage {stage.name!r}: no parameter matches trainable={stage.trainable}")
