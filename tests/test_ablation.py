@@ -58,6 +58,7 @@ def test_ablation_trains_three_variants_per_seed_and_summarises_the_seeds(tmp_pa
     assert set(result["contrasts"]) == {"UGAQ (M1 vs M0)", "ADGIC (M2 vs M1)", "UGAQ + ADGIC (M2 vs M0)"}
     text = (out / "ablation.md").read_text()
     assert "UGAQ (M1 vs M0)" in text and "| 2 frames | 4 frames |" in text
+    assert Image.open(out / "ablation.png").size[0] > 600  # the per-seed figure beside the table
 
     # summarising again without training reads the same evaluations
     rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),

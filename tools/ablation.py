@@ -13,7 +13,7 @@ the evaluation (``tools/eval.py``) goes to ``<out>/eval``.
 
 With ``--seeds 1 2 3`` every variant is trained and evaluated once per seed
 (``<out>/seed-N/<variant>``, ``<out>/seed-N/eval``) and the seeds are then
-summarised in ``<out>/ablation.md`` / ``ablation.json``: each contrast's
+summarised in ``<out>/ablation.md`` / ``ablation.json`` / ``ablation.png``: each contrast's
 BD-rate (UGAQ: M1 against M0; ADGIC: M2 against M1; both: M2 against M0) as
 mean ± standard deviation over seeds, with a 95 % t interval, and whether that
 interval excludes zero, i.e. whether the difference is larger than the seed
@@ -198,6 +198,48 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """Each contrast's BD-rate per seed (dots) with the mean and its 95 % t interval (bar), one panel per metric.
+
+    A bar that crosses the zero line is a difference the seeds do not resolve.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["contrasts"])
+    fig, axes = plt.subplots(1, len(QUALITIES), figsize=(5.2 * len(QUALITIES), 3.6), dpi=120, sharey=True)
+    for ax, q in zip(np.atleast_1d(axes), QUALITIES):
+        for row, name in enumerate(names):
+            c = summary["contrasts"][name][q]
+            if c is None:
+                continue
+            ax.scatter(c["values"], [row] * len(c["values"]), color="grey", s=18, zorder=3)
+            if c["ci95"] is not None:
+                lo, hi = c["ci95"]
+                ax.plot([lo, hi], [row, row], color="tab:blue" if c["resolved"] else "tab:orange", lw=3, alpha=0.7)
+            ax.scatter([c["mean"]], [row], marker="|", s=300, color="black", zorder=4)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel(f"BD-rate {'MS-SSIM' if q == 'ms_ssim' else 'PSNR'} % (negative: fewer bits)")
+        ax.grid(True, axis="x", alpha=0.3)
+    np.atleast_1d(axes)[0].invert_yaxis()  # the axes share y: once turns both, the first contrast on top
+    from matplotlib.lines import Line2D
+
+    key = [Line2D([], [], color="grey", marker="o", ls="", label="one seed"),
+           Line2D([], [], color="black", marker="|", ms=12, ls="", label="mean over seeds"),
+           Line2D([], [], color="tab:blue", lw=3, label="95 % interval, excludes 0"),
+           Line2D([], [], color="tab:orange", lw=3, label="95 % interval, includes 0")]
+    fig.legend(handles=key, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    seeds = summary["seeds"]
+    fig.suptitle(f"Ablation over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} (Kodak)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for seed in (args.seeds or [None]) if not args.summary_only else []:
@@ -216,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         (Path(args.out) / "ablation.json").write_text(json.dumps(summary, indent=1))
         text = markdown(summary)
         (Path(args.out) / "ablation.md").write_text(text)
+        if summary["seeds"]:
+            plot(summary, Path(args.out) / "ablation.png")
         print(text)
     return 0
 
