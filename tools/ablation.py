@@ -207,6 +207,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     names = list(summary["contrasts"])
     fig, axes = plt.subplots(1, len(QUALITIES), figsize=(5.2 * len(QUALITIES), 3.6), dpi=120, sharey=True)
@@ -225,8 +226,6 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel(f"BD-rate {'MS-SSIM' if q == 'ms_ssim' else 'PSNR'} % (negative: fewer bits)")
         ax.grid(True, axis="x", alpha=0.3)
     np.atleast_1d(axes)[0].invert_yaxis()  # the axes share y: once turns both, the first contrast on top
-    from matplotlib.lines import Line2D
-
     key = [Line2D([], [], color="grey", marker="o", ls="", label="one seed"),
            Line2D([], [], color="black", marker="|", ms=12, ls="", label="mean over seeds"),
            Line2D([], [], color="tab:blue", lw=3, label="95 % interval, excludes 0"),
