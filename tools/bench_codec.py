@@ -52,14 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     model = codec.model
     print(f"bundle {path}  model id {codec.model_id:04x}  threads {args.threads}")
     print("parameters:")
-    for name in ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color", "unet", "vae"):
-        module = getattr(model, name)
-        if module is not None:
-            print(f"  {name:<19} {sum(p.numel() for p in module.parameters()):>12,}")
-    for name in ("text_encoder", "captioner"):
-        module = getattr(model.text, name)
-        if module is not None:
-            print(f"  {name:<19} {sum(p.numel() for p in module.parameters()):>12,}")
+    for name, _, count in model.part_sizes():
+        print(f"  {name:<19} {count:>12,}")
 
     files = sorted(args.kodak.glob("kodim*.png"))
     if not files:

@@ -14,13 +14,6 @@ from pathlib import Path
 from gateway.errors import SatgwError
 
 
-def _count(module: object) -> str:
-    params = getattr(module, "parameters", None)
-    if params is None:
-        return "-"
-    return f"{sum(p.numel() for p in params()):,}"
-
-
 def check(path: Path) -> int:
     """Print a readiness report of the bundle at ``path``; 0 when it loads and is complete."""
     from gateway.codec.cadc.bundle import CODEC_WEIGHTS, CONFIG_FILE, _part_present, load_model, required_parts
@@ -55,14 +48,8 @@ def check(path: Path) -> int:
         print(f"not ready: {exc}")
         return 1
     print("  parameters:")
-    for name in ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color", "unet", "vae"):
-        module = getattr(model, name)
-        if module is not None:
-            print(f"    {name:<19} {type(module).__name__:<22} {_count(module):>14}")
-    for name in ("text_encoder", "captioner"):
-        module = getattr(model.text, name)
-        if module is not None:
-            print(f"    {name:<19} {type(module).__name__:<22} {_count(module):>14}")
+    for name, module, count in model.part_sizes():
+        print(f"    {name:<19} {type(module).__name__:<22} {count:>14,}")
     print(f"  model id      {model.model_id:04x}")
     print(f"  quality calib {calibration_report(path, model.model_id)}")
     print("ready")

@@ -158,6 +158,15 @@ class CADCModel(CADCEncoder):
         ``precision`` setting applies to (:mod:`gateway.codec.cadc.devices`)."""
         return [m for m in (self.unet, self.vae, self.text.text_encoder, self.text.captioner) if m is not None]
 
+    def part_sizes(self) -> list[tuple[str, nn.Module, int]]:
+        """Each present part as (name, module, parameter count), in data-flow order: what ``satgw bundle check``
+        and the codec benchmark report."""
+        names = ("g_a", "h_a", "h_s", "entropy_bottleneck", "ugaq", "context", "g_s", "aux_decoder", "color",
+                 "unet", "vae")
+        parts = [(name, getattr(self, name)) for name in names]
+        parts += [(name, getattr(self.text, name)) for name in ("text_encoder", "captioner")]
+        return [(name, m, sum(p.numel() for p in m.parameters())) for name, m in parts if m is not None]
+
     # -- pieces shared by training and coding ----------------------------------------------------
     def quadtree_masks(self, y_hat: torch.Tensor) -> torch.Tensor:
         """[4, 1, N, h, w] masks of the elements each quadtree step decodes (this model's channel groups)."""
