@@ -55,15 +55,32 @@ def test_ablation_trains_three_variants_per_seed_and_summarises_the_seeds(tmp_pa
 
     result = json.loads((out / "ablation.json").read_text())
     assert result["seeds"] == [1, 2]
-    assert set(result["contrasts"]) == {"UGAQ (M1 vs M0)", "ADGIC (M2 vs M1)", "UGAQ + ADGIC (M2 vs M0)"}
+    paper = {"UGAQ (M1 vs M0)", "ADGIC (M2 vs M1)", "UGAQ + ADGIC (M2 vs M0)"}
+    assert set(result["contrasts"]) == paper
     text = (out / "ablation.md").read_text()
     assert "UGAQ (M1 vs M0)" in text and "| 2 frames | 4 frames |" in text
+    assert "M1i" not in text  # the opt-in variant no seed has trained
     assert Image.open(out / "ablation.png").size[0] > 600  # the per-seed figure beside the table
 
     # summarising again without training reads the same evaluations
     rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
                                      "--seeds", "1", "2", "3", "--summary-only"])
     assert rc == 0 and json.loads((out / "ablation.json").read_text())["seeds"] == [1, 2]
+
+    # the opt-in variant, trained for one seed only, joins that seed's evaluation and its own contrast
+    rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
+                                     "--model", str(tmp_path / "model.yaml"), "--train", str(tmp_path / "recipe.yaml"),
+                                     "--images", str(images), "--frames", "2,4", "--seeds", "1", "--only", "M1i"])
+    assert rc == 0
+    assert yaml.safe_load((out / "seed-1" / "M1i" / "bundle" / "config.yaml").read_text())["codec"]["ugaq_init_scale"] == 1.05
+    assert set(json.loads((out / "seed-1" / "eval" / "summary.json").read_text())["meta"]["codecs"]) == {"M0", "M1", "M2", "M1i"}
+    rc = load_tool("ablation").main(["--vae-bundle", str(tmp_path / "vae-bundle"), "--out", str(out),
+                                     "--seeds", "1", "2", "--summary-only"])
+    result = json.loads((out / "ablation.json").read_text())
+    assert rc == 0 and result["seeds"] == [1, 2]
+    assert set(result["contrasts"]) == paper | {"UGAQ, started at m = 1 (M1i vs M0)"}
+    assert set(result["per_seed"]["1"]) == set(result["contrasts"]) and set(result["per_seed"]["2"]) == paper
+    assert "M1i vs M0" in (out / "ablation.md").read_text()
 
 
 def test_a_contrast_is_resolved_only_when_its_interval_excludes_zero(load_tool):

@@ -110,6 +110,38 @@ def test_ablation_switches(switches: dict) -> None:
     assert out["x_hat"].shape == (1, 3, 64, 64)
 
 
+@pytest.mark.parametrize("max_scale", [4.0, 0.0])
+def test_ugaq_init_scale_starts_m_constant_and_training_moves_it(max_scale: float) -> None:
+    """A fresh UGAQ started at m0 gives m0 for any input, and its weights still learn (bounded and unbounded m)."""
+    torch.manual_seed(0)
+    model = CADCModel(CADCConfig.from_dict(tiny_dict(ugaq_max_scale=max_scale, ugaq_init_scale=1.05)))
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x, torch.tensor([4.0, 64.0]))
+    assert torch.allclose(out["m"], torch.full_like(out["m"], 1.05), atol=1e-6)
+    opt = torch.optim.Adam(model.ugaq.parameters(), lr=1e-2)
+    for _ in range(5):
+        out = model(x, torch.tensor([4.0, 64.0]))
+        loss = ((out["m"] - 2.0) ** 2).mean()  # any target that needs a non-constant path: m must leave 1.05
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        m = model(x, torch.tensor([4.0, 64.0]))["m"]
+    assert float(m.mean()) > 1.1 and float(m.std()) > 0  # no longer the constant start
+    # A random start scatters m; the default is unchanged.
+    torch.manual_seed(0)
+    default = CADCModel(CADCConfig.from_dict(tiny_dict(ugaq_max_scale=max_scale)))
+    with torch.no_grad():
+        assert float(default(x, torch.tensor([4.0, 64.0]))["m"].std()) > 0
+
+
+@pytest.mark.parametrize("codec", [dict(ugaq_init_scale=1.0), dict(ugaq_init_scale=4.0, ugaq_max_scale=4.0),
+                                   dict(ugaq_init_scale=0.5)])
+def test_bad_ugaq_init_scale_is_refused(codec: dict) -> None:
+    with pytest.raises(ConfigError, match="ugaq_init_scale"):
+        CADCConfig.from_dict(tiny_dict(**codec))
+
+
 def test_colour_correction_starts_as_the_identity_and_learns_block_means() -> None:
     """Zero-initialised, it leaves the VAE's picture as it is; a few steps pull the block means to a target."""
     torch.manual_seed(0)

@@ -19,6 +19,10 @@ mean ± standard deviation over seeds, with a 95 % t interval, and whether that
 interval excludes zero, i.e. whether the difference is larger than the seed
 spread.  ``--summary-only`` summarises the seeds whose evaluation exists
 (a schedule that spans sessions).
+
+``--only M0 M1i`` adds a fourth, opt-in variant: M1 with UGAQ's fresh network
+started at m = 1.05 everywhere (``codec.ugaq_init_scale``) instead of a random
+init, contrasted with M0 where both exist.
 """
 
 from __future__ import annotations
@@ -43,13 +47,19 @@ VARIANTS: dict[str, list[str]] = {
     "M0": ["codec.ugaq=false", "codec.adgic=false"],
     "M1": ["codec.ugaq=true", "codec.adgic=false"],
     "M2": ["codec.ugaq=true", "codec.adgic=true"],
+    # M1 with UGAQ's fresh network started at m = 1.05 everywhere (nearly M0) instead of PyTorch's random
+    # init: is the seed-fragility of UGAQ's gain its start?  Opt-in (--only M0 M1i).
+    "M1i": ["codec.ugaq=true", "codec.adgic=false", "codec.ugaq_init_scale=1.05"],
 }
+#: What a run trains and evaluates without --only: the paper's three.
+DEFAULT_VARIANTS = ("M0", "M1", "M2")
 
 #: Contrast -> (reference variant, variant): what each component is measured by.
 CONTRASTS: dict[str, tuple[str, str]] = {
     "UGAQ (M1 vs M0)": ("M0", "M1"),
     "ADGIC (M2 vs M1)": ("M1", "M2"),
     "UGAQ + ADGIC (M2 vs M0)": ("M0", "M2"),
+    "UGAQ, started at m = 1 (M1i vs M0)": ("M0", "M1i"),
 }
 QUALITIES = ("ms_ssim", "psnr")
 
@@ -105,7 +115,8 @@ def train_command(args: argparse.Namespace, variant: str, seed: int | None = Non
 def eval_command(args: argparse.Namespace, seed: int | None = None) -> list[str]:
     """The tools/eval.py invocation comparing the three variants (BD-rates against M0)."""
     out = run_dir(args, seed)
-    codecs = ",".join(f"{v}={out / v / 'bundle'}" for v in VARIANTS)
+    # Every variant trained in this folder so far (an --only run adds to the earlier ones' evaluation).
+    codecs = ",".join(f"{v}={out / v / 'bundle'}" for v in VARIANTS if (out / v / "bundle").is_dir())
     cmd = [sys.executable, str(ROOT / "tools/eval.py"), "--codecs", codecs, "--reference", "M0",
            "--images", args.images, "--frames", args.frames, "--out", str(out / "eval"), "--reuse",
            "--no-slow-metrics", "--crops", "0"]
@@ -144,19 +155,23 @@ def summarise(out: Path, seeds: list[int]) -> dict[str, Any]:
     quality: dict[str, dict[int, dict[int, list[float]]]] = {}  # variant -> frames -> seed -> per-image MS-SSIM
     for seed in seeds:
         records = load_records(out / f"seed-{seed}" / "eval")
-        if {r["codec"] for r in records} < set(VARIANTS):
+        present = {r["codec"] for r in records}
+        if "M0" not in present:
             continue
         per_seed[seed] = {}
         for name, (ref, variant) in CONTRASTS.items():
-            per_seed[seed][name] = metrics.mean_bd_rates(records, [variant], ref, QUALITIES)[variant]
+            if {ref, variant} <= present:
+                per_seed[seed][name] = metrics.mean_bd_rates(records, [variant], ref, QUALITIES)[variant]
         for r in records:
             if r.get("ok"):
                 quality.setdefault(r["codec"], {}).setdefault(r["frames"], {}).setdefault(seed, []).append(r["ms_ssim"])
     contrasts = {}
     for name in CONTRASTS:
+        if not any(name in by_name for by_name in per_seed.values()):
+            continue  # an opt-in variant no seed has trained
         contrasts[name] = {}
         for q in QUALITIES:
-            vals = [per_seed[s][name][q] for s in per_seed if per_seed[s][name][q] is not None]
+            vals = [v for s in per_seed if (v := per_seed[s].get(name, {}).get(q)) is not None]
             contrasts[name][q] = spread(vals) if vals else None
     # Each seed's mean over images, then their mean and spread over seeds.
     ms_ssim = {v: {str(f): {"mean": float(np.mean(m := [float(np.mean(x)) for x in by_seed.values()])),
@@ -181,8 +196,8 @@ def markdown(summary: dict[str, Any]) -> str:
              "| contrast | BD-rate MS-SSIM | BD-rate PSNR | per seed (MS-SSIM / PSNR) |", "|---|---|---|---|"]
     for name, q in summary["contrasts"].items():
         seeds = "; ".join(
-            " / ".join("–" if v is None else f"{v:+.1f}" for v in summary["per_seed"][str(s)][name].values())
-            for s in summary["seeds"])
+            " / ".join("–" if v is None else f"{v:+.1f}" for v in summary["per_seed"][str(s)].get(name, {}).values())
+            or "–" for s in summary["seeds"])  # – : a seed without this contrast's variants
         lines.append(f"| {name} | {cell(q['ms_ssim'])} | {cell(q['psnr'])} | {seeds} |")
     lines += ["", "mean ± standard deviation over seeds [95 % t interval]; resolved: the interval excludes 0, "
               "the difference is larger than the seed spread.", ""]
@@ -242,7 +257,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for seed in (args.seeds or [None]) if not args.summary_only else []:
-        for variant in args.only or list(VARIANTS):
+        for variant in args.only or list(DEFAULT_VARIANTS):
             print(f"== {variant}{'' if seed is None else f' seed {seed}'}: {' '.join(VARIANTS[variant])}", flush=True)
             rc = subprocess.call(train_command(args, variant, seed))
             if rc != 0:

@@ -63,6 +63,11 @@ class CodecSection:
     ugaq_gained_input: bool = True
     #: Upper bound of UGAQ's m (m in [1, max]); 0: unbounded ``1 + softplus`` (first bundles).
     ugaq_max_scale: float = 0.0
+    #: How a fresh UGAQ network starts (a bundle's trained weights replace it): 0, PyTorch's random init
+    #: (m scattered around the middle of its range); a value m0 > 1, its output conv zeroed so m = m0
+    #: everywhere. m0 near 1 starts UGAQ as "no UGAQ", so training moves m away from 1 only where that pays
+    #: (the seven-seed ablation found a randomly started UGAQ seed-fragile).
+    ugaq_init_scale: float = 0.0
     #: A low-resolution colour correction after the VAE decoder (from l0 and the decoder's 8x8 block means):
     #: the small VAE's group norms lose absolute colour, which block-mean losses and ΔE punish.
     color_correction: bool = False
@@ -147,6 +152,10 @@ class CodecSection:
             )
         if self.ugaq_max_scale and self.ugaq_max_scale <= 1.0:
             raise ConfigError(f"codec.ugaq_max_scale must be 0 (unbounded) or above 1, got {self.ugaq_max_scale}")
+        init, top = self.ugaq_init_scale, self.ugaq_max_scale
+        if init and (init <= 1.0 or (top > 1.0 and init >= top)):
+            raise ConfigError(f"codec.ugaq_init_scale must be 0 (random init) or strictly between 1 and "
+                              f"ugaq_max_scale ({top or 'unbounded'}), got {init}")
         if self.gain_init_span < 1.0:
             raise ConfigError(f"codec.gain_init_span must be at least 1, got {self.gain_init_span}")
         if self.oversize not in OVERSIZE_POLICIES:

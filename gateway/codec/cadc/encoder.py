@@ -47,7 +47,7 @@ class CADCEncoder(nn.Module):
         self.h_a = HyperAnalysis(n, c.hyper_width, c.z_channels)
         self.h_s = HyperSynthesis(c.z_channels, c.hyper_width, n)
         self.entropy_bottleneck = EntropyBottleneck(c.z_channels)
-        self.ugaq = UGAQScale(c.z_channels, n, c.ugaq_width, c.ugaq_max_scale) if c.ugaq else None
+        self.ugaq = UGAQScale(c.z_channels, n, c.ugaq_width, c.ugaq_max_scale, c.ugaq_init_scale) if c.ugaq else None
         self.context = QuadtreeContext(n, c.context_width, c.context_kernel)
         # Gain vectors at K λ levels, stored as logs so interpolation between levels is exponential.
         # (No random draws: a subclass that builds more modules after this keeps its random init.)

@@ -7,6 +7,8 @@ coding time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -138,12 +140,31 @@ class UGAQScale(nn.Module):
     which leaves the rate nearly independent of λ.
     """
 
-    def __init__(self, z_channels: int, y_channels: int, width: int, max_scale: float = 0.0) -> None:
+    def __init__(self, z_channels: int, y_channels: int, width: int, max_scale: float = 0.0,
+                 init_scale: float = 0.0) -> None:
         super().__init__()
         # z and y may differ in channel count; the paper's UP is spatial only, so match channels first.
         self.z_proj = nn.Identity() if z_channels == y_channels else nn.Conv2d(z_channels, y_channels, 1)
         self.f_u = nn.Sequential(conv(y_channels, width, 3), nn.GELU(), conv(width, y_channels, 3))
         self.max_scale = float(max_scale)
+        if init_scale:
+            self._start_at(float(init_scale))
+
+    def _start_at(self, m0: float) -> None:
+        """Zero the output conv and set its bias so that m = ``m0`` for every input.
+
+        The weights still get gradients (the hidden layer is not zero), so training leaves the constant
+        start wherever the loss asks; Adam's step size does not shrink with the squashing's slope.
+        """
+        if self.max_scale > 1.0:
+            p = (m0 - 1.0) / (self.max_scale - 1.0)
+            u0 = math.log(p / (1.0 - p))  # inverse sigmoid
+        else:
+            u0 = math.log(math.expm1(m0 - 1.0))  # inverse softplus
+        out = self.f_u[-1]
+        with torch.no_grad():
+            out.weight.zero_()
+            out.bias.fill_(u0)
 
     def forward(self, y: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
         z_bar = F.interpolate(self.z_proj(z_hat), size=y.shape[-2:], mode="bilinear", align_corners=False)
