@@ -113,7 +113,7 @@ def train_command(args: argparse.Namespace, variant: str, seed: int | None = Non
 
 
 def eval_command(args: argparse.Namespace, seed: int | None = None) -> list[str]:
-    """The tools/eval.py invocation comparing the three variants (BD-rates against M0)."""
+    """The tools/eval.py invocation comparing the variants trained for this seed (BD-rates against M0)."""
     out = run_dir(args, seed)
     # Every variant trained in this folder so far (an --only run adds to the earlier ones' evaluation).
     codecs = ",".join(f"{v}={out / v / 'bundle'}" for v in VARIANTS if (out / v / "bundle").is_dir())
