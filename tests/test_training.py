@@ -431,6 +431,7 @@ def test_recipe_overrides_reach_the_config_and_bad_ones_are_refused():
 RECIPE_MODELS = {
     "cadc-tiny": ("cadc-tiny", []), "cadc-tiny-codec": ("cadc-tiny", []), "cadc-tiny-low": ("cadc-tiny", []),
     "cadc-tiny-deep": ("cadc-tiny", ["codec.transform_blocks=3"]),
+    "cadc-tiny-ugaq1": ("cadc-tiny", ["codec.ugaq_init_scale=1.05"]),
     # M0, the variant with the fewest modules: each of M0 / M1 / M2 trains under this one recipe
     "cadc-tiny-ablation-long": ("cadc-tiny", ["codec.ugaq=false", "codec.adgic=false"]),
     "cadc-tiny-gpu": ("cadc-tiny-gpu", []), "cadc-tiny-gpu-continue": ("cadc-tiny-gpu", []),
