@@ -222,16 +222,18 @@ def test_the_continuation_recipe_trains_the_same_objective_from_a_lower_peak() -
     assert (first.data, first.delta_range, first.lam_sampling) == (more.data, more.delta_range, more.lam_sampling)
 
 
-def test_the_shipped_y16_rung_is_the_y16_model_in_float16() -> None:
-    """The embedded ladder's second rung (gateway/bundles/cadc-tiny-y16, runs 14-15) is a complete bundle of
-    configs/models/cadc-tiny-y16.yaml, stored in float16, that the next sitting's --init-bundle can take."""
+@pytest.mark.parametrize("folder", ["cadc-tiny-y16", "cadc-tiny-y16-top"])
+def test_the_shipped_y16_rungs_are_the_y16_model_in_float16(folder: str) -> None:
+    """The embedded ladder's second and third rungs (gateway/bundles/cadc-tiny-y16, runs 14-30, and
+    cadc-tiny-y16-top, run 33) are complete bundles of configs/models/cadc-tiny-y16.yaml, stored in float16,
+    that the next sitting's --init-bundle can take."""
     import json
 
     from gateway.codec.cadc.bundle import bundle_model_id, load_model
     from gateway.codec.cadc.config import CADCConfig
     from safetensors.torch import load_file
 
-    carry = ROOT / "gateway" / "bundles" / "cadc-tiny-y16"
+    carry = ROOT / "gateway" / "bundles" / folder
     want = CADCConfig.from_yaml(ROOT / "configs" / "models" / "cadc-tiny-y16.yaml").to_dict()["codec"]
     model = load_model(carry)
     assert model.config.to_dict()["codec"] == want
