@@ -439,6 +439,7 @@ RECIPE_MODELS = {
     "cadc-tiny-y16": ("cadc-tiny-y16", []), "cadc-tiny-y16-high": ("cadc-tiny-y16", []),
     "cadc-tiny-y16-more": ("cadc-tiny-y16", []), "cadc-tiny-y16-deep": ("cadc-tiny-y16", []),
     "cadc-tiny-y16-384": ("cadc-tiny-y16", []), "cadc-tiny-y16-top": ("cadc-tiny-y16", []),
+    "cadc-tiny-y16-top-w320": ("cadc-tiny-y16", []),
     "cadc-tiny-vae16-codec": ("cadc-tiny-y16-vae16", []), "cadc-tiny-vae16-codec-more": ("cadc-tiny-y16-vae16", []),
     "cadc-tiny-vae16-codec-frozen": ("cadc-tiny-y16-vae16", []),
     "cadc-tiny-vae16-balanced": ("cadc-tiny-y16-vae16", []),
