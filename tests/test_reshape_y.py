@@ -225,7 +225,7 @@ def test_the_continuation_recipe_trains_the_same_objective_from_a_lower_peak() -
 @pytest.mark.parametrize("folder", ["cadc-tiny-y16", "cadc-tiny-y16-top"])
 def test_the_shipped_y16_rungs_are_the_y16_model_in_float16(folder: str) -> None:
     """The embedded ladder's second and third rungs (gateway/bundles/cadc-tiny-y16, runs 14-30, and
-    cadc-tiny-y16-top, run 33) are complete bundles of configs/models/cadc-tiny-y16.yaml, stored in float16,
+    cadc-tiny-y16-top, runs 33 and 35) are complete bundles of configs/models/cadc-tiny-y16.yaml, stored in float16,
     that the next sitting's --init-bundle can take."""
     import json
 
